@@ -1,0 +1,164 @@
+"""Model checkpoints on disk: an orbax `CheckpointManager` plus the config.
+
+A model directory holds
+
+* `model_config.json`: the `config.model` block the weights belong to, so
+  that a directory alone selects the model (and its official eval flags);
+* an orbax `CheckpointManager` tree (`<step>/model/...`) with the NNX state
+  (`nnx.Param` and `nnx.BatchStat` leaves) keyed by module path.
+
+`save_model` writes both (the config atomically); `load_model` rebuilds the
+module from the stored config (plus caller overrides of evaluation-only
+fields), restores the state and fails with the offending names when the
+checkpoint does not match the model. Written by `convert.py` (and, later, by
+training); read by evaluation and training init.
+"""
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from cfbi_jax import model as model_lib
+
+CONFIG_FILE = 'model_config.json'
+
+# What a checkpoint holds: trainable parameters and frozen BN buffers.
+_STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
+
+# Fields that change how the model evaluates but not its parameters; a
+# caller may override them when loading.
+EVAL_FIELDS = ('global_atrous', 'global_chunks', 'min_matching_pixels',
+               'matching_dtype', 'attention_uses_atrous_labels')
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  directory = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def flat_state(module: nnx.Module) -> Dict[Tuple[Any, ...], Any]:
+  """`{module path: array}` of every Param and BatchStat of `module`."""
+  state = nnx.state(module, _STATE_FILTER)
+  return {path: v.get_value() if hasattr(v, 'get_value') else v.value
+          for path, v in nnx.to_flat_state(state)}
+
+
+def path_str(path: Tuple[Any, ...]) -> str:
+  return '.'.join(str(p) for p in path)
+
+
+def save_model(directory: str, model_config: Mapping[str, Any],
+               arrays: Mapping[Tuple[Any, ...], np.ndarray],
+               step: int = 0) -> None:
+  """Writes `arrays` (flat `{path: array}`) and the model config.
+
+  Args:
+    directory: output directory (created).
+    model_config: the `config.model` block.
+    arrays: every state leaf of the model, by module path.
+    step: checkpoint step number.
+  """
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  tree = {path_str(k): np.asarray(v) for k, v in arrays.items()}
+  with ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                      create=True)) as mngr:
+    mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree)),
+              force=True)
+    mngr.wait_until_finished()
+  config = dict(ml_collections.ConfigDict(dict(model_config)).to_dict())
+  _write_json_atomic(os.path.join(directory, CONFIG_FILE), config)
+
+
+def read_model_config(directory: str) -> ml_collections.ConfigDict:
+  """The `config.model` block stored beside a checkpoint."""
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{directory} is not a cfbi-jax model directory: {CONFIG_FILE} is '
+        'missing (convert official weights with python -m cfbi_jax.convert)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
+               step: Optional[int] = None
+               ) -> Tuple[model_lib.CFBI, ml_collections.ConfigDict]:
+  """Rebuilds the model stored in `directory` and restores its weights.
+
+  Args:
+    directory: a directory written by `save_model`.
+    overrides: evaluation-only model fields to change (`EVAL_FIELDS`).
+    step: checkpoint step (latest if None).
+
+  Returns:
+    `(module, model_config)`.
+
+  Raises:
+    ValueError: if an override is not an evaluation field, or if the stored
+      arrays do not match the model (names and shapes are listed).
+  """
+  directory = os.path.abspath(directory)
+  config = read_model_config(directory)
+  for key, value in dict(overrides or {}).items():
+    if key not in EVAL_FIELDS:
+      raise ValueError(f'cannot override model field {key!r} when loading; '
+                       f'only {EVAL_FIELDS} change without new weights')
+    config[key] = value
+  abstract = nnx.eval_shape(lambda: model_lib.from_config(config))
+  expected = {path_str(k): v for k, v in flat_state(abstract).items()}
+  with ocp.CheckpointManager(directory) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint step in {directory}')
+    meta = mngr.item_metadata(step)['model']
+    stored_shapes = {k: tuple(v.shape) for k, v in meta.items()}
+    check_match(expected, stored_shapes, what=directory)
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+              for k, v in expected.items()}
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(target)))['model']
+  module = nnx.eval_shape(lambda: model_lib.from_config(config))
+  set_state(module, {k: restored[path_str(k)] for k in flat_state(module)})
+  return module, config
+
+
+def set_state(module: nnx.Module,
+              arrays: Mapping[Tuple[Any, ...], Any]) -> None:
+  """Fills every Param/BatchStat of `module` from `{path: array}` in place.
+
+  `module` may be abstract (`nnx.eval_shape`), which avoids a random init of
+  a model whose weights are about to be replaced.
+  """
+  state = nnx.state(module, _STATE_FILTER)
+  for path, var in nnx.to_flat_state(state):
+    var.set_value(jax.numpy.asarray(arrays[path]))
+  nnx.update(module, state)
+
+
+def check_match(expected: Mapping[str, Any], stored_shapes: Mapping[str, Any],
+                what: str) -> None:
+  """Raises ValueError naming missing, unexpected and mis-shaped entries."""
+  missing = sorted(set(expected) - set(stored_shapes))
+  unexpected = sorted(set(stored_shapes) - set(expected))
+  shapes = sorted(f'{k}: stored {tuple(stored_shapes[k])} vs model '
+                  f'{tuple(expected[k].shape)}'
+                  for k in set(expected) & set(stored_shapes)
+                  if tuple(stored_shapes[k]) != tuple(expected[k].shape))
+  if missing or unexpected or shapes:
+    raise ValueError(
+        f'checkpoint {what} does not match the model: '
+        f'missing {missing[:20]}{"..." if len(missing) > 20 else ""} '
+        f'({len(missing)}), unexpected {unexpected[:20]} ({len(unexpected)}), '
+        f'shape mismatches {shapes[:20]} ({len(shapes)})')

@@ -1,0 +1,111 @@
+"""Shared building blocks: convolutions with explicit padding, frozen BN,
+GroupNorm with PyTorch's epsilon, GCT gating and ASPP-style dropout.
+
+Every block here is NHWC. Convolutions always get explicit symmetric padding
+(`dilation * (kernel - 1) // 2` unless told otherwise), because XLA's "SAME"
+padding is asymmetric for stride-2 convolutions and would not match the
+official PyTorch code (`cfbi-official-notes.md` §2).
+
+Used by `backbone.py`, `embedding.py` and `ensembler.py`.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# PyTorch's default init for the official training code is Kaiming-normal
+# with fan_out and the ReLU gain (`cfbi-official-notes.md` §5, §6).
+kaiming_fan_out = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+BN_EPSILON = 1e-5
+GN_EPSILON = 1e-5  # PyTorch's default; Flax's default is 1e-6.
+GCT_EPSILON = 1e-5
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *,
+         stride: int = 1, dilation: int = 1, padding: Optional[int] = None,
+         groups: int = 1, use_bias: bool = False,
+         rngs: nnx.Rngs) -> nnx.Conv:
+  """A square `nnx.Conv` with explicit symmetric padding.
+
+  Args:
+    in_features: input channels.
+    out_features: output channels.
+    kernel_size: side of the square kernel.
+    stride: spatial stride.
+    dilation: kernel dilation.
+    padding: symmetric padding; `dilation * (kernel_size - 1) // 2` if None.
+    groups: feature groups (`in_features` for a depthwise conv).
+    use_bias: whether the conv has a bias.
+    rngs: NNX random streams for initialisation.
+
+  Returns:
+    The convolution module, kernel `[k, k, in / groups, out]`.
+  """
+  if padding is None:
+    padding = dilation * (kernel_size - 1) // 2
+  return nnx.Conv(
+      in_features, out_features, (kernel_size, kernel_size),
+      strides=stride, padding=((padding, padding), (padding, padding)),
+      kernel_dilation=dilation, feature_group_count=groups,
+      use_bias=use_bias, kernel_init=kaiming_fan_out, rngs=rngs)
+
+
+def group_norm(num_features: int, num_groups: int, *,
+               rngs: nnx.Rngs) -> nnx.GroupNorm:
+  """GroupNorm with PyTorch's epsilon and two-pass variance."""
+  return nnx.GroupNorm(num_features, num_groups=num_groups,
+                       epsilon=GN_EPSILON, use_fast_variance=False, rngs=rngs)
+
+
+class FrozenBatchNorm(nnx.Module):
+  """The official `FrozenBatchNorm2d`: a fixed per-channel affine map.
+
+  All four buffers are `nnx.BatchStat`, not `nnx.Param`, so an optimizer
+  built with `wrt=nnx.Param` never updates them (they are buffers in the
+  official code too). Names match the PyTorch state dict.
+  """
+
+  def __init__(self, num_features: int):
+    self.weight = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.running_var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """y = x * scale + shift, `x` of shape `[..., channels]`."""
+    scale = self.weight[...] * jax.lax.rsqrt(self.running_var[...] + BN_EPSILON)
+    shift = self.bias[...] - self.running_mean[...] * scale
+    return x * scale + shift
+
+
+class GCT(nnx.Module):
+  """Gated Channel Transformation, l2 mode (`networks/layers/gct.py`).
+
+  out = x * (1 + tanh(s * gamma / sqrt(mean_c(s^2) + eps) + beta)), with
+  s = alpha * sqrt(sum_hw x^2 + eps), statistics per sample.
+  """
+
+  def __init__(self, num_channels: int):
+    self.alpha = nnx.Param(jnp.ones((num_channels,), jnp.float32))
+    self.gamma = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+    self.beta = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Gates `x` of shape `[batch, height, width, channels]`."""
+    embedding = jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True)
+                         + GCT_EPSILON) * self.alpha[...]
+    norm = self.gamma[...] * jax.lax.rsqrt(
+        jnp.mean(jnp.square(embedding), axis=-1, keepdims=True) + GCT_EPSILON)
+    return x * (1.0 + jnp.tanh(embedding * norm + self.beta[...]))
+
+
+def dropout(x: jnp.ndarray, rate: float,
+            rng: Optional[jax.Array]) -> jnp.ndarray:
+  """Inverted dropout; the identity when `rng` is None (evaluation)."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)

@@ -1,0 +1,348 @@
+"""The CFBI / CFBI+ network: embedding of frames and per-frame segmentation.
+
+One NNX module, `CFBI`, covers both papers; `from_config(config.model)` is
+the only place where a config meets the model. The module has two stages
+that training and inference share:
+
+* `embed(images)` -> `FrameEmbedding`: backbone + embedding head (CFBI) or
+  FPN (CFBI+), for a batch of frames (training embeds all frames of a clip in
+  one call).
+* `segment(...)` -> `(logits_s4, aux)`: matching against the references and
+  the previous frame, attention vectors and the collaborative ensembler for
+  one frame. Objects are padded to a fixed number of slots (slot 0 is the
+  background) with an `obj_valid` mask; the object axis is vmapped in the
+  matching functions and folded into the batch axis of the ensembler, never
+  looped over in Python.
+
+Label maps enter at mask resolution (the original frame size at evaluation,
+the crop size in training) and are resized to every feature grid with the
+official legacy-nearest rule. Logits come out at stride 4, NHWC with the
+object slot last; invalid slots hold `INVALID_LOGIT`.
+"""
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cfbi_jax import attention
+from cfbi_jax import backbone as backbone_lib
+from cfbi_jax import embedding as embedding_lib
+from cfbi_jax import ensembler as ensembler_lib
+from cfbi_jax import matching
+from cfbi_jax import resize
+
+INVALID_LOGIT = -1e4
+
+_DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
+           'bfloat16': jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class FrameEmbedding:
+  """What the network keeps of a frame.
+
+  Attributes:
+    low_s4: `[B, h4, w4, C_low]` low-level backbone feature (ensembler
+      shortcut input).
+    scales: per matching scale `[B, h_s, w_s, C_s]` embeddings (CFBI: one at
+      stride 4; CFBI+: strides 4, 8 and 16).
+  """
+  low_s4: jnp.ndarray
+  scales: Tuple[jnp.ndarray, ...]
+
+
+class CFBI(nnx.Module):
+  """CFBI (`arch='cfbi'`) or CFBI+ (`arch='cfbip'`).
+
+  Constructor fields are plain values (see `from_config`):
+    arch: 'cfbi' or 'cfbip'.
+    backbone: 'resnet' or 'mobilenetv2'; resnet_blocks / resnet_width size
+      the ResNet.
+    aspp_channels, decoder_channels: DeepLab widths (256).
+    embedding_dim: CFBI embedding width (100) or CFBI+ FPN width (256).
+    matching_dims: channels used for matching per scale (CFBI+: 32/64/128).
+    gn_groups, gn_embedding_groups, gn_groups_refine: GroupNorm groups (32,
+      25 for the CFBI embedding, 16 for the 64-wide pre-head/shortcut).
+    prehead_dim: CFBI pre-head width (64).
+    ensembler_dim, refine_dim: ensembler widths (256, 64).
+    local_windows: per scale, the ascending local-window sizes.
+    local_atrous: per scale, local atrous rate.
+    local_downsample: CFBI's half-resolution local matching.
+    global_atrous: per scale, global atrous rate.
+    global_chunks: per scale, query chunks of global matching.
+    min_matching_pixels: the official `TEST_GLOBAL_MATCHING_MIN_PIXEL`.
+    matching_dtype: 'float32', 'float16' or 'bfloat16'.
+    attention_uses_atrous_labels: reproduce the official in-place label
+      mutation that makes the /4 attention vector see lattice-masked
+      reference labels (notes §8); False computes it from the full labels.
+  """
+
+  def __init__(self, arch: str = 'cfbi', backbone: str = 'resnet',
+               resnet_blocks: Sequence[int] = (3, 4, 23, 3),
+               resnet_width: int = 64, aspp_channels: int = 256,
+               decoder_channels: int = 256, embedding_dim: int = 100,
+               matching_dims: Sequence[int] = (100,), gn_groups: int = 32,
+               gn_embedding_groups: int = 25, gn_groups_refine: int = 16,
+               prehead_dim: int = 64, ensembler_dim: int = 256,
+               refine_dim: int = 64,
+               local_windows: Sequence[Sequence[int]] = ((2, 4, 6, 8, 10, 12),),
+               local_atrous: Sequence[int] = (1,),
+               local_downsample: bool = True,
+               global_atrous: Sequence[int] = (1,),
+               global_chunks: Sequence[int] = (4,),
+               min_matching_pixels: int = 0,
+               matching_dtype: str = 'float32',
+               attention_uses_atrous_labels: bool = True, *,
+               rngs: nnx.Rngs):
+    if arch not in ('cfbi', 'cfbip'):
+      raise ValueError(f"arch must be 'cfbi' or 'cfbip', got {arch!r}")
+    num_scales = 1 if arch == 'cfbi' else 3
+    for name, value in (('matching_dims', matching_dims),
+                        ('local_windows', local_windows),
+                        ('local_atrous', local_atrous),
+                        ('global_atrous', global_atrous),
+                        ('global_chunks', global_chunks)):
+      if len(value) != num_scales:
+        raise ValueError(f'{name} needs {num_scales} entries for {arch}, '
+                         f'got {value!r}')
+    if matching_dtype not in _DTYPES:
+      raise ValueError(f'matching_dtype must be one of {sorted(_DTYPES)}')
+    self.arch = arch
+    self.matching_dims = tuple(matching_dims)
+    self.local_windows = tuple(tuple(w) for w in local_windows)
+    self.local_atrous = tuple(local_atrous)
+    self.local_downsample = local_downsample
+    self.global_atrous = tuple(global_atrous)
+    self.global_chunks = tuple(global_chunks)
+    self.min_matching_pixels = min_matching_pixels
+    self.matching_dtype = matching_dtype
+    self.attention_uses_atrous_labels = attention_uses_atrous_labels
+    self.bg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
+    self.fg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
+    self.feature_extracter = backbone_lib.DeepLab(
+        backbone, aspp_channels, decoder_channels, resnet_blocks,
+        resnet_width, rngs=rngs)
+    chans = self.feature_extracter.out_channels
+    low_dim = chans['low_s4']
+    if arch == 'cfbi':
+      self.embedding = embedding_lib.EmbeddingHead(
+          decoder_channels, embedding_dim, gn_groups, gn_embedding_groups,
+          rngs=rngs)
+      map_dim = 3 + 2 * len(self.local_windows[0])
+      self.dynamic_prehead = ensembler_lib.DynamicPreHead(
+          map_dim, prehead_dim, gn_groups_refine, rngs=rngs)
+      self.dynamic_seghead = ensembler_lib.CollaborativeEnsembler(
+          3 * embedding_dim + prehead_dim, low_dim, 4 * embedding_dim,
+          ensembler_dim, refine_dim, gn_groups, gn_groups_refine, rngs=rngs)
+    else:
+      if chans['mid_s8'] is None:
+        raise ValueError('CFBI+ needs a ResNet backbone (stride-8 feature)')
+      self.embedding = embedding_lib.FPN(
+          decoder_channels, chans['mid_s8'], aspp_channels, embedding_dim,
+          gn_groups, rngs=rngs)
+      in_dims = [3 * embedding_dim + 3 + 2 * len(w) for w in self.local_windows]
+      self.dynamic_seghead = ensembler_lib.CollaborativeEnsemblerMS(
+          in_dims, low_dim, 4 * embedding_dim, ensembler_dim, refine_dim,
+          gn_groups, gn_groups_refine, rngs=rngs)
+
+  # ------------------------------------------------------------------ embed
+  def embed(self, images: jnp.ndarray,
+            dropout_rng: Optional[jax.Array] = None
+            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+    """Embeds a batch of frames.
+
+    Args:
+      images: `[B, H, W, 3]` normalised images (see `preprocess_images`).
+      dropout_rng: key for the DeepLab ASPP dropout (training); None at eval.
+
+    Returns:
+      `(FrameEmbedding, features)`, the latter the DeepLab features by
+      stride (for inspection and parity tests).
+    """
+    feats = self.feature_extracter(images, dropout_rng)
+    if self.arch == 'cfbi':
+      scales = self.embedding(feats['decoder_s4'])
+    else:
+      scales = self.embedding(feats['decoder_s4'], feats['mid_s8'],
+                              feats['aspp_s16'])
+    return FrameEmbedding(low_s4=feats['low_s4'], scales=scales), feats
+
+  # ---------------------------------------------------------------- segment
+  def segment(self, ref_scales: Sequence[jnp.ndarray], ref_labels: jnp.ndarray,
+              ref_valid: jnp.ndarray, prev_scales: Sequence[jnp.ndarray],
+              prev_labels: jnp.ndarray, current: FrameEmbedding,
+              obj_valid: jnp.ndarray, training: bool = False
+              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """Segments one frame against its references and previous frame.
+
+    Args:
+      ref_scales: per scale `[B, R, h_s, w_s, C_s]` reference embeddings.
+      ref_labels: `[B, R, H, W]` int reference labels at mask resolution.
+      ref_valid: `[B, R]` bool, False for unused reference slots.
+      prev_scales: per scale `[B, h_s, w_s, C_s]` previous-frame embeddings.
+      prev_labels: `[B, H, W]` int previous-frame labels (hard).
+      current: the current frame's `FrameEmbedding` (batch B).
+      obj_valid: `[B, K+1]` bool object slots (slot 0, background, valid).
+      training: the official training path: the global-matching lattice is
+        applied to every object (min pixels 0), which also reaches the
+        attention vector when `attention_uses_atrous_labels`.
+
+    Returns:
+      `(logits, aux)`: `[B, h4, w4, K+1]` stride-4 logits (invalid slots set
+      to `INVALID_LOGIT`) and a dict of named intermediates, object-first
+      `[B, K+1, h, w(, L)]` (`global_fg_s4`, `local_bg_s8`, `attention_s4`,
+      `fg_logit`, ...).
+    """
+    num_slots = obj_valid.shape[1]
+    dtype = _DTYPES[self.matching_dtype]
+    aux = {}
+    per_scale_inputs = []
+    heads = None
+    for s, (ref_e, prev_e, cur_e) in enumerate(
+        zip(ref_scales, prev_scales, current.scales)):
+      name = f's{4 * 2 ** s}'
+      grid = cur_e.shape[1:3]
+      ref_lab = resize.resize_labels_nearest(ref_labels, grid)
+      ref_lab = jnp.where(ref_valid[:, :, None, None], ref_lab, -1)
+      prev_lab = resize.resize_labels_nearest(prev_labels, grid)
+      md = self.matching_dims[s]
+      bg_b, fg_b = self.bg_bias[s], self.fg_bias[s]
+      min_pixels = 0 if training else self.min_matching_pixels
+      global_fn = lambda q, r, lab, ov: matching.global_matching(
+          q, r, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
+          num_chunks=self.global_chunks[s], atrous=self.global_atrous[s],
+          min_pixels=min_pixels, matching_dtype=dtype)
+      global_fg = jax.vmap(global_fn)(cur_e[..., :md], ref_e[..., :md],
+                                      ref_lab, obj_valid)
+      if self.local_downsample:
+        local_impl = matching.local_matching_downsampled
+      else:
+        local_impl = matching.local_matching
+      local_fn = lambda q, p, lab, ov: local_impl(
+          q, p, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
+          windows=self.local_windows[s], atrous=self.local_atrous[s],
+          matching_dtype=dtype)
+      local_fg = jax.vmap(local_fn)(cur_e[..., :md], prev_e[..., :md],
+                                    prev_lab, obj_valid)
+      fg2bg = jax.vmap(matching.foreground_to_background)
+      global_bg = fg2bg(global_fg, obj_valid)
+      local_bg = fg2bg(local_fg, obj_valid)
+      prev_onehot = (prev_lab[:, None] == jnp.arange(num_slots)[None, :, None,
+                                                               None])
+      prev_onehot = prev_onehot.astype(cur_e.dtype)        # [B, K+1, h, w]
+      aux.update({f'global_fg_{name}': global_fg, f'global_bg_{name}': global_bg,
+                  f'local_fg_{name}': local_fg, f'local_bg_{name}': local_bg,
+                  f'prev_onehot_{name}': prev_onehot})
+      if s == 0:
+        att_lab = ref_lab
+        if (self.attention_uses_atrous_labels and self.global_atrous[0] > 1
+            and (training or self.min_matching_pixels > 0)):
+          att_lab = jax.vmap(lambda lab, ov: matching.atrous_reference_labels(
+              lab, ov, atrous=self.global_atrous[0], min_pixels=min_pixels))(
+                  ref_lab, obj_valid)
+        heads = jax.vmap(attention.attention_head,
+                         in_axes=(0, 0, 0, 0, 0, None))(
+                             ref_e, att_lab, ref_valid, prev_e, prev_lab,
+                             num_slots)                    # [B, K+1, 4C]
+        aux['attention_s4'] = heads
+      maps = jnp.concatenate([
+          global_fg[..., None], local_fg, prev_onehot[..., None], local_bg,
+          global_bg[..., None]], axis=-1)                  # [B, K+1, h, w, M]
+      objs = _per_object(cur_e, prev_e, prev_onehot)       # [B, K+1, h, w, 3C]
+      per_scale_inputs.append((maps, objs))
+
+    batch = obj_valid.shape[0]
+    fold = lambda x: x.reshape((batch * num_slots,) + x.shape[2:])
+    low = jnp.repeat(current.low_s4, num_slots, axis=0)
+    head = fold(heads)
+    if self.arch == 'cfbi':
+      maps, objs = per_scale_inputs[0]
+      pre = self.dynamic_prehead(fold(maps))
+      aux['prehead'] = pre.reshape((batch, num_slots) + pre.shape[1:])
+      x = jnp.concatenate([fold(objs), pre], axis=-1)
+      fg, bg = self.dynamic_seghead(x, low, head)
+    else:
+      xs = [fold(jnp.concatenate([maps, objs], axis=-1))
+            for maps, objs in per_scale_inputs]
+      fg, bg = self.dynamic_seghead(xs, low, head)
+    unfold = lambda x: x.reshape((batch, num_slots) + x.shape[1:])
+    fg, bg = unfold(fg), unfold(bg)
+    aux['fg_logit'], aux['bg_logit'] = fg, bg
+    logits = ensembler_lib.augment_background_logit(fg, bg, obj_valid)
+    logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
+    return jnp.moveaxis(logits, 1, -1), aux
+
+
+def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
+                prev_onehot: jnp.ndarray) -> jnp.ndarray:
+  """[E_cur | E_prev * m_i | E_prev * (1 - m_i)] per object slot.
+
+  Args:
+    cur: `[B, h, w, C]`; prev: `[B, h, w, C]`; prev_onehot: `[B, K+1, h, w]`.
+
+  Returns:
+    `[B, K+1, h, w, 3C]`.
+  """
+  m = prev_onehot[..., None]
+  num_slots = prev_onehot.shape[1]
+  cur = jnp.broadcast_to(cur[:, None], (cur.shape[0], num_slots) + cur.shape[1:])
+  return jnp.concatenate([cur, prev[:, None] * m, prev[:, None] * (1.0 - m)],
+                         axis=-1)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_images(frames: jnp.ndarray, bgr: bool = True) -> jnp.ndarray:
+  """uint8 RGB frames -> the network's normalised input.
+
+  The official loaders read BGR with OpenCV and apply the RGB-ordered
+  ImageNet constants to the B, G, R channels in that order (notes §3); with
+  `bgr=True` (official) the channels are reversed before the same
+  normalisation. `bgr=False` feeds RGB (a documented deviation switch).
+
+  Args:
+    frames: `[..., H, W, 3]` uint8 or float RGB values in [0, 255].
+    bgr: reproduce the official channel order.
+
+  Returns:
+    `[..., H, W, 3]` float32.
+  """
+  x = frames.astype(jnp.float32)
+  if bgr:
+    x = x[..., ::-1]
+  x = x / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
+  """Builds `CFBI` from `config.model` (the one config-to-model place).
+
+  Args:
+    model_config: a `ConfigDict` (or mapping) with the constructor fields of
+      `CFBI`; any other field is an error.
+    rngs: initialisation streams (seed 0 if omitted).
+
+  Returns:
+    The module.
+  """
+  fields = dict(model_config)
+  fields.pop('variant', None)
+  fields.pop('max_objects', None)
+  import inspect  # pylint: disable=g-import-not-at-top
+  allowed = set(inspect.signature(CFBI.__init__).parameters) - {'self', 'rngs'}
+  unknown = sorted(set(fields) - allowed)
+  if unknown:
+    raise ValueError(f'unknown model config fields: {unknown}')
+  tuple_fields = ('resnet_blocks', 'matching_dims', 'local_atrous',
+                  'global_atrous', 'global_chunks')
+  for k in tuple_fields:
+    if k in fields:
+      fields[k] = tuple(fields[k])
+  if 'local_windows' in fields:
+    fields['local_windows'] = tuple(tuple(w) for w in fields['local_windows'])
+  return CFBI(**fields, rngs=rngs or nnx.Rngs(0))
