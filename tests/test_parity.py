@@ -120,7 +120,7 @@ def test_features(variant):
       continue
     x = ours[our_name]
     if fixture_name + '_chmean' in f1:
-      _check(variant, fixture_name + '_chmean', x.mean(axis=(1, 2)),
+      _check(variant, fixture_name + '_chmean', x.astype(np.float64).mean(axis=(1, 2)),
              f1[fixture_name + '_chmean'], report)
     channels = f1.get(fixture_name + '__channels')
     _check(variant, fixture_name,
