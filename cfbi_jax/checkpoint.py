@@ -118,7 +118,9 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
     config[key] = value
   abstract = nnx.eval_shape(lambda: model_lib.from_config(config))
   expected = {path_str(k): v for k, v in flat_state(abstract).items()}
-  with ocp.CheckpointManager(directory) as mngr:
+  with ocp.CheckpointManager(
+      directory,
+      item_handlers={'model': ocp.StandardCheckpointHandler()}) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint step in {directory}')

@@ -106,6 +106,8 @@ def _transform(value: np.ndarray, target_shape: Tuple[int, ...]) -> np.ndarray:
   elif value.ndim == 2 and len(target_shape) == 2:    # Linear (out, in)
     value = value.T
   elif value.ndim != len(target_shape):               # (1,C,1,1) -> (C,)
+    if value.size != int(np.prod(target_shape)):
+      return value  # Left as is; the caller reports the shape mismatch.
     value = value.reshape(target_shape)
   return value
 
