@@ -40,10 +40,12 @@ def attention_head(ref_emb: jnp.ndarray, ref_labels: jnp.ndarray,
     `[num_slots, 4 * C]` float32 attention vectors.
   """
   ids = jnp.arange(num_slots)
-  ref_onehot = (ref_labels[None] == ids[:, None, None, None]).astype(
-      ref_emb.dtype) * ref_valid[None, :, None, None]         # [K+1,R,h,w]
+  # `where`, not a product, so that whatever an unused slot holds is dropped.
+  ref_emb = jnp.where(ref_valid[:, None, None, None], ref_emb, 0.0)
+  ref_onehot = ((ref_labels[None] == ids[:, None, None, None])
+                & ref_valid[None, :, None, None]).astype(ref_emb.dtype)
   valid = ref_valid.astype(ref_emb.dtype)
-  ref_total = jnp.einsum('rhwc,r->c', ref_emb, valid)
+  ref_total = jnp.sum(ref_emb, axis=(0, 1, 2))
   ref_pos = jnp.einsum('krhw,rhwc->kc', ref_onehot, ref_emb)
   ref_pos_num = jnp.sum(ref_onehot, axis=(1, 2, 3))
   ref_neg_num = jnp.sum(valid) * ref_labels.shape[1] * ref_labels.shape[2] \

@@ -243,7 +243,7 @@ class DeepLab(nnx.Module):
     resnet_blocks / resnet_width: ResNet depth and width (tiny presets).
   """
 
-  def __init__(self, backbone: str = 'resnet101', aspp_channels: int = 256,
+  def __init__(self, backbone: str = 'resnet', aspp_channels: int = 256,
                decoder_channels: int = 256,
                resnet_blocks: Sequence[int] = (3, 4, 23, 3),
                resnet_width: int = 64, *, rngs: nnx.Rngs):

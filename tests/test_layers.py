@@ -1,0 +1,254 @@
+"""Tests for `cfbi_jax.layers` against NumPy references.
+
+Each block is compared with a float64 NumPy version written from
+`../shared/reference/cfbi-official-notes.md`: FrozenBatchNorm (§4.1,
+eps 1e-5, buffers not trainable), GCT in l2 mode (§13, eps 1e-5 in both
+square roots, statistics per sample), convolutions with explicit symmetric
+zero padding (§2; XLA "SAME" pads stride-2 convs asymmetrically on even
+sizes) and two-pass GroupNorm with PyTorch's eps 1e-5 (§2).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cfbi_jax import layers
+
+
+def randn(rng, *shape, scale=1.0, loc=0.0):
+  return (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- references
+def np_conv2d(x, kernel, stride, padding, dilation=1, groups=1):
+  """Direct NHWC convolution with symmetric zero padding; kernel HWIO."""
+  x = np.pad(x.astype(np.float64),
+             ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  n, h, w, _ = x.shape
+  kh, kw, cin_g, cout = kernel.shape
+  eff_h, eff_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+  out_h, out_w = (h - eff_h) // stride + 1, (w - eff_w) // stride + 1
+  cout_g = cout // groups
+  out = np.zeros((n, out_h, out_w, cout))
+  for i in range(out_h):
+    for j in range(out_w):
+      for o in range(cout):
+        g = o // cout_g
+        for a in range(kh):
+          for b in range(kw):
+            pix = x[:, i * stride + a * dilation, j * stride + b * dilation,
+                    g * cin_g:(g + 1) * cin_g]
+            out[:, i, j, o] += pix @ kernel[a, b, :, o].astype(np.float64)
+  return out
+
+
+def np_group_norm(x, groups, scale, bias, eps):
+  """Two-pass GroupNorm over (H, W, channels of the group), per sample."""
+  x = x.astype(np.float64)
+  n, c = x.shape[0], x.shape[-1]
+  out = np.empty_like(x)
+  size = c // groups
+  for s in range(n):
+    for g in range(groups):
+      part = x[s, :, :, g * size:(g + 1) * size]
+      mean = part.mean()
+      var = ((part - mean)**2).mean()
+      out[s, :, :, g * size:(g + 1) * size] = (part - mean) / np.sqrt(var + eps)
+  return out * scale + bias
+
+
+def np_gct(x, alpha, gamma, beta, eps=1e-5):
+  x = x.astype(np.float64)
+  out = np.empty_like(x)
+  for s in range(x.shape[0]):
+    emb = np.sqrt((x[s]**2).sum(axis=(0, 1)) + eps) * alpha      # [C]
+    norm = gamma / np.sqrt((emb**2).mean() + eps)
+    out[s] = x[s] * (1.0 + np.tanh(emb * norm + beta))
+  return out
+
+
+# ------------------------------------------------------------ FrozenBatchNorm
+def test_frozen_batch_norm_matches_numpy():
+  rng = np.random.default_rng(0)
+  bn = layers.FrozenBatchNorm(5)
+  weight = 1 + randn(rng, 5, scale=0.3)
+  bias = randn(rng, 5, scale=0.5)
+  mean = randn(rng, 5, scale=0.5)
+  var = rng.uniform(1e-4, 2.0, 5).astype(np.float32)
+  var[0] = 1e-6  # eps 1e-5 dominates here: catches a wrong epsilon.
+  bn.weight[...] = jnp.asarray(weight)
+  bn.bias.set_value(jnp.asarray(bias))
+  bn.running_mean[...] = jnp.asarray(mean)
+  bn.running_var.set_value(jnp.asarray(var))
+  x = randn(rng, 2, 3, 4, 5)
+  got = np.asarray(bn(jnp.asarray(x)))
+  want = (x.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64)
+                                                 + 1e-5) * weight + bias
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_batch_norm_buffers_are_batch_stats():
+  bn = layers.FrozenBatchNorm(4)
+  for name in ('weight', 'bias', 'running_mean', 'running_var'):
+    var = getattr(bn, name)
+    assert isinstance(var, nnx.BatchStat), name
+    assert not isinstance(var, nnx.Param), name
+  assert not jax.tree.leaves(nnx.state(bn, nnx.Param))
+  stats = nnx.state(bn, nnx.BatchStat)
+  assert len(jax.tree.leaves(stats)) == 4
+  # Init is the identity map (weight 1, bias 0, mean 0, var 1) up to eps.
+  x = jnp.arange(8.0).reshape(2, 4)
+  np.testing.assert_allclose(np.asarray(bn(x)),
+                             np.asarray(x) / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_frozen_batch_norm_has_no_gradient_through_optimizer_filter():
+  # Gradients taken w.r.t. nnx.Param see no BN buffers at all.
+  bn = layers.FrozenBatchNorm(3)
+  grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3)))))(bn)
+  assert not jax.tree.leaves(grads)
+
+
+# ----------------------------------------------------------------------- GCT
+@pytest.mark.parametrize('shape', [(2, 5, 7, 6), (3, 1, 1, 4), (1, 9, 4, 16)])
+def test_gct_matches_numpy(shape):
+  rng = np.random.default_rng(1)
+  c = shape[-1]
+  gct = layers.GCT(c)
+  alpha = 1 + randn(rng, c, scale=0.3)
+  gamma = randn(rng, c, scale=1.0)
+  beta = randn(rng, c, scale=0.3)
+  gct.alpha[...] = jnp.asarray(alpha)
+  gct.gamma[...] = jnp.asarray(gamma)
+  gct.beta[...] = jnp.asarray(beta)
+  x = randn(rng, *shape)
+  # One sample with tiny activations makes eps matter inside the sqrt.
+  x[0] *= 1e-3
+  got = np.asarray(gct(jnp.asarray(x)))
+  want = np_gct(x, alpha.astype(np.float64), gamma.astype(np.float64),
+                beta.astype(np.float64))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gct_statistics_are_per_sample():
+  rng = np.random.default_rng(2)
+  gct = layers.GCT(4)
+  gct.gamma[...] = jnp.asarray(randn(rng, 4))
+  x = randn(rng, 3, 5, 5, 4)
+  together = np.asarray(gct(jnp.asarray(x)))
+  for s in range(3):
+    alone = np.asarray(gct(jnp.asarray(x[s:s + 1])))
+    np.testing.assert_allclose(together[s:s + 1], alone, rtol=1e-6, atol=1e-6)
+
+
+def test_gct_init_is_identity_and_params_trainable():
+  gct = layers.GCT(3)
+  x = randn(np.random.default_rng(3), 1, 4, 4, 3)
+  np.testing.assert_allclose(np.asarray(gct(jnp.asarray(x))), x, rtol=1e-6)
+  assert len(jax.tree.leaves(nnx.state(gct, nnx.Param))) == 3
+
+
+# ---------------------------------------------------------------------- conv
+@pytest.mark.parametrize('size,out_size', [(9, 5), (10, 5)])
+def test_stride2_conv_symmetric_padding(size, out_size):
+  rng = np.random.default_rng(4)
+  conv = layers.conv(3, 4, 3, stride=2, rngs=nnx.Rngs(0))
+  assert conv.padding == ((1, 1), (1, 1))
+  x = randn(rng, 2, size, size, 3)
+  got = np.asarray(conv(jnp.asarray(x)))
+  assert got.shape == (2, out_size, out_size, 4)
+  kernel = np.asarray(conv.kernel[...])
+  assert kernel.shape == (3, 3, 3, 4)
+  want = np_conv2d(x, kernel, stride=2, padding=1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stride2_conv_even_input_differs_from_xla_same():
+  # On an even input XLA "SAME" pads (0, 1); the official code pads (1, 1).
+  rng = np.random.default_rng(5)
+  conv = layers.conv(2, 3, 3, stride=2, rngs=nnx.Rngs(0))
+  x = randn(rng, 1, 8, 8, 2)
+  got = np.asarray(conv(jnp.asarray(x)))
+  same = np.asarray(jax.lax.conv_general_dilated(
+      jnp.asarray(x), conv.kernel[...], (2, 2), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  assert got.shape == same.shape
+  assert np.abs(got - same).max() > 1e-2
+
+
+@pytest.mark.parametrize('kernel_size,dilation,groups,use_bias', [
+    (3, 2, 1, False),
+    (3, 1, 4, True),    # depthwise, as the CFBI embedding head
+    (1, 1, 1, True),
+    (7, 1, 1, False),
+])
+def test_conv_default_padding_keeps_size(kernel_size, dilation, groups,
+                                         use_bias):
+  rng = np.random.default_rng(6)
+  conv = layers.conv(4, 4, kernel_size, dilation=dilation, groups=groups,
+                     use_bias=use_bias, rngs=nnx.Rngs(0))
+  pad = dilation * (kernel_size - 1) // 2
+  assert conv.padding == ((pad, pad), (pad, pad))
+  assert (conv.bias is not None) == use_bias
+  if use_bias:
+    conv.bias[...] = jnp.asarray(randn(rng, 4))
+  x = randn(rng, 1, 9, 8, 4)
+  got = np.asarray(conv(jnp.asarray(x)))
+  want = np_conv2d(x, np.asarray(conv.kernel[...]), 1, pad, dilation, groups)
+  if use_bias:
+    want += np.asarray(conv.bias[...])
+  assert got.shape == (1, 9, 8, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- group_norm
+def test_group_norm_eps_and_affine():
+  rng = np.random.default_rng(7)
+  gn = layers.group_norm(8, 4, rngs=nnx.Rngs(0))
+  assert gn.epsilon == 1e-5
+  scale = 1 + randn(rng, 8, scale=0.2)
+  bias = randn(rng, 8, scale=0.2)
+  gn.scale[...] = jnp.asarray(scale)
+  gn.bias[...] = jnp.asarray(bias)
+  # Variance ~1e-5, comparable to eps: 1e-6 (Flax's default) would be off
+  # by tens of percent.
+  x = randn(rng, 2, 5, 6, 8, scale=3e-3)
+  got = np.asarray(gn(jnp.asarray(x)))
+  want = np_group_norm(x, 4, scale, bias, 1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  wrong_eps = np_group_norm(x, 4, scale, bias, 1e-6)
+  assert np.abs(wrong_eps - want).max() > 0.1
+
+
+def test_group_norm_two_pass_variance_with_large_mean():
+  # mean 300, std 0.05: E[x^2] - E[x]^2 in float32 loses the variance.
+  rng = np.random.default_rng(8)
+  gn = layers.group_norm(6, 3, rngs=nnx.Rngs(0))
+  x = randn(rng, 2, 7, 7, 6, scale=0.05, loc=300.0)
+  got = np.asarray(gn(jnp.asarray(x)))
+  want = np_group_norm(x, 3, 1.0, 0.0, 1e-5)
+  np.testing.assert_allclose(got, want, atol=5e-3)
+
+
+# ------------------------------------------------------------------- dropout
+def test_dropout_identity_without_rng():
+  x = jnp.asarray(randn(np.random.default_rng(9), 3, 4, 5))
+  np.testing.assert_array_equal(np.asarray(layers.dropout(x, 0.1, None)),
+                                np.asarray(x))
+  np.testing.assert_array_equal(
+      np.asarray(layers.dropout(x, 0.0, jax.random.key(0))), np.asarray(x))
+
+
+def test_dropout_deterministic_per_key_and_scaled():
+  x = jnp.asarray(1 + np.abs(randn(np.random.default_rng(10), 64, 64)))
+  a = np.asarray(layers.dropout(x, 0.25, jax.random.key(1)))
+  b = np.asarray(layers.dropout(x, 0.25, jax.random.key(1)))
+  c = np.asarray(layers.dropout(x, 0.25, jax.random.key(2)))
+  np.testing.assert_array_equal(a, b)
+  assert np.any(a != c)
+  kept = a != 0
+  # Inverted dropout: kept values are x / (1 - rate), the rest are 0.
+  np.testing.assert_allclose(a[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+  assert abs(1 - kept.mean() - 0.25) < 0.03

@@ -1,0 +1,171 @@
+"""Tests for `cfbi_jax.model` on the tiny presets (fast, no fixtures).
+
+Full-size behaviour is covered by `test_parity.py`; here: shapes on odd
+sizes, invariance to padded object slots, unused reference slots and batch
+composition, the input normalisation against its definition, the
+attention-label switch and config validation.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cfbi_jax import attention
+from cfbi_jax import matching
+from cfbi_jax import model as model_lib
+from cfbi_jax import presets
+from cfbi_jax import resize
+
+H, W = 65, 81
+
+
+def _model(variant, **overrides):
+  config = presets.model_config(variant)
+  config.update(overrides)
+  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  # Non-zero biases so that background and foreground are told apart.
+  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
+  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
+  return module
+
+
+def _labels(rng, num_objects, size=(H, W)):
+  """Blobs with ids 1..num_objects."""
+  yy, xx = np.mgrid[:size[0], :size[1]]
+  labels = np.zeros(size, np.int32)
+  for k in range(1, num_objects + 1):
+    cy, cx = rng.uniform(10, size[0] - 10), rng.uniform(10, size[1] - 10)
+    labels[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(40, 120)] = k
+  return labels
+
+
+@nnx.jit
+def _embed(module, images):
+  return module.embed(images)[0]
+
+
+@nnx.jit(static_argnames='training')
+def _segment(module, ref, ref_labels, ref_valid, prev, prev_labels, cur,
+             obj_valid, training=False):
+  return module.segment(ref, ref_labels, ref_valid, prev, prev_labels, cur,
+                        obj_valid, training=training)
+
+
+def _inputs(module, rng, batch=1, num_objects=2, num_slots=None, refs=1):
+  num_slots = num_slots or num_objects + 1
+  images = jnp.asarray(rng.normal(size=(batch * 2, H, W, 3)), jnp.float32)
+  emb = _embed(module, images)
+  ref = model_lib.FrameEmbedding(
+      low_s4=emb.low_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
+  cur = model_lib.FrameEmbedding(
+      low_s4=emb.low_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
+  ref_scales = tuple(jnp.repeat(s[:, None], refs, axis=1) for s in ref.scales)
+  labels = np.stack([_labels(rng, num_objects) for _ in range(batch)])
+  ref_labels = jnp.asarray(np.repeat(labels[:, None], refs, axis=1))
+  ref_valid = jnp.asarray(np.arange(refs)[None].repeat(batch, 0) == 0)
+  obj_valid = jnp.asarray(
+      np.arange(num_slots)[None].repeat(batch, 0) <= num_objects)
+  return dict(ref=ref_scales, ref_labels=ref_labels, ref_valid=ref_valid,
+              prev=ref.scales, prev_labels=jnp.asarray(labels), cur=cur,
+              obj_valid=obj_valid)
+
+
+@pytest.mark.parametrize('variant', ['tiny_cfbi', 'tiny_cfbip'])
+def test_shapes_and_padded_slots(variant):
+  module = _model(variant)
+  rng = np.random.default_rng(0)
+  x = _inputs(module, rng, num_objects=2, num_slots=3)
+  logits, aux = _segment(module, **x)
+  h4, w4 = resize.stride_size(H, 4), resize.stride_size(W, 4)
+  assert logits.shape == (1, h4, w4, 3)
+  assert aux['global_fg_s4'].shape == (1, 3, h4, w4)
+  # Two extra padded slots leave the valid logits unchanged and never win.
+  padded = dict(x, obj_valid=jnp.asarray([[True] * 3 + [False] * 2]))
+  logits_p, _ = _segment(module, **padded)
+  np.testing.assert_allclose(logits_p[..., :3], logits, atol=1e-5)
+  assert np.all(np.asarray(logits_p[..., 3:]) == model_lib.INVALID_LOGIT)
+
+
+def test_unused_reference_slots_are_ignored():
+  module = _model('tiny_cfbi')
+  rng = np.random.default_rng(1)
+  one = _inputs(module, rng, refs=1)
+  three = dict(one)
+  # Two more slots holding unrelated embeddings and labels, marked unused.
+  noise = jnp.asarray(rng.normal(size=one['ref'][0].shape), jnp.float32)
+  three['ref'] = (jnp.concatenate([one['ref'][0], noise, noise * 2], 1),)
+  three['ref_labels'] = jnp.concatenate(
+      [one['ref_labels'], jnp.ones_like(one['ref_labels']),
+       jnp.zeros_like(one['ref_labels'])], 1)
+  three['ref_valid'] = jnp.asarray([[True, False, False]])
+  a, _ = _segment(module, **one)
+  b, _ = _segment(module, **three)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_batch_elements_are_independent():
+  module = _model('tiny_cfbip')
+  rng = np.random.default_rng(2)
+  both = _inputs(module, rng, batch=2, num_objects=2)
+  logits, _ = _segment(module, **both)
+  for b in range(2):
+    single = jax.tree.map(lambda v, b=b: v[b:b + 1], both)
+    alone, _ = _segment(module, **single)
+    np.testing.assert_allclose(logits[b:b + 1], alone, atol=1e-4)
+
+
+def test_attention_label_switch():
+  """The official in-place lattice mask reaches the /4 attention vector."""
+  rng = np.random.default_rng(3)
+  for switch in (True, False):
+    module = _model('tiny_cfbip', attention_uses_atrous_labels=switch)
+    x = _inputs(module, rng)
+    _, aux = _segment(module, **x, training=True)
+    grid = x['cur'].scales[0].shape[1:3]
+    ref_lab = resize.resize_labels_nearest(x['ref_labels'][0], grid)
+    if switch:
+      ref_lab = matching.atrous_reference_labels(
+          ref_lab, x['obj_valid'][0], atrous=2, min_pixels=0)
+    prev_lab = resize.resize_labels_nearest(x['prev_labels'][0], grid)
+    expected = attention.attention_head(
+        x['ref'][0][0], ref_lab, x['ref_valid'][0], x['prev'][0][0],
+        prev_lab, 3)
+    np.testing.assert_allclose(aux['attention_s4'][0], expected, atol=1e-5)
+
+
+def test_preprocess_images_is_official_bgr_normalisation():
+  rng = np.random.default_rng(4)
+  rgb = rng.integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
+  bgr = rgb[..., ::-1].astype(np.float64)
+  expected = (bgr / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
+      [0.229, 0.224, 0.225])
+  np.testing.assert_allclose(model_lib.preprocess_images(rgb), expected,
+                             atol=1e-6)
+  rgb_expected = (rgb / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
+      [0.229, 0.224, 0.225])
+  np.testing.assert_allclose(model_lib.preprocess_images(rgb, bgr=False),
+                             rgb_expected, atol=1e-6)
+
+
+def test_config_validation():
+  config = presets.model_config('tiny_cfbi')
+  bad = dict(config, not_a_field=1)
+  with pytest.raises(ValueError, match='not_a_field'):
+    model_lib.from_config(bad)
+  with pytest.raises(ValueError, match='local_windows'):
+    model_lib.from_config(dict(config, local_windows=((2,), (4,))))
+  with pytest.raises(ValueError, match='ResNet'):
+    model_lib.from_config(presets.model_config('tiny_cfbip').to_dict() | {
+        'backbone': 'mobilenetv2'})
+  with pytest.raises(ValueError, match='unknown variant'):
+    presets.model_config('cfbi_resnet50')
+
+
+def test_tiny_is_small():
+  module = nnx.eval_shape(
+      lambda: model_lib.from_config(presets.model_config('tiny_cfbi')))
+  count = sum(np.prod(v.shape) for v in jax.tree.leaves(
+      nnx.state(module, nnx.Param)))
+  assert count < 1_200_000, count
