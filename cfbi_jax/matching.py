@@ -1,26 +1,20 @@
 """Global and multi-local matching of CFBI / CFBI+, as pure `jnp` functions.
 
-Reproduces `networks/layers/matching.py` of the official code
-(github.com/z-x-yang/CFBI @ 91fc6a3): `global_matching(_for_eval)`,
-the parallel `local_matching` and `foreground2background`. The behaviour
-follows `../shared/reference/cfbi-official-notes.md` §7-§10; the model
-(`cfbi_jax.model`) calls these functions once per scale and frame.
+Reproduces `networks/layers/matching.py` of github.com/z-x-yang/CFBI @ 91fc6a3
+(`global_matching(_for_eval)`, parallel `local_matching`,
+`foreground2background`; `../shared/reference/cfbi-official-notes.md`
+§7-§10). `cfbi_jax.model` calls them once per scale and frame.
 
-Conventions: one sample, NHWC without the batch axis. Objects live in
-`K + 1` static slots, slot 0 is the background (matched like any object),
-and `obj_valid` marks the slots in use; label `-1` marks ignored pixels.
-Every output has the object axis first. Distances are squared L2 in the
-expanded form |q|^2 + |r|^2 - 2 q.r, like the official code, so they can be
-slightly negative. In float16/bfloat16 matching the embeddings are cast
-before the norms and products (both accumulate in float32 and are rounded
-once, as half matmuls on GPU do) and all distance arithmetic and minima run
-in that dtype; adding the float32 bias promotes to float32 (notes §8.7).
-
-Cost. The official code adds a 5e4 penalty per (query, reference, object)
-and takes a min per object. Here one distance matrix per query chunk serves
-all objects: global matching reduces it with a per-label segment minimum
-(cost independent of the number of objects) and local matching computes the
-offset distances once and only does a fused masked min per object.
+One sample, NHWC without batch axis. Objects live in `K + 1` static slots
+(slot 0 = background, matched like any object); `obj_valid` marks the slots
+in use and label -1 marks ignored pixels. Outputs are object-first.
+Distances use the official expanded form |q|^2 + |r|^2 - 2 q.r (so they can
+be slightly negative); the global matmul uses `Precision.HIGHEST` because
+that form cancels badly under TF32/bf16 passes (notes §22.24). With a
+float16/bfloat16 `matching_dtype` the embeddings are cast first, norms and
+dot products accumulate in float32 and are rounded once (like half matmuls
+on GPU), the rest of the distance arithmetic and the minima run in that
+dtype, and adding the float32 bias promotes to float32 (notes §8.7).
 """
 
 from typing import Sequence
@@ -34,6 +28,11 @@ from cfbi_jax import resize
 # Official `WRONG_LABEL_PADDING_DISTANCE`: the raw distance of a candidate of
 # another object or outside the frame. It maps to a similarity of 1.0.
 WRONG_LABEL_PADDING_DISTANCE = 5e4
+
+# Rows per block of label-sorted reference pixels in global matching. Only
+# speed depends on it: larger blocks mean fewer block minima to scatter but
+# more rows in the (at most K + 1) blocks that straddle a label change.
+_BLOCK_ROWS = 64
 
 
 def distance_to_similarity(sq_dist: jnp.ndarray,
@@ -61,8 +60,8 @@ def object_biases(num_slots: int, bg_bias: jnp.ndarray,
 
   Args:
     num_slots: number of object slots `K + 1`.
-    bg_bias: scalar (any shape of size 1) background bias.
-    fg_bias: scalar (any shape of size 1) foreground bias.
+    bg_bias: background bias, any shape of size 1 (e.g. `[1, 1, 1, 1]`).
+    fg_bias: foreground bias, any shape of size 1.
 
   Returns:
     `[num_slots]` float32 biases.
@@ -76,8 +75,8 @@ def _valid_labels(labels: jnp.ndarray, obj_valid: jnp.ndarray) -> jnp.ndarray:
   """Labels with -1 wherever the label is not a valid object slot."""
   num_slots = obj_valid.shape[0]
   labels = labels.astype(jnp.int32)
-  in_range = (labels >= 0) & (labels < num_slots)
-  valid = in_range & obj_valid[jnp.clip(labels, 0, num_slots - 1)]
+  valid = ((labels >= 0) & (labels < num_slots)
+           & obj_valid[jnp.clip(labels, 0, num_slots - 1)])
   return jnp.where(valid, labels, -1)
 
 
@@ -85,14 +84,13 @@ def atrous_reference_labels(ref_labels: jnp.ndarray, obj_valid: jnp.ndarray,
                             *, atrous: int, min_pixels: int) -> jnp.ndarray:
   """Reference labels with -1 where the official code drops the pixel.
 
-  Reproduces the lattice masking of the official training and min-pixel
-  eval branches (notes §8.2-3). A pixel is dropped if its label is not a
-  valid object (outside [0, K] or `obj_valid` False), or if it is off the
-  [0::a, 0::a] lattice and its object is "big" in that reference frame:
-  more than `min_pixels * atrous**2` pixels of that label in that frame
-  (strict >, decided per object and per reference frame, background
-  included). `min_pixels == 0` restricts every present object to the lattice,
-  which is the plain atrous branch.
+  Lattice masking of the official training and min-pixel eval branches
+  (notes §8.2-3). A pixel is dropped if its label is not a valid object
+  (outside [0, K] or `obj_valid` False), or if it is off the [0::a, 0::a]
+  lattice and its object is "big" in that reference frame: more than
+  `min_pixels * atrous**2` pixels of that label in that frame (strict >,
+  decided per object and per reference frame, background included).
+  `min_pixels == 0` restricts every present object to the lattice.
 
   Args:
     ref_labels: `[refs, height, width]` int labels at the matching grid, -1
@@ -109,17 +107,14 @@ def atrous_reference_labels(ref_labels: jnp.ndarray, obj_valid: jnp.ndarray,
   if atrous == 1:
     return labels
   num_refs, height, width = labels.shape
-  num_slots = obj_valid.shape[0]
-  counts = jnp.sum(labels[..., None] == jnp.arange(num_slots),
+  counts = jnp.sum(labels[..., None] == jnp.arange(obj_valid.shape[0]),
                    axis=(1, 2))  # [refs, K + 1]
-  big = counts > min_pixels * atrous**2
-  big_here = jnp.take_along_axis(
-      big, jnp.clip(labels, 0).reshape(num_refs, -1), axis=1)
-  big_here = big_here.reshape(labels.shape)
+  big = jnp.take_along_axis(counts > min_pixels * atrous**2,
+                            jnp.maximum(labels, 0).reshape(num_refs, -1),
+                            axis=1).reshape(labels.shape)
   on_lattice = ((np.arange(height) % atrous == 0)[:, None]
                 & (np.arange(width) % atrous == 0)[None, :])
-  keep = (labels >= 0) & (on_lattice | ~big_here)
-  return jnp.where(keep, labels, -1)
+  return jnp.where((labels >= 0) & (on_lattice | ~big), labels, -1)
 
 
 def _squared_norm(x: jnp.ndarray) -> jnp.ndarray:
@@ -132,6 +127,38 @@ def _channel_dot(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   """Per-pixel dot product over channels, float32 accumulation."""
   dot = jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32), axis=-1)
   return dot.astype(a.dtype)
+
+
+def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
+                         num_slots: int):
+  """Sorts reference rows by label and splits them into blocks.
+
+  Labels change at most K + 1 times along the sorted rows (dropped rows, id
+  K + 1, last), so all blocks but at most K + 1 "mixed" ones hold one label.
+  Padded entries of `mixed_blocks` repeat block 0, which a min ignores.
+
+  Args:
+    ref: `[rows, channels]` reference embeddings.
+    labels: `[rows]` int32 labels, -1 for dropped rows.
+    num_slots: K + 1.
+
+  Returns:
+    `[blocks * B, channels]` sorted zero-padded rows, `[blocks]` label of
+    each one-label block (K + 1 if mixed), `[K + 1]` mixed block indices and
+    `[(K + 1) * B]` labels of their rows.
+  """
+  segment_ids = jnp.where(labels >= 0, labels, num_slots)
+  num_blocks = -(-ref.shape[0] // _BLOCK_ROWS)
+  padding = num_blocks * _BLOCK_ROWS - ref.shape[0]
+  order = jnp.argsort(segment_ids, stable=True)
+  segment_ids = jnp.pad(segment_ids[order], (0, padding),
+                        constant_values=num_slots)
+  segment_ids = segment_ids.reshape(num_blocks, _BLOCK_ROWS)
+  ref = jnp.pad(ref[order], ((0, padding), (0, 0)))
+  single = segment_ids[:, 0] == segment_ids[:, -1]
+  block_labels = jnp.where(single, segment_ids[:, 0], num_slots)
+  mixed = jnp.nonzero(~single, size=num_slots, fill_value=0)[0]
+  return ref, block_labels, mixed, segment_ids[mixed].reshape(-1)
 
 
 def global_matching(query: jnp.ndarray,
@@ -153,22 +180,26 @@ def global_matching(query: jnp.ndarray,
 
     d_k(q) = min_r [ sqdist(q, r) + 5e4 * (1 - [label(r) == k]) ].
 
-  Instead of materialising the penalty for every object, each query chunk
-  computes one `[refs, chunk]` distance matrix and reduces it per label:
-  m_k = min over r labelled k (a segment minimum, whose cost does not depend
-  on the number of objects), m_all = min_k m_k, and
+  Rather than adding the penalty per object, each query chunk computes one
+  `[reference pixels, chunk]` distance matrix (one matmul) for all objects
+  and reduces it per label: m_k = min over r labelled k, m_all = min_k m_k,
+  and d_k = min(m_k, fl(m_all + 5e4)).
 
-    d_k = min(m_k, fl(m_all + 5e4)).
+  Why this is exact: adding a penalty of 0 is exact, and rounding x + 5e4 to
+  the matching dtype is monotonic in x, so the min over r not in k of
+  fl(d_r + 5e4) is fl(min_{r not in k} d_r + 5e4). Replacing that inner min
+  by m_all only changes it when m_all = m_k, and then both forms give m_k
+  because fl(m_k + 5e4) >= m_k. The bias is added after the min (as in the
+  official code) and the sigmoid is monotonic, so both are applied once to
+  d_k. Chunking only partitions the query pixels (XLA may pick a different
+  dot kernel per chunk shape, a 1-ulp effect).
 
-  This is exact, not an approximation: adding 0 to a distance of object k is
-  exact, and rounding x + 5e4 to the matching dtype is monotonic in x, so
-  min over r not in k of fl(d_r + 5e4) = fl(min_r d_r + 5e4); replacing that
-  min by m_all only matters when m_all = m_k < min over r not in k, and then
-  both forms give m_k because fl(m_k + 5e4) >= m_k. The bias and the sigmoid
-  are applied after the reduction, which commutes with it because the bias is
-  added after the min in the official code too. Chunking only partitions the
-  query pixels, so it has no numerical effect; `jax.checkpoint` keeps the
-  backward pass within one chunk's distance matrix as well.
+  The cost does not grow with the number of objects: reference pixels are
+  sorted by label once, and each chunk takes the min inside blocks of
+  `_BLOCK_ROWS` sorted rows (one pass) plus a segment min over the block
+  minima; only the <= K + 1 blocks straddling a label change are reduced row
+  by row. Peak memory is one chunk's distance matrix (`jax.checkpoint` keeps
+  the backward pass there too).
 
   Args:
     query: `[height, width, channels]` current-frame embedding.
@@ -176,8 +207,8 @@ def global_matching(query: jnp.ndarray,
     ref_labels: `[refs, ref_height, ref_width]` int labels at the reference
       grid, -1 to ignore (e.g. an unused reference slot).
     obj_valid: `[K + 1]` bool, slot 0 = background.
-    bg_bias: scalar background bias.
-    fg_bias: scalar foreground bias.
+    bg_bias: background bias (size 1).
+    fg_bias: foreground bias (size 1).
     num_chunks: number of query chunks (static); bounds peak memory.
     atrous: reference lattice rate (static).
     min_pixels: `--min_matching_pixels` P (static); with P > 0 only objects
@@ -192,17 +223,16 @@ def global_matching(query: jnp.ndarray,
   num_slots = obj_valid.shape[0]
   height, width, channels = query.shape
   if atrous > 1 and min_pixels == 0:
-    # Same set as the official zero-pad + [::a, ::a]: padded pixels are
-    # never on the lattice. Slicing first shrinks the matmul by a**2.
+    # Same set as the official zero-pad + [::a, ::a] (padded pixels are
+    # never on the lattice); slicing first shrinks the matmul by a**2.
     ref = ref[:, ::atrous, ::atrous]
     labels = _valid_labels(ref_labels[:, ::atrous, ::atrous], obj_valid)
   else:
     labels = atrous_reference_labels(
         ref_labels, obj_valid, atrous=atrous, min_pixels=min_pixels)
   ref = ref.reshape(-1, channels).astype(matching_dtype)
-  labels = labels.reshape(-1)
-  # Dropped pixels go to an extra segment that is discarded.
-  segment_ids = jnp.where(labels >= 0, labels, num_slots)
+  ref, block_labels, mixed_blocks, mixed_labels = _label_sorted_blocks(
+      ref, labels.reshape(-1), num_slots)
   ref_sq = _squared_norm(ref)
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
 
@@ -210,23 +240,27 @@ def global_matching(query: jnp.ndarray,
   chunk = -(-num_queries // num_chunks)
   queries = query.reshape(num_queries, channels).astype(matching_dtype)
   queries = jnp.pad(queries, ((0, chunk * num_chunks - num_queries), (0, 0)))
-  queries = queries.reshape(num_chunks, chunk, channels)
 
   def match_chunk(q):
-    dot = jnp.einsum(
-        'rc,qc->rq', ref, q, precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32).astype(matching_dtype)
-    dist = (ref_sq[:, None] + _squared_norm(q)[None, :]) - 2 * dot
-    per_label = jax.ops.segment_min(
-        dist, segment_ids, num_segments=num_slots + 1)[:num_slots]
+    dot = jnp.einsum('rc,qc->rq', ref, q, precision=jax.lax.Precision.HIGHEST,
+                     preferred_element_type=jnp.float32)
+    dist = ((ref_sq[:, None] + _squared_norm(q)[None, :])
+            - 2 * dot.astype(matching_dtype))
+    dist = dist.reshape(-1, _BLOCK_ROWS, chunk)  # [blocks, rows, chunk]
+    segment_min = lambda x, ids: jax.ops.segment_min(
+        x, ids, num_segments=num_slots + 1)[:num_slots]
+    per_label = jnp.minimum(
+        segment_min(jnp.min(dist, axis=1), block_labels),
+        segment_min(dist[mixed_blocks].reshape(-1, chunk), mixed_labels))
     nearest = jnp.min(per_label, axis=0)
     return jnp.minimum(per_label, nearest + penalty)  # [K + 1, chunk]
 
-  dist = jax.lax.map(jax.checkpoint(match_chunk), queries)
+  dist = jax.lax.map(jax.checkpoint(match_chunk, prevent_cse=False),
+                     queries.reshape(num_chunks, chunk, channels))
   dist = jnp.moveaxis(dist, 1, 0).reshape(num_slots, -1)[:, :num_queries]
-  dist = dist.reshape(num_slots, height, width)
   biases = object_biases(num_slots, bg_bias, fg_bias)
-  similarity = distance_to_similarity(dist, biases[:, None, None])
+  similarity = distance_to_similarity(
+      dist.reshape(num_slots, height, width), biases[:, None, None])
   return jnp.where(jnp.any(labels >= 0), similarity, 1.0)
 
 
@@ -246,23 +280,23 @@ def local_matching(query: jnp.ndarray,
   p = max(windows) - max(windows) % a, the candidates of pixel q are
   q + (i a - p, j a - p) for i, j in 0..2p/a. A candidate inside the frame
   whose previous label is k has the expanded distance to q for object k;
-  every other candidate (other label, ignored, outside the frame) has exactly
-  5e4. Window w takes the min over the central sub-square of half-size
-  floor(w / a) lattice steps.
+  every other candidate (other label, ignored, outside the frame) has
+  exactly 5e4. Window w takes the min over the central sub-square of
+  half-size floor(w / a) lattice steps.
 
-  The offset distances are computed once for all objects (a `lax.map` over
-  offset rows keeps memory at one `[offsets, height, width]` array), sorted
-  by ring (Chebyshev radius) so that each window adds one contiguous slice,
-  and each object only does a fused masked min per ring; the windows are
-  running minima over the rings, which is exact.
+  The offset distances are computed once for all objects, one offset at a
+  time (`lax.map`, so memory stays at one `[offsets, height, width]` array)
+  and in ring order (Chebyshev radius from the centre), so each window is a
+  prefix of the offsets. Each object then does one fused masked min per
+  ring, and the windows are running minima over the rings (exact).
 
   Args:
     query: `[height, width, channels]` current-frame embedding.
     prev: `[height, width, channels]` previous-frame embedding.
     prev_labels: `[height, width]` int previous labels, -1 to ignore.
     obj_valid: `[K + 1]` bool, slot 0 = background.
-    bg_bias: scalar background bias.
-    fg_bias: scalar foreground bias.
+    bg_bias: background bias (size 1).
+    fg_bias: foreground bias (size 1).
     windows: ascending window sizes (static), e.g. `(2, 4, 6, 8, 10, 12)`.
     atrous: offset stride a (static).
     matching_dtype: dtype of the distance computation (static).
@@ -270,6 +304,9 @@ def local_matching(query: jnp.ndarray,
   Returns:
     `[K + 1, height, width, len(windows)]` float32 similarities, channels
     ordered [largest window, then the others in the given order].
+
+  Raises:
+    ValueError: if `windows` is not ascending.
   """
   windows = tuple(int(size) for size in windows)
   if list(windows) != sorted(windows):
@@ -283,26 +320,31 @@ def local_matching(query: jnp.ndarray,
   query = query.astype(matching_dtype)
   prev = prev.astype(matching_dtype)
   query_sq = _squared_norm(query)
+  # Outside the frame the label is -1, so the value is 5e4 whatever the
+  # padded embedding and norm are.
   prev_pad = jnp.pad(prev, ((pad, pad), (pad, pad), (0, 0)))
   prev_sq_pad = jnp.pad(_squared_norm(prev), pad)
   labels_pad = jnp.pad(_valid_labels(prev_labels, obj_valid), pad,
                        constant_values=-1)
-  cols = [slice(j * atrous, j * atrous + width) for j in range(side)]
 
-  def offset_row(i):
-    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * atrous, height)
-    emb, sq, lab = rows(prev_pad), rows(prev_sq_pad), rows(labels_pad)
-    dot = jnp.stack([_channel_dot(query, emb[:, c]) for c in cols])
-    sq = jnp.stack([sq[:, c] for c in cols])
-    dist = (query_sq + sq) - 2 * dot
-    return dist, jnp.stack([lab[:, c] for c in cols])  # [side, h, w] each
+  # Offsets in lattice steps from the top-left corner, in ring order.
+  grid_i, grid_j = np.meshgrid(np.arange(side), np.arange(side),
+                               indexing='ij')
+  radius = np.maximum(abs(grid_i - pad // atrous), abs(grid_j - pad // atrous))
+  order = np.argsort(radius.ravel(), kind='stable')
+  offsets = np.stack([grid_i.ravel()[order], grid_j.ravel()[order]], axis=1)
 
-  dist, labels = jax.lax.map(jax.checkpoint(offset_row), jnp.arange(side))
-  steps = np.abs(np.arange(side) - pad // atrous)
-  ring_order = np.argsort(np.maximum(steps[:, None], steps[None, :]).ravel(),
-                          kind='stable')
-  dist = dist.reshape(side * side, height, width)[ring_order]
-  labels = labels.reshape(side * side, height, width)[ring_order]
+  def offset_distance(offset):
+    start = (offset[0] * atrous, offset[1] * atrous)
+    window = lambda x: jax.lax.dynamic_slice(
+        x, start + (0,) * (x.ndim - 2), (height, width) + x.shape[2:])
+    dist = ((query_sq + window(prev_sq_pad))
+            - 2 * _channel_dot(query, window(prev_pad)))
+    return dist, window(labels_pad)
+
+  dist, labels = jax.lax.map(
+      jax.checkpoint(offset_distance, prevent_cse=False),
+      jnp.asarray(offsets, jnp.int32))  # [offsets, height, width] each
 
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
   slot_ids = jnp.arange(num_slots)[:, None, None, None]
@@ -343,8 +385,8 @@ def local_matching_downsampled(query: jnp.ndarray,
     prev: `[height, width, channels]` previous-frame embedding.
     prev_labels: `[height, width]` int previous labels already at this grid.
     obj_valid: `[K + 1]` bool, slot 0 = background.
-    bg_bias: scalar background bias.
-    fg_bias: scalar foreground bias.
+    bg_bias: background bias (size 1).
+    fg_bias: foreground bias (size 1).
     windows: ascending window sizes on the half grid (static).
     atrous: offset stride (static).
     matching_dtype: dtype of the distance computation (static).
@@ -385,9 +427,8 @@ def foreground_to_background(fg_maps: jnp.ndarray,
   expand = (num_slots,) + (1,) * (fg_maps.ndim - 1)
   inf = jnp.asarray(jnp.inf, fg_maps.dtype)
   masked = jnp.where(obj_valid.reshape(expand), fg_maps, inf)
-  first = jnp.argmin(masked, axis=0)
-  smallest = jnp.min(masked, axis=0)
-  is_first = jnp.arange(num_slots).reshape(expand) == first
+  is_first = (jnp.arange(num_slots).reshape(expand)
+              == jnp.argmin(masked, axis=0))
   second = jnp.min(jnp.where(is_first, inf, masked), axis=0)
-  background = jnp.where(is_first, second, smallest)
+  background = jnp.where(is_first, second, jnp.min(masked, axis=0))
   return jnp.where(jnp.sum(obj_valid) > 1, background, fg_maps)
