@@ -6,7 +6,8 @@
 For every variant and object count, a child process builds the model
 (random weights; timing does not depend on them), compiles `embed` and
 `segment` for one 481x849 frame (the official DAVIS input size) with one
-reference frame, and times them over `--repeats` runs after a warm-up. A
+reference frame, and reports the best of `--repeats` timed runs after a
+warm-up (the best, because other load on a shared machine only adds time). A
 separate jitted call of the global matching alone, on the same shapes and
 settings, gives the global-matching share. Peak memory is the device's
 `peak_bytes_in_use` where the backend reports it (GPU/TPU), else the child
@@ -81,7 +82,7 @@ def _child(variant: str, num_objects: int, size, repeats: int) -> dict:
       t = time.perf_counter()
       jax.block_until_ready(fn(*args))
       best.append(time.perf_counter() - t)
-    return float(np.median(best))
+    return float(np.min(best))
 
   embed_s = timed(embed, module, frames[1:])
   segment_s = timed(segment, module, ref, ref, cur)
@@ -145,7 +146,7 @@ def main() -> None:
       print(f'done {variant} K={k}', file=sys.stderr, flush=True)
   h, w = args.size
   print(f'\nOne propagated frame at {h}x{w}, 1 reference, on '
-        f'{rows[0]["device"]} ({os.cpu_count()} CPUs); median of '
+        f'{rows[0]["device"]} ({os.cpu_count()} CPUs); best of '
         f'{args.repeats} runs; seconds unless stated.\n')
   for variant in args.variants:
     mine = [r for r in rows if r['variant'] == variant]

@@ -17,7 +17,7 @@ Widths are explicit constructor fields; `dim` (256 officially) is the width
 of the stride-4 stages, 2 * dim that of the deeper ones.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp

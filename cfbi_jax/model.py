@@ -20,6 +20,7 @@ official legacy-nearest rule. Logits come out at stride 4, NHWC with the
 object slot last; invalid slots hold `INVALID_LOGIT`.
 """
 
+import inspect
 from typing import Dict, Optional, Sequence, Tuple
 
 import flax.struct
@@ -336,7 +337,6 @@ def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
   fields = dict(model_config)
   fields.pop('variant', None)
   fields.pop('max_objects', None)
-  import inspect  # pylint: disable=g-import-not-at-top
   allowed = set(inspect.signature(CFBI.__init__).parameters) - {'self', 'rngs'}
   unknown = sorted(set(fields) - allowed)
   if unknown:

@@ -95,10 +95,26 @@ def _run(variant: str, setting: str):
   return embs, feats, outputs
 
 
-def _check(variant, name, ours, theirs, report):
+# (variant, array, max abs diff, diff / max |official|, atol) of every check;
+# printed as a table at the end of the module (run with -s to see it).
+REPORT = []
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _print_report():
+  yield
+  if REPORT:
+    print('\nparity: variant, array, max abs diff, relative to max |official|,'
+          ' atol')
+    for row in REPORT:
+      print('  {:18s} {:28s} {:10.3e} {:10.3e} {:8.0e}'.format(*row))
+
+
+def _check(variant, name, ours, theirs, label=None):
   diff = pf.max_abs_diff(ours, theirs)
   tol = pf.atol(variant, name)
-  report.append((variant, name, diff))
+  scale = float(np.max(np.abs(np.asarray(theirs, np.float64))))
+  REPORT.append((variant, label or name, diff, diff / max(scale, 1e-12), tol))
   assert diff <= tol, f'{variant} {name}: max abs diff {diff} > atol {tol}'
 
 
@@ -114,30 +130,25 @@ def test_features(variant):
   names = {'backbone_s16': 'backbone_s16', 'backbone_s4': 'low_s4',
            'backbone_s8': 'mid_s8', 'aspp_out': 'aspp_s16',
            'decoder_out': 'decoder_s4'}
-  report = []
   for fixture_name, our_name in names.items():
     if fixture_name not in f1:
       continue
     x = ours[our_name]
     if fixture_name + '_chmean' in f1:
-      _check(variant, fixture_name + '_chmean', x.astype(np.float64).mean(axis=(1, 2)),
-             f1[fixture_name + '_chmean'], report)
+      _check(variant, fixture_name + '_chmean',
+             x.astype(np.float64).mean(axis=(1, 2)),
+             f1[fixture_name + '_chmean'])
     channels = f1.get(fixture_name + '__channels')
     _check(variant, fixture_name,
-           x[channels] if channels is not None else x, f1[fixture_name][0],
-           report)
+           x[channels] if channels is not None else x, f1[fixture_name][0])
   emb_names = (['embedding'] if len(embs[1].scales) == 1
                else ['embedding_4x', 'embedding_8x', 'embedding_16x'])
-  tol_name = 'embedding' if len(emb_names) == 1 else 'embedding_4x'
   for s, name in enumerate(emb_names):
     for frame, fixture in ((1, f1), (0, f0)):
       x = pf.nchw(embs[frame].scales[s][0])
       channels = fixture.get(name + '__channels')
-      diff = pf.max_abs_diff(x[channels] if channels is not None else x,
-                             fixture[name][0])
-      report.append((variant, f'{name} f{frame}', diff))
-      assert diff <= pf.atol(variant, tol_name if frame == 0 else name)
-  print(report)
+      _check(variant, f'{name} f{frame}' if frame == 0 else name,
+             x[channels] if channels is not None else x, fixture[name][0])
 
 
 def _frame1_pairs(variant, aux):
@@ -171,23 +182,21 @@ def test_frame1(variant):
   _, _, outputs = _run(variant, 'default')
   logits, aux = outputs[1]
   f1 = pf.load_npz(variant, 'frame1.npz')
-  report = []
   for name, ours in _frame1_pairs(variant, aux):
-    _check(variant, name, ours, f1[name], report)
+    _check(variant, name, ours, f1[name])
   k1 = f1['ensembler_logits'].shape[1]
   _check(variant, 'ensembler_logits', pf.nchw(logits[..., :k1]),
-         f1['ensembler_logits'][0], report)
+         f1['ensembler_logits'][0])
   # Padded slots never win.
   assert np.all(logits[..., k1:] == model_lib.INVALID_LOGIT)
   orig = tuple(int(v) for v in pf.load_npz('clip', 'inputs.npz')['orig_size'])
   probs = jax.nn.softmax(resize.resize_bilinear_ac(
       jnp.asarray(logits[None, ..., :k1]), orig), axis=-1)[0]
-  _check(variant, 'probs', pf.nchw(probs), f1['probs'][0], report)
+  _check(variant, 'probs', pf.nchw(probs), f1['probs'][0])
   label = np.argmax(np.asarray(probs), axis=-1)
   near_tie = pf.load_npz(variant, 'sequence.npz')['near_tie'][0].astype(bool)
   mismatched = (label != f1['pred_label']) & ~near_tie
   assert not mismatched.any(), f'{mismatched.sum()} label pixels differ'
-  print(report)
 
 
 @pytest.mark.parametrize('setting', ['default', 'alt'])
@@ -196,11 +205,11 @@ def test_sequence_teacher_forced(variant, setting):
   _, _, outputs = _run(variant, setting)
   stored = pf.load_npz(variant, 'sequence.npz' if setting == 'default'
                        else 'alt_setting.npz')
-  report = []
   for t, (logits, aux) in outputs.items():
     theirs = stored[f'logits_s4_f{t:02d}'][0]
-    _check(variant, f'logits_s4_f{t:02d}', pf.nchw(logits[..., :theirs.shape[0]]),
-           theirs, report)
+    name = f'logits_s4_f{t:02d}'
+    _check(variant, name, pf.nchw(logits[..., :theirs.shape[0]]), theirs,
+           label=f'{name} ({setting})')
     if t == 1 and setting == 'alt':
       for key in stored:
         if key.startswith('global_fg') and key.endswith('_f01'):
@@ -208,5 +217,4 @@ def test_sequence_teacher_forced(variant, setting):
                    'global_fg_8x_f01': 's8', 'global_fg_16x_f01': 's16'}[key]
           k1 = stored[key].shape[0]
           _check(variant, key, aux[f'global_fg_{scale}'][0, :k1, None],
-                 stored[key], report)
-  print(report)
+                 stored[key])
