@@ -25,6 +25,7 @@ from flax import nnx
 
 from cfbi_jax import backbone
 from cfbi_jax import resize
+from tests.random_weights import randn, random_model
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = pathlib.Path(os.environ.get(
@@ -35,36 +36,6 @@ TINY_RESNET = dict(aspp_channels=32, decoder_channels=32,
                    resnet_blocks=(1, 1, 1, 1), resnet_width=8)
 
 
-def randn(rng, *shape, scale=1.0):
-  return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-def random_model(make, seed):
-  """Builds `make()` abstractly, then fills every variable from NumPy.
-
-  Frozen-BN buffers get random statistics (the init ones make BN the
-  identity, which would hide the MobileNetV2 padding quirk), and skipping
-  JAX's initialisers avoids one XLA compile per parameter shape on CPU.
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(make))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-  rng = np.random.default_rng(seed)
-  filled = []
-  for path, leaf in leaves:
-    name = [k.key for k in path if hasattr(k, 'key')][-1]
-    shape = leaf.shape
-    if name == 'kernel':
-      value = randn(rng, *shape, scale=np.sqrt(2.0 / np.prod(shape[:-1])))
-    elif name == 'weight':
-      value = 1 + randn(rng, *shape, scale=0.1)
-    elif name in ('bias', 'running_mean'):
-      value = randn(rng, *shape, scale=0.5)
-    elif name == 'running_var':
-      value = rng.uniform(0.5, 1.5, shape)
-    else:
-      raise ValueError(f'no fill rule for {name} at {path}')
-    filled.append(jnp.asarray(value, leaf.dtype))
-  return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, filled))
 
 
 def abstract_features(make, image_hw):

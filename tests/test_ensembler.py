@@ -16,40 +16,11 @@ import pytest
 from flax import nnx
 
 from cfbi_jax import ensembler
+from tests.random_weights import randn, random_model
 
 TINY = dict(dim=32, refine_dim=16, gn_groups=4, gn_groups_refine=4)
 
 
-def randn(rng, *shape, scale=1.0):
-  return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-def random_model(make, seed):
-  """Builds `make()` abstractly, then fills every variable from NumPy.
-
-  Random (not initial) values everywhere make the tests stronger (the init
-  GCT gamma = 0 turns GCT into the identity), and skipping JAX's
-  initialisers avoids one XLA compile per parameter shape on CPU.
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(make))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-  rng = np.random.default_rng(seed)
-  filled = []
-  for path, leaf in leaves:
-    name = [k.key for k in path if hasattr(k, 'key')][-1]
-    shape = leaf.shape
-    if name == 'kernel':
-      value = randn(rng, *shape, scale=np.sqrt(2.0 / np.prod(shape[:-1])))
-    elif name in ('scale', 'alpha'):
-      value = 1 + randn(rng, *shape, scale=0.1)
-    elif name in ('bias', 'beta'):
-      value = randn(rng, *shape, scale=0.1)
-    elif name == 'gamma':
-      value = randn(rng, *shape, scale=0.5)
-    else:
-      raise ValueError(f'no fill rule for {name} at {path}')
-    filled.append(jnp.asarray(value, leaf.dtype))
-  return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, filled))
 
 
 # One jitted caller for every test: NNX caches the compilation per module
