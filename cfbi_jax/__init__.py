@@ -17,5 +17,7 @@ Modules: `resize` (official resizing rules), `layers`, `backbone` (DeepLabV3+),
 `embedding` (CFBI head, CFBI+ FPN), `matching` (pure matching functions),
 `attention`, `ensembler`, `model` (the `CFBI` module), `presets` (variant
 settings), `convert` (official weights), `checkpoint` (orbax model
-directories).
+directories), `preprocessing` (official eval sizing), `inference` (the
+per-frame step and the eval loop), `datasets`, `outputs`, `evaluation`,
+`metrics` and `davis_eval` (DAVIS J&F).
 """

@@ -1,0 +1,199 @@
+"""Evaluation runs: datasets in, palette PNGs, submissions and scores out.
+
+`run(config)` is what `evaluate.py` calls. It
+
+1. loads the model directory (`checkpoint.load_model`), whose stored config
+   selects the variant and its official flags, plus the official DAVIS-script
+   flags for DAVIS runs and any `config.model` overrides;
+2. lists the sequences (`datasets.davis_sequences`,
+   `datasets.youtube_vos_sequences` or `datasets.own_video_sequence`);
+3. segments each with `inference.VideoPropagator` (official loop, TTA),
+   skipping sequences whose outputs are complete (resume), and writes palette
+   PNGs, optional per-frame probabilities and, for own videos, overlays;
+4. packages the YouTube-VOS submission zip, or scores a DAVIS run with
+   `davis_eval` when the split has annotations;
+5. writes `summary.json` (per-sequence frames per second, total time, peak
+   memory, number of compilations) and prints it.
+
+Output layout under `config.output_dir`:
+* DAVIS and own videos: `<seq>/<frame>.png`;
+* YouTube-VOS: `Annotations/<seq>/<frame>.png` and `submission.zip`;
+* `save_probs`: `<seq>/<frame>.npz` (key `probs`, `[K+1, H, W]` at the
+  original size, background first, objects in id order);
+* own videos: `<seq>_overlay/<frame>.png` and `<seq>_overlay.mp4`.
+"""
+
+import json
+import os
+import resource
+import time
+from typing import Any, Dict, List
+
+import jax
+import numpy as np
+import tqdm
+
+from cfbi_jax import checkpoint
+from cfbi_jax import datasets
+from cfbi_jax import inference
+from cfbi_jax import outputs
+from cfbi_jax import presets
+
+DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
+            'video')
+
+
+def model_overrides(config, stored_variant: str) -> Dict[str, Any]:
+  """Evaluation-only model fields: official DAVIS flags, then the user's."""
+  overrides = {}
+  if config.dataset.startswith('davis'):
+    overrides.update(presets.davis_overrides(stored_variant))
+  for key, value in config.model.items():
+    if value is not None:
+      overrides[key] = tuple(value) if isinstance(value, (list, tuple)) \
+          else value
+  return overrides
+
+
+def list_sequences(config) -> List[datasets.VideoSequence]:
+  """The sequences of the configured dataset, validated."""
+  if config.dataset not in DATASETS:
+    raise ValueError(f'config.dataset must be one of {DATASETS}, got '
+                     f'{config.dataset!r}')
+  if config.dataset == 'video':
+    if not config.video or not config.masks:
+      raise ValueError('--config.video and --config.masks are required')
+    return [datasets.own_video_sequence(config.video, config.masks,
+                                        max_objects=config.max_objects)]
+  if not config.data.root:
+    raise ValueError('--config.data.root (the dataset folder) is required')
+  if config.dataset.startswith('davis'):
+    return datasets.davis_sequences(
+        config.data.root, split=config.data.split,
+        year=2016 if config.dataset == 'davis2016' else 2017,
+        single_object=config.dataset == 'davis2016',
+        max_objects=config.max_objects)
+  return datasets.youtube_vos_sequences(config.data.root, config.data.split,
+                                        max_objects=config.max_objects)
+
+
+def _label_dir(config, name: str) -> str:
+  if config.dataset.startswith('youtubevos'):
+    return os.path.join(config.output_dir, 'Annotations', name)
+  return os.path.join(config.output_dir, name)
+
+
+def _peak_memory_mb() -> float:
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def segment_sequence(propagator: inference.VideoPropagator,
+                     seq: datasets.VideoSequence, config) -> Dict[str, Any]:
+  """Segments one sequence and writes its outputs; returns its timing."""
+  label_dir = _label_dir(config, seq.name)
+  probs_dir = os.path.join(config.output_dir, seq.name)
+  overlay_dir = os.path.join(config.output_dir, f'{seq.name}_overlay')
+  annotations = {i: seq.load_annotation(i) for i in seq.annotated}
+  frames = (rgb for _, _, rgb in seq.iter_frames())
+  overlay_frames = []
+  start, first_done = time.perf_counter(), None
+  for t, labels, probs in propagator.run(frames, annotations, len(seq)):
+    name = seq.frame_names[t]
+    outputs.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
+    if config.save_probs and probs is not None:
+      outputs.write_probabilities(os.path.join(probs_dir, name + '.npz'),
+                                  np.moveaxis(probs, -1, 0))
+    if config.dataset == 'video' and config.overlays:
+      rgb = seq.load_frame(t)
+      blended = outputs.overlay(rgb, labels)
+      _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
+      overlay_frames.append(blended)
+    if t == 0:
+      first_done = time.perf_counter()
+  total = time.perf_counter() - start
+  if overlay_frames:
+    outputs.write_overlay_video(
+        os.path.join(config.output_dir, f'{seq.name}_overlay.mp4'),
+        overlay_frames, fps=config.overlay_fps)
+  propagated = len(seq) - 1
+  steady = time.perf_counter() - (first_done or start)
+  return {'sequence': seq.name, 'frames': len(seq), 'seconds': total,
+          'fps': propagated / steady if propagated and steady > 0 else 0.0}
+
+
+def _write_rgb(path: str, rgb: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with outputs.atomic_path(path) as tmp:
+    Image.fromarray(rgb).save(tmp, format='PNG')
+
+
+def run(config) -> Dict[str, Any]:
+  """Runs an evaluation (see the module docstring)."""
+  if not config.checkpoint:
+    raise ValueError('--config.checkpoint (a model directory written by '
+                     'python -m cfbi_jax.convert or train.py) is required')
+  if not config.output_dir:
+    raise ValueError('--config.output_dir is required')
+  stored = checkpoint.read_model_config(config.checkpoint)
+  if config.variant and config.variant != stored.variant:
+    raise ValueError(f'config variant {config.variant!r} but the checkpoint '
+                     f'{config.checkpoint} holds {stored.variant!r}')
+  sequences = list_sequences(config)
+  model, model_config = checkpoint.load_model(
+      config.checkpoint, model_overrides(config, stored.variant))
+  propagator = inference.VideoPropagator(
+      model, scales=tuple(config.tta.scales), flip=config.tta.flip,
+      max_long_edge=config.max_long_edge, bgr=config.bgr,
+      max_objects=config.max_objects)
+  os.makedirs(config.output_dir, exist_ok=True)
+  rows, skipped = [], []
+  start = time.perf_counter()
+  for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq'):
+    done = outputs.sequence_done(_label_dir(config, seq.name),
+                                 seq.frame_names)
+    if done and config.save_probs:
+      probs_dir = os.path.join(config.output_dir, seq.name)
+      done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))
+                 for n in seq.frame_names[1:])
+    if done:
+      skipped.append(seq.name)
+      continue
+    rows.append(segment_sequence(propagator, seq, config))
+  summary = {
+      'variant': model_config.variant, 'dataset': config.dataset,
+      'sequences': rows, 'skipped_complete': skipped,
+      'total_seconds': time.perf_counter() - start,
+      'peak_memory_mb': _peak_memory_mb(),
+      'compilations': len(propagator.compiled),
+      'device': str(jax.devices()[0].device_kind),
+  }
+  if config.dataset.startswith('youtubevos'):
+    summary['submission'] = outputs.write_youtube_vos_zip(
+        os.path.join(config.output_dir, 'Annotations'),
+        os.path.join(config.output_dir, 'submission.zip'))
+  if config.dataset.startswith('davis') and config.score:
+    from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
+    scores = davis_eval.evaluate_davis(config.data.root, config.output_dir,
+                                       split=config.data.split)
+    print(davis_eval.format_results(scores, split=config.data.split))
+    summary['davis'] = scores['global']
+  path = os.path.join(config.output_dir, 'summary.json')
+  with outputs.atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(summary, f, indent=2, default=float)
+  _print_summary(summary)
+  return summary
+
+
+def _print_summary(summary: Dict[str, Any]) -> None:
+  for row in summary['sequences']:
+    print(f"{row['sequence']:30s} {row['frames']:5d} frames "
+          f"{row['fps']:7.2f} fps")
+  if summary['skipped_complete']:
+    print(f"skipped (already complete): {len(summary['skipped_complete'])}")
+  print(f"total {summary['total_seconds']:.1f} s, peak memory "
+        f"{summary['peak_memory_mb']:.0f} MB, {summary['compilations']} "
+        f"compiled shapes on {summary['device']}")

@@ -1,0 +1,59 @@
+"""Evaluation of a converted (or trained) model on DAVIS or YouTube-VOS.
+
+    python evaluate.py --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \
+        --config.checkpoint=ckpt/cfbi_resnet101 --config.data.root=DAVIS \
+        --config.data.split=val --config.output_dir=out/davis17
+
+Expected with the official weights (official README): DAVIS 2017 val J&F
+81.9 (cfbi_resnet101), 83.0 (cfbip_resnet101, DAVIS checkpoint), 78.4
+(cfbi_mobilenetv2); YouTube-VOS 2018 val 81.4 / 82.8 (server score of
+`submission.zip`).
+
+Arguments after the colon: `variant=` (checked against the checkpoint),
+`dataset=` davis2016 | davis2017 | youtubevos2018 | youtubevos2019, and
+`tta=ms_flip` for the official multi-scale + flip setting (scales 1.0, 1.15,
+1.3, 1.5 with long edge 800 x scale). The checkpoint directory carries its
+model config and therefore the official flags of its variant; DAVIS runs of
+CFBI+ add `min_matching_pixels=100` like `davis_eval_cfbip.sh`. Fields under
+`config.model` left at None keep those settings.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, variant='', dataset='davis2017', tta='')
+  config = ml_collections.ConfigDict()
+  config.variant = args.variant
+  config.dataset = args.dataset
+  config.checkpoint = ''
+  config.output_dir = ''
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ''
+  config.data.split = ('valid' if args.dataset.startswith('youtubevos')
+                       else 'val')
+  # Own-video inputs (configs/video.py).
+  config.video = ''
+  config.masks = ''
+  config.overlays = True
+  config.overlay_fps = 24.0
+  config.save_probs = False
+  config.score = True  # DAVIS: run the J&F scorer after segmenting.
+  config.tta = ml_collections.ConfigDict()
+  config.tta.scales = (1.0, 1.15, 1.3, 1.5) if args.tta == 'ms_flip' else (1.0,)
+  config.tta.flip = args.tta == 'ms_flip'
+  # None: the official rule (1040 single-scale, 800 multi-scale).
+  config.max_long_edge = ml_collections.config_dict.placeholder(float)
+  config.bgr = True  # Official BGR input quirk.
+  config.max_objects = 10
+  config.model = ml_collections.ConfigDict()
+  config.model.matching_dtype = ml_collections.config_dict.placeholder(str)
+  config.model.global_atrous = ml_collections.config_dict.placeholder(tuple)
+  config.model.global_chunks = ml_collections.config_dict.placeholder(tuple)
+  config.model.min_matching_pixels = ml_collections.config_dict.placeholder(
+      int)
+  config.model.attention_uses_atrous_labels = (
+      ml_collections.config_dict.placeholder(bool))
+  return config
