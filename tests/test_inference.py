@@ -1,0 +1,186 @@
+"""Tests for `cfbi_jax.inference` and `cfbi_jax.preprocessing` (tiny model).
+
+Independent references: the official size table of the notes, the
+definition of OpenCV's cubic resize evaluated pixel by pixel, manual calls
+of `model.segment` for the object/reference bookkeeping of the eval loop,
+and a NumPy average over manually run augmentations for the TTA merge.
+Whole-clip parity with the official loop is in `test_parity.py`.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cfbi_jax import inference
+from cfbi_jax import model as model_lib
+from cfbi_jax import preprocessing
+from cfbi_jax import presets
+
+
+@pytest.mark.parametrize('size,scale,max_edge,expected', [
+    ((480, 854), 1.0, 1040, (481, 849)),
+    ((720, 1280), 1.0, 1040, (577, 1041)),
+    ((360, 640), 1.0, 1040, (353, 641)),
+    ((480, 640), 1.0, 1040, (481, 641)),
+    ((1080, 1920), 1.0, 1040, (577, 1041)),
+    ((480, 854), 1.15, 800, (513, 913)),
+    ((720, 1280), 1.3, 800, (577, 1041)),
+    ((360, 640), 1.3, 800, (465, 833)),
+    ((480, 640), 1.5, 800, (721, 961)),
+])
+def test_input_size_matches_official_table(size, scale, max_edge, expected):
+  assert preprocessing.input_size(*size, scale, max_edge) == expected
+
+
+def _naive_cv2_cubic(image, size):
+  """OpenCV INTER_CUBIC, one output pixel at a time, float64."""
+  h, w = image.shape[:2]
+  out = np.zeros(size + image.shape[2:])
+
+  def weights(t):
+    a = -0.75
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    return [w0, w1, w2, 1 - w0 - w1 - w2]
+
+  for oy in range(size[0]):
+    fy = (oy + 0.5) * h / size[0] - 0.5
+    sy = int(np.floor(fy))
+    wy = weights(fy - sy)
+    for ox in range(size[1]):
+      fx = (ox + 0.5) * w / size[1] - 0.5
+      sx = int(np.floor(fx))
+      wx = weights(fx - sx)
+      acc = 0.0
+      for i in range(4):
+        for j in range(4):
+          y = min(max(sy - 1 + i, 0), h - 1)
+          x = min(max(sx - 1 + j, 0), w - 1)
+          acc = acc + wy[i] * wx[j] * image[y, x]
+      out[oy, ox] = acc
+  return out
+
+
+@pytest.mark.parametrize('src,dst', [((9, 13), (17, 25)), ((20, 31), (13, 17)),
+                                     ((7, 7), (7, 11))])
+def test_cv2_cubic_matches_definition(src, dst):
+  rng = np.random.default_rng(0)
+  image = (rng.random(src + (2,)) * 255).astype(np.float32)
+  np.testing.assert_allclose(preprocessing.resize_cubic_cv2(image, dst),
+                             _naive_cv2_cubic(image.astype(np.float64), dst),
+                             atol=2e-3)
+
+
+def _tiny():
+  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
+                                 rngs=nnx.Rngs(0))
+  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
+  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
+  return module
+
+
+def _clip(num_frames=4, size=(33, 49), seed=0):
+  """Frames with two drifting squares; object 2 appears at frame 2.
+
+  The default size is of the form 16k+1, so the loop feeds frames unresized.
+  """
+  rng = np.random.default_rng(seed)
+  background = rng.integers(0, 255, size + (3,), dtype=np.uint8)
+  frames, labels = [], []
+  for t in range(num_frames):
+    frame, label = background.copy(), np.zeros(size, np.uint8)
+    frame[5 + t:15 + t, 5:15] = (250, 20, 20)
+    label[5 + t:15 + t, 5:15] = 1
+    if t >= 2:
+      frame[18:28, 25 + t:35 + t] = (20, 250, 20)
+      label[18:28, 25 + t:35 + t] = 2
+    frames.append(frame)
+    labels.append(label)
+  return frames, labels
+
+
+def _manual_segment(module, refs, prev, frame, num_objects, out_size):
+  """`model.segment` called directly with explicit reference lists."""
+  emb = lambda f: module.embed(model_lib.preprocess_images(
+      jnp.asarray(f, jnp.float32)[None]))[0]
+  ref_embs = [emb(f) for f, _ in refs]
+  ref_scales = tuple(jnp.stack([e.scales[s][0] for e in ref_embs])[None]
+                     for s in range(len(ref_embs[0].scales)))
+  ref_labels = jnp.asarray(np.stack([l for _, l in refs]), jnp.int32)[None]
+  prev_emb = emb(prev[0])
+  logits, _ = module.segment(
+      ref_scales, ref_labels, jnp.ones((1, len(refs)), bool), prev_emb.scales,
+      jnp.asarray(prev[1], jnp.int32)[None], emb(frame),
+      jnp.ones((1, num_objects + 1), bool))
+  from cfbi_jax import resize  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return np.asarray(jax.nn.softmax(
+      resize.resize_bilinear_ac(logits, out_size), axis=-1))[0]
+
+
+def test_new_objects_join_as_references():
+  module = _tiny()
+  frames, labels = _clip()
+  prop = inference.VideoPropagator(module)
+  outs = list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames)))
+  # Frame 2 predicts only the objects known before it (K = 1) ...
+  assert outs[1][2].shape[-1] == 2 and outs[2][2].shape[-1] == 2
+  # ... and its label map carries the pasted new object.
+  assert np.all(outs[2][1][labels[2] == 2] == 2)
+  # Frame 3 sees K = 2 and two references: frame 0 and merged frame 2.
+  assert outs[3][2].shape[-1] == 3
+  expected = _manual_segment(
+      module, [(frames[0], labels[0]), (frames[2], outs[2][1])],
+      (frames[2], outs[2][1]), frames[3], 2, labels[0].shape)
+  np.testing.assert_allclose(outs[3][2], expected, atol=1e-5)
+  expected1 = _manual_segment(module, [(frames[0], labels[0])],
+                              (frames[0], labels[0]), frames[1], 1,
+                              labels[0].shape)
+  np.testing.assert_allclose(outs[1][2], expected1, atol=1e-5)
+
+
+def test_tta_average_of_scales_and_flips():
+  module = _tiny()
+  frames, labels = _clip(num_frames=2, size=(40, 52), seed=1)
+  scales = (1.0, 1.3)
+  prop = inference.VideoPropagator(module, scales=scales, flip=True,
+                                   max_long_edge=40)
+  outs = list(prop.run(frames, {0: labels[0]}, 2))
+  per_aug = []
+  for scale in scales:
+    size = preprocessing.input_size(40, 52, scale, 40)
+    resized = [preprocessing.resize_cubic_cv2(f.astype(np.float32), size)
+               for f in frames]
+    for flip in (False, True):
+      f = [r[:, ::-1] if flip else r for r in resized]
+      lab0 = labels[0][:, ::-1] if flip else labels[0]
+      p = _manual_segment(module, [(f[0], lab0)], (f[0], lab0), f[1], 1,
+                          (40, 52))
+      per_aug.append(p[:, ::-1] if flip else p)
+  np.testing.assert_allclose(outs[1][2], np.mean(per_aug, axis=0), atol=1e-5)
+  assert len(per_aug) == 4
+
+
+def test_advance_fills_reference_slots_in_order():
+  emb = lambda v: model_lib.FrameEmbedding(
+      low_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
+  labels = lambda v: jnp.full((1, 3, 3), v, jnp.int32)
+  state = inference.start(emb(1.0), labels(1), num_ref_slots=3)
+  state = inference.advance(state, emb(2.0), labels(2), jnp.asarray([False]))
+  state = inference.advance(state, emb(3.0), labels(3), jnp.asarray([True]))
+  np.testing.assert_array_equal(state.ref_valid, [[True, True, False]])
+  np.testing.assert_array_equal(state.ref_scales[0][0, :, 0, 0, 0],
+                                [1.0, 3.0, 0.0])
+  np.testing.assert_array_equal(state.ref_labels[0, :, 0, 0], [1, 3, 0])
+  np.testing.assert_array_equal(state.prev_labels, labels(3))
+  assert float(state.prev_scales[0][0, 0, 0, 0]) == 3.0
+
+
+def test_too_many_objects_is_an_error():
+  module = _tiny()
+  frames, labels = _clip(num_frames=2)
+  prop = inference.VideoPropagator(module, max_objects=1)
+  with pytest.raises(ValueError, match='max_objects'):
+    list(prop.run(frames, {0: labels[1] * 0 + (labels[1] > 0) * 2}, 2))
