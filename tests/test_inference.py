@@ -7,6 +7,7 @@ and a NumPy average over manually run augmentations for the TTA merge.
 Whole-clip parity with the official loop is in `test_parity.py`.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from cfbi_jax import inference
 from cfbi_jax import model as model_lib
 from cfbi_jax import preprocessing
 from cfbi_jax import presets
+from cfbi_jax import resize
 
 
 @pytest.mark.parametrize('size,scale,max_edge,expected', [
@@ -101,23 +103,27 @@ def _clip(num_frames=4, size=(33, 49), seed=0):
   return frames, labels
 
 
-def _manual_segment(module, refs, prev, frame, num_objects, out_size):
+@nnx.jit(static_argnames=('num_objects', 'out_size'))
+def _segment_jit(module, ref_frames, ref_labels, prev_frame, prev_labels,
+                 frame, num_objects, out_size):
   """`model.segment` called directly with explicit reference lists."""
-  emb = lambda f: module.embed(model_lib.preprocess_images(
-      jnp.asarray(f, jnp.float32)[None]))[0]
-  ref_embs = [emb(f) for f, _ in refs]
-  ref_scales = tuple(jnp.stack([e.scales[s][0] for e in ref_embs])[None]
-                     for s in range(len(ref_embs[0].scales)))
-  ref_labels = jnp.asarray(np.stack([l for _, l in refs]), jnp.int32)[None]
-  prev_emb = emb(prev[0])
+  emb = lambda f: module.embed(model_lib.preprocess_images(f))[0]
+  refs = emb(ref_frames)                                  # batch = references
+  ref_scales = tuple(s[None] for s in refs.scales)
   logits, _ = module.segment(
-      ref_scales, ref_labels, jnp.ones((1, len(refs)), bool), prev_emb.scales,
-      jnp.asarray(prev[1], jnp.int32)[None], emb(frame),
+      ref_scales, ref_labels[None], jnp.ones((1, ref_frames.shape[0]), bool),
+      emb(prev_frame[None]).scales, prev_labels[None], emb(frame[None]),
       jnp.ones((1, num_objects + 1), bool))
-  from cfbi_jax import resize  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  return np.asarray(jax.nn.softmax(
-      resize.resize_bilinear_ac(logits, out_size), axis=-1))[0]
+  return jax.nn.softmax(resize.resize_bilinear_ac(logits, out_size), -1)[0]
+
+
+def _manual_segment(module, refs, prev, frame, num_objects, out_size):
+  f32 = lambda x: jnp.asarray(np.asarray(x), jnp.float32)
+  i32 = lambda x: jnp.asarray(np.asarray(x), jnp.int32)
+  return np.asarray(_segment_jit(
+      module, f32(np.stack([f for f, _ in refs])),
+      i32(np.stack([l for _, l in refs])), f32(prev[0]), i32(prev[1]),
+      f32(frame), num_objects, tuple(out_size)))
 
 
 def test_new_objects_join_as_references():
