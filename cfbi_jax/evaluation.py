@@ -55,6 +55,13 @@ def model_overrides(config, stored_variant: str) -> Dict[str, Any]:
   return overrides
 
 
+def split(config) -> str:
+  """`config.data.split`, or the dataset's validation split if empty."""
+  if config.data.split:
+    return config.data.split
+  return 'valid' if config.dataset.startswith('youtubevos') else 'val'
+
+
 def list_sequences(config) -> List[datasets.VideoSequence]:
   """The sequences of the configured dataset, validated."""
   if config.dataset not in DATASETS:
@@ -69,11 +76,11 @@ def list_sequences(config) -> List[datasets.VideoSequence]:
     raise ValueError('--config.data.root (the dataset folder) is required')
   if config.dataset.startswith('davis'):
     return datasets.davis_sequences(
-        config.data.root, split=config.data.split,
+        config.data.root, split=split(config),
         year=2016 if config.dataset == 'davis2016' else 2017,
         single_object=config.dataset == 'davis2016',
         max_objects=config.max_objects)
-  return datasets.youtube_vos_sequences(config.data.root, config.data.split,
+  return datasets.youtube_vos_sequences(config.data.root, split(config),
                                         max_objects=config.max_objects)
 
 
@@ -177,8 +184,8 @@ def run(config) -> Dict[str, Any]:
   if config.dataset.startswith('davis') and config.score:
     from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
     scores = davis_eval.evaluate_davis(config.data.root, config.output_dir,
-                                       split=config.data.split)
-    print(davis_eval.format_results(scores, split=config.data.split))
+                                       split=split(config))
+    print(davis_eval.format_results(scores, split=split(config)))
     summary['davis'] = scores['global']
   path = os.path.join(config.output_dir, 'summary.json')
   with outputs.atomic_path(path) as tmp:

@@ -32,8 +32,7 @@ def get_config(arg=None):
   config.output_dir = ''
   config.data = ml_collections.ConfigDict()
   config.data.root = ''
-  config.data.split = ('valid' if args.dataset.startswith('youtubevos')
-                       else 'val')
+  config.data.split = ''  # '' = the dataset's validation split (val / valid).
   # Own-video inputs (configs/video.py).
   config.video = ''
   config.masks = ''

@@ -1,0 +1,253 @@
+"""End-to-end tests of `evaluate.py` / `cfbi_jax.evaluation`.
+
+* The real command line on the parity clip's PNG frames, with weights
+  converted from the fixture manifest by the real converter: the first
+  propagated frame's saved probabilities match the official ones (every
+  variant in `CFBI_PARITY_DIR`; skipped only when the folder is absent).
+* With a tiny model on synthetic data made here: a DAVIS run with scoring,
+  a YouTube-VOS run with a late object and the submission zip's layout,
+  resume-skip, a video-file input, and bad inputs with their messages.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from cfbi_jax import checkpoint
+from cfbi_jax import datasets
+from cfbi_jax import evaluation
+from cfbi_jax import model as model_lib
+from cfbi_jax import outputs
+from cfbi_jax import presets
+from configs import eval as eval_config
+from configs import video as video_config
+from tests import parity_fixtures as pf
+
+REPO = pf.REPO
+
+
+def _tiny_checkpoint(directory):
+  config = presets.model_config('tiny_cfbi')
+  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  checkpoint.save_model(directory, config, checkpoint.flat_state(module))
+  return directory
+
+
+def _video(num_frames=4, size=(33, 49), seed=0, late_object=False):
+  rng = np.random.default_rng(seed)
+  background = rng.integers(0, 255, size + (3,), dtype=np.uint8)
+  frames, labels = [], []
+  for t in range(num_frames):
+    frame, label = background.copy(), np.zeros(size, np.uint8)
+    frame[5 + t:15 + t, 5:15] = (250, 20, 20)
+    label[5 + t:15 + t, 5:15] = 1
+    if not late_object or t >= 2:
+      frame[18:28, 25 + t:35 + t] = (20, 250, 20)
+      label[18:28, 25 + t:35 + t] = 2
+    frames.append(frame)
+    labels.append(label)
+  return frames, labels
+
+
+def _save_png(path, array, palette=True):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if palette:
+    outputs.write_palette_png(path, array)
+  else:
+    Image.fromarray(array).save(path)
+
+
+def _davis_root(root, names=('alpha', 'beta')):
+  for i, name in enumerate(names):
+    frames, labels = _video(seed=i)
+    for t, (f, l) in enumerate(zip(frames, labels)):
+      _save_png(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'),
+                f, palette=False)
+      _save_png(os.path.join(root, 'Annotations', '480p', name,
+                             f'{t:05d}.png'), l)
+  os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
+  with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
+    f.write('\n'.join(names) + '\n')
+  return root
+
+
+def _config(base, **fields):
+  config = base.get_config()
+  for key, value in fields.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.slow
+@pf.requires_parity
+@pytest.mark.parametrize('variant', pf.variants())
+def test_command_line_on_parity_clip(variant, tmp_path):
+  sd = pf.state_dict(variant)
+  src = str(tmp_path / 'official.npz')
+  np.savez(src, **sd)
+  ckpt = str(tmp_path / 'ckpt')
+  env = dict(os.environ, PYTHONPATH=REPO)
+  subprocess.run([sys.executable, '-m', 'cfbi_jax.convert', '--variant',
+                  variant, '--src', src, '--dst', ckpt], check=True, env=env,
+                 cwd=REPO, capture_output=True)
+  out = str(tmp_path / 'out')
+  result = subprocess.run(
+      [sys.executable, 'evaluate.py', '--config=configs/video.py',
+       f'--config.video={pf.path("clip", "frames")}',
+       f'--config.masks={pf.path("clip", "annotations", "00000.png")}',
+       f'--config.checkpoint={ckpt}', f'--config.output_dir={out}',
+       '--config.save_probs=True', '--config.overlays=False'],
+      env=env, cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  probs = np.load(os.path.join(out, 'frames', '00001.npz'))['probs']
+  official = pf.load_npz(variant, 'frame1.npz')['probs'][0]
+  diff = pf.max_abs_diff(probs, official)
+  assert diff <= pf.atol(variant, 'probs'), diff
+  label = np.asarray(Image.open(os.path.join(out, 'frames', '00001.png')))
+  near_tie = pf.load_npz(variant, 'sequence.npz')['near_tie'][0].astype(bool)
+  official_label = pf.load_npz(variant, 'frame1.npz')['pred_label']
+  assert not np.any((label != official_label) & ~near_tie)
+
+
+@pytest.fixture(scope='module')
+def tiny_ckpt(tmp_path_factory):
+  return _tiny_checkpoint(str(tmp_path_factory.mktemp('ckpt')))
+
+
+def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
+  root = _davis_root(str(tmp_path / 'DAVIS'))
+  out = str(tmp_path / 'out')
+  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
+                   **{'data.root': root}, save_probs=True)
+  summary = evaluation.run(config)
+  assert [r['sequence'] for r in summary['sequences']] == ['alpha', 'beta']
+  assert 0.0 <= summary['davis']['J&F-Mean'] <= 1.0
+  assert summary['compilations'] >= 2
+  for t in range(4):
+    assert os.path.exists(os.path.join(out, 'alpha', f'{t:05d}.png'))
+  probs = np.load(os.path.join(out, 'alpha', '00001.npz'))['probs']
+  assert probs.shape == (3, 33, 49)
+  np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+  # Frame 0's PNG is the given annotation.
+  first = np.asarray(Image.open(os.path.join(out, 'alpha', '00000.png')))
+  np.testing.assert_array_equal(first, _video(seed=0)[1][0])
+  # A re-run skips both finished sequences and rewrites nothing.
+  stamp = os.path.getmtime(os.path.join(out, 'beta', '00003.png'))
+  again = evaluation.run(config)
+  assert again['skipped_complete'] == ['alpha', 'beta']
+  assert os.path.getmtime(os.path.join(out, 'beta', '00003.png')) == stamp
+  # A missing frame makes that sequence incomplete again.
+  os.remove(os.path.join(out, 'beta', '00002.png'))
+  third = evaluation.run(config)
+  assert third['skipped_complete'] == ['alpha']
+
+
+def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
+  root = tmp_path / 'ytvos' / 'valid'
+  frames, labels = _video(num_frames=5, late_object=True)
+  names = [f'{5 * t:05d}' for t in range(5)]
+  for n, f in zip(names, frames):
+    _save_png(str(root / 'JPEGImages' / 'vid' / f'{n}.jpg'), f, palette=False)
+  # An extra JPEG that meta.json does not list is not segmented.
+  _save_png(str(root / 'JPEGImages' / 'vid' / '00001.jpg'), frames[0],
+            palette=False)
+  _save_png(str(root / 'Annotations' / 'vid' / f'{names[0]}.png'),
+            (labels[0] == 1).astype(np.uint8))
+  _save_png(str(root / 'Annotations' / 'vid' / f'{names[2]}.png'),
+            np.where(labels[2] == 2, 2, 0).astype(np.uint8))
+  meta = {'videos': {'vid': {'objects': {
+      '1': {'category': 'a', 'frames': names},
+      '2': {'category': 'b', 'frames': names[2:]}}}}}
+  with open(root / 'meta.json', 'w') as f:
+    json.dump(meta, f)
+  out = str(tmp_path / 'out')
+  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
+                   dataset='youtubevos2018', save_probs=True,
+                   **{'data.root': str(tmp_path / 'ytvos')})
+  summary = evaluation.run(config)
+  with zipfile.ZipFile(summary['submission']) as z:
+    assert sorted(z.namelist()) == [f'Annotations/vid/{n}.png' for n in names]
+  # The late object is pasted on its first frame and predicted afterwards.
+  k_before = np.load(os.path.join(out, 'vid', f'{names[2]}.npz'))['probs']
+  k_after = np.load(os.path.join(out, 'vid', f'{names[3]}.npz'))['probs']
+  assert k_before.shape[0] == 2 and k_after.shape[0] == 3
+  pasted = np.asarray(Image.open(os.path.join(out, 'Annotations', 'vid',
+                                              f'{names[2]}.png')))
+  assert np.all(pasted[labels[2] == 2] == 2)
+
+
+def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
+  # Even sizes: yuv420p video would pad odd ones.
+  frames, labels = _video(num_frames=4, size=(34, 50))
+  video = str(tmp_path / 'clip.mp4')
+  outputs.write_overlay_video(video, frames, fps=10)
+  mask = str(tmp_path / 'first.png')
+  _save_png(mask, labels[0])
+  out = str(tmp_path / 'out')
+  config = _config(video_config, checkpoint=tiny_ckpt, output_dir=out,
+                   video=video, masks=mask)
+  summary = evaluation.run(config)
+  assert summary['sequences'][0]['frames'] == 4
+  for t in range(4):
+    assert os.path.exists(os.path.join(out, 'clip', f'{t:05d}.png'))
+    assert os.path.exists(os.path.join(out, 'clip_overlay', f'{t:05d}.png'))
+  assert os.path.getsize(os.path.join(out, 'clip_overlay.mp4')) > 0
+
+
+@pytest.mark.parametrize('case,message', [
+    ('rgb_mask', 'palette'),
+    ('size_mismatch', 'but its frame is'),
+    ('empty_first_mask', 'no object'),
+    ('too_many_objects', 'max_objects'),
+    ('missing_frame_dir', 'not found|does not exist|no frames|missing'),
+])
+def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
+  frames, labels = _video(num_frames=3)
+  folder = tmp_path / 'frames'
+  for t, f in enumerate(frames):
+    _save_png(str(folder / f'{t:05d}.jpg'), f, palette=False)
+  mask = str(tmp_path / 'mask.png')
+  if case == 'rgb_mask':
+    Image.fromarray(np.stack([labels[0] * 100] * 3, -1)).save(mask)
+  elif case == 'size_mismatch':
+    _save_png(mask, labels[0][:-2])
+  elif case == 'empty_first_mask':
+    _save_png(mask, np.zeros_like(labels[0]))
+  elif case == 'too_many_objects':
+    _save_png(mask, labels[0] * 7)
+  else:
+    _save_png(mask, labels[0])
+    folder = tmp_path / 'nowhere'
+  config = _config(video_config, checkpoint=tiny_ckpt,
+                   output_dir=str(tmp_path / 'out'), video=str(folder),
+                   masks=mask, max_objects=5)
+  with pytest.raises((datasets.DatasetError, ValueError, FileNotFoundError),
+                     match=message):
+    evaluation.run(config)
+  assert not os.path.exists(tmp_path / 'out' / 'frames' / '00001.png')
+
+
+def test_config_errors(tiny_ckpt, tmp_path):
+  with pytest.raises(ValueError, match='checkpoint'):
+    evaluation.run(_config(eval_config, output_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match='holds'):
+    evaluation.run(_config(eval_config, checkpoint=tiny_ckpt,
+                           output_dir=str(tmp_path), variant='cfbi_resnet101',
+                           **{'data.root': str(tmp_path)}))
+  with pytest.raises(ValueError, match='unknown config argument'):
+    eval_config.get_config('varient=cfbi_resnet101')
+  with pytest.raises(AttributeError):
+    config = eval_config.get_config()
+    config.lock()
+    config.not_a_field = 1
