@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cfbi_jax import inference
 from cfbi_jax import model as model_lib
 from cfbi_jax import resize
 from tests import parity_fixtures as pf
@@ -41,15 +42,20 @@ def _embed(module, images):
 
 
 @nnx.jit
-def _segment(module, ref_scales, ref_labels, ref_valid, prev_scales,
-             prev_labels, current, obj_valid):
-  return module.segment(ref_scales, ref_labels, ref_valid, prev_scales,
-                        prev_labels, current, obj_valid)
+def _segment(module, state, current, obj_valid):
+  return module.segment(state.ref_scales, state.ref_labels, state.ref_valid,
+                        state.prev_scales, state.prev_labels, current,
+                        obj_valid)
 
 
 @functools.lru_cache(maxsize=None)
 def _run(variant: str, setting: str):
   """Embeds every frame and segments frames 1.. teacher-forced.
+
+  The frames run through the per-frame carry of `cfbi_jax.inference`
+  (`start`, then `segment` and `advance` per frame), with the official
+  labels fed back in place of our own: the previous mask, and the merged
+  label of every frame that became a reference (where `n_refs` grows).
 
   Returns:
     (embeddings, features, {t: (logits, aux)}).
@@ -65,33 +71,25 @@ def _run(variant: str, setting: str):
     e, f = _embed(module, jnp.asarray(images[t:t + 1]))
     embs.append(e)
     feats.append(f)
-  gt_ids = seq['gt_ids']
-  n_refs = seq['n_refs']
-  labels = (alt['pred_labels'] if alt is not None else seq['pred_labels'])
-  prev_fed = (alt['pred_labels'][:-1] if alt is not None
-              else seq['prev_mask_fed'])
-  # Frame j becomes a reference for the frames after it when n_refs grows.
-  ref_frames = [0] + [j for j in range(1, num_frames - 1)
-                      if n_refs[j + 1] > n_refs[j]]
-  max_refs = len(ref_frames)
+  gt_ids, n_refs = seq['gt_ids'], seq['n_refs']
+  # Labels the official loop produced (and fed back) for every frame.
+  labels = (alt['pred_labels'] if alt is not None
+            else seq['pred_labels']).astype(np.int32)
+  labels[0] = clip['annotation_f00']
+  if alt is None:
+    np.testing.assert_array_equal(seq['prev_mask_fed'], labels[:-1])
+  ref_slots = int(n_refs[-1])
   num_slots = int(np.max(gt_ids)) + 1 + EXTRA_SLOTS
-  ref_labels_all = np.stack([labels[j] for j in ref_frames]).astype(np.int32)
-  ref_labels_all[0] = clip['annotation_f00']
+  state = inference.start(embs[0], jnp.asarray(labels[:1]), ref_slots)
   outputs = {}
   for t in range(1, num_frames):
-    n = int(n_refs[t])
-    assert n >= 1 and ref_frames[:n] == [j for j in ref_frames if j < t][:n]
-    ref_valid = np.arange(max_refs) < n
-    ref_scales = tuple(
-        jnp.stack([embs[j].scales[s][0] for j in ref_frames])[None]
-        for s in range(len(embs[0].scales)))
+    assert int(np.sum(state.ref_valid)) == n_refs[t]
     obj_valid = (np.arange(num_slots) <= gt_ids[t])[None]
-    logits, aux = _segment(
-        module, ref_scales, jnp.asarray(ref_labels_all[None]),
-        jnp.asarray(ref_valid[None]), embs[t - 1].scales,
-        jnp.asarray(prev_fed[t - 1][None].astype(np.int32)), embs[t],
-        jnp.asarray(obj_valid))
+    logits, aux = _segment(module, state, embs[t], jnp.asarray(obj_valid))
     outputs[t] = (np.asarray(logits[0]), jax.tree.map(np.asarray, aux))
+    becomes_reference = t + 1 < num_frames and n_refs[t + 1] > n_refs[t]
+    state = inference.advance(state, embs[t], jnp.asarray(labels[t:t + 1]),
+                              jnp.asarray([becomes_reference]))
   return embs, feats, outputs
 
 
