@@ -27,7 +27,6 @@ compilations are counted.
 """
 
 import dataclasses
-import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import flax.struct

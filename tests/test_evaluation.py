@@ -29,6 +29,7 @@ from cfbi_jax import presets
 from configs import eval as eval_config
 from configs import video as video_config
 from tests import parity_fixtures as pf
+from tests import synthetic_clips
 
 REPO = pf.REPO
 
@@ -38,22 +39,6 @@ def _tiny_checkpoint(directory):
   module = model_lib.from_config(config, rngs=nnx.Rngs(0))
   checkpoint.save_model(directory, config, checkpoint.flat_state(module))
   return directory
-
-
-def _video(num_frames=4, size=(33, 49), seed=0, late_object=False):
-  rng = np.random.default_rng(seed)
-  background = rng.integers(0, 255, size + (3,), dtype=np.uint8)
-  frames, labels = [], []
-  for t in range(num_frames):
-    frame, label = background.copy(), np.zeros(size, np.uint8)
-    frame[5 + t:15 + t, 5:15] = (250, 20, 20)
-    label[5 + t:15 + t, 5:15] = 1
-    if not late_object or t >= 2:
-      frame[18:28, 25 + t:35 + t] = (20, 250, 20)
-      label[18:28, 25 + t:35 + t] = 2
-    frames.append(frame)
-    labels.append(label)
-  return frames, labels
 
 
 def _save_png(path, array, palette=True):
@@ -66,7 +51,7 @@ def _save_png(path, array, palette=True):
 
 def _davis_root(root, names=('alpha', 'beta')):
   for i, name in enumerate(names):
-    frames, labels = _video(seed=i)
+    frames, labels = synthetic_clips.two_squares(seed=i)
     for t, (f, l) in enumerate(zip(frames, labels)):
       _save_png(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'),
                 f, palette=False)
@@ -141,7 +126,8 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
   np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
   # Frame 0's PNG is the given annotation.
   first = np.asarray(Image.open(os.path.join(out, 'alpha', '00000.png')))
-  np.testing.assert_array_equal(first, _video(seed=0)[1][0])
+  np.testing.assert_array_equal(
+      first, synthetic_clips.two_squares(seed=0)[1][0])
   # A re-run skips both finished sequences and rewrites nothing.
   stamp = os.path.getmtime(os.path.join(out, 'beta', '00003.png'))
   again = evaluation.run(config)
@@ -155,7 +141,7 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
 
 def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
   root = tmp_path / 'ytvos' / 'valid'
-  frames, labels = _video(num_frames=5, late_object=True)
+  frames, labels = synthetic_clips.two_squares(num_frames=5, late_object=True)
   names = [f'{5 * t:05d}' for t in range(5)]
   for n, f in zip(names, frames):
     _save_png(str(root / 'JPEGImages' / 'vid' / f'{n}.jpg'), f, palette=False)
@@ -189,7 +175,7 @@ def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
 
 def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
   # Even sizes: yuv420p video would pad odd ones.
-  frames, labels = _video(num_frames=4, size=(34, 50))
+  frames, labels = synthetic_clips.two_squares(num_frames=4, size=(34, 50))
   video = str(tmp_path / 'clip.mp4')
   outputs.write_overlay_video(video, frames, fps=10)
   mask = str(tmp_path / 'first.png')
@@ -213,7 +199,7 @@ def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
     ('missing_frame_dir', 'not found|does not exist|no frames|missing'),
 ])
 def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
-  frames, labels = _video(num_frames=3)
+  frames, labels = synthetic_clips.two_squares(num_frames=3)
   folder = tmp_path / 'frames'
   for t, f in enumerate(frames):
     _save_png(str(folder / f'{t:05d}.jpg'), f, palette=False)

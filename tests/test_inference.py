@@ -18,6 +18,7 @@ from cfbi_jax import model as model_lib
 from cfbi_jax import preprocessing
 from cfbi_jax import presets
 from cfbi_jax import resize
+from tests import synthetic_clips
 
 
 @pytest.mark.parametrize('size,scale,max_edge,expected', [
@@ -83,26 +84,6 @@ def _tiny():
   return module
 
 
-def _clip(num_frames=4, size=(33, 49), seed=0):
-  """Frames with two drifting squares; object 2 appears at frame 2.
-
-  The default size is of the form 16k+1, so the loop feeds frames unresized.
-  """
-  rng = np.random.default_rng(seed)
-  background = rng.integers(0, 255, size + (3,), dtype=np.uint8)
-  frames, labels = [], []
-  for t in range(num_frames):
-    frame, label = background.copy(), np.zeros(size, np.uint8)
-    frame[5 + t:15 + t, 5:15] = (250, 20, 20)
-    label[5 + t:15 + t, 5:15] = 1
-    if t >= 2:
-      frame[18:28, 25 + t:35 + t] = (20, 250, 20)
-      label[18:28, 25 + t:35 + t] = 2
-    frames.append(frame)
-    labels.append(label)
-  return frames, labels
-
-
 @nnx.jit(static_argnames=('num_objects', 'out_size'))
 def _segment_jit(module, ref_frames, ref_labels, prev_frame, prev_labels,
                  frame, num_objects, out_size):
@@ -128,7 +109,7 @@ def _manual_segment(module, refs, prev, frame, num_objects, out_size):
 
 def test_new_objects_join_as_references():
   module = _tiny()
-  frames, labels = _clip()
+  frames, labels = synthetic_clips.two_squares(late_object=True)
   prop = inference.VideoPropagator(module)
   outs = list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames)))
   # Frame 2 predicts only the objects known before it (K = 1) ...
@@ -149,7 +130,8 @@ def test_new_objects_join_as_references():
 
 def test_tta_average_of_scales_and_flips():
   module = _tiny()
-  frames, labels = _clip(num_frames=2, size=(40, 52), seed=1)
+  frames, labels = synthetic_clips.two_squares(
+      num_frames=2, size=(40, 52), seed=1, late_object=True)
   scales = (1.0, 1.3)
   prop = inference.VideoPropagator(module, scales=scales, flip=True,
                                    max_long_edge=40)
@@ -186,7 +168,7 @@ def test_advance_fills_reference_slots_in_order():
 
 def test_too_many_objects_is_an_error():
   module = _tiny()
-  frames, labels = _clip(num_frames=2)
+  frames, labels = synthetic_clips.two_squares(num_frames=2, late_object=True)
   prop = inference.VideoPropagator(module, max_objects=1)
   with pytest.raises(ValueError, match='max_objects'):
     list(prop.run(frames, {0: labels[1] * 0 + (labels[1] > 0) * 2}, 2))
