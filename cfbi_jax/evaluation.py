@@ -181,7 +181,10 @@ def run(config) -> Dict[str, Any]:
     summary['submission'] = outputs.write_youtube_vos_zip(
         os.path.join(config.output_dir, 'Annotations'),
         os.path.join(config.output_dir, 'submission.zip'))
-  if config.dataset.startswith('davis') and config.score:
+  # Only DAVIS 2017 splits with full annotations can be scored (test-dev
+  # holds first-frame masks only; DAVIS 2016 has its own protocol).
+  if (config.dataset == 'davis2017' and config.score
+      and split(config) not in ('test-dev', 'test-challenge')):
     from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
     scores = davis_eval.evaluate_davis(config.data.root, config.output_dir,
                                        split=split(config))
