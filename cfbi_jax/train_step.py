@@ -1,0 +1,165 @@
+"""The pure, jitted training step: sequential training unrolled with scan.
+
+No TensorFlow here: this module is the whole device-side training
+computation, so it can be exported or run where TF is absent.
+
+A batch is `{'frames': [B, T, S, S, 3] uint8, 'labels': [B, T, S, S] uint8,
+'object_valid': [B, K+1] bool}` with frame 0 the reference, frame 1 the
+previous frame (its ground truth seeds the recurrence) and frames 2..T-1 the
+frames to segment. `clip_loss`:
+
+1. embeds all B*T frames in one batched call (DeepLab dropout keyed by the
+   step);
+2. starts the `inference.PropagationState` carry from the reference and
+   moves it to frame 1 with its ground truth;
+3. unrolls the frames with `jax.lax.scan` over the same `model.segment` /
+   `inference.advance` pieces evaluation uses: logits are resized to the
+   crop (align-corners bilinear), the bootstrapped cross-entropy is taken
+   with the scheduled k, and the next previous mask is the hard argmax of
+   the prediction (no gradient) when `use_own_predictions`, else the ground
+   truth;
+4. averages the per-sample losses over samples and frames.
+
+Schedule values (`num_hard_pixels`, `use_own_predictions`, the learning rate
+inside optax) enter as data, so nothing recompiles as training progresses.
+"""
+
+from typing import Any, Dict, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cfbi_jax import inference
+from cfbi_jax import losses
+from cfbi_jax import model as model_lib
+from cfbi_jax import resize
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries (and checkpoints).
+
+  Attributes:
+    step: scalar int32 step.
+    params: `nnx.Param` state of the model (optimised).
+    frozen: the other model state (frozen BN buffers), never updated.
+    opt_state: optax state.
+    rng: base PRNG key; step keys are `fold_in(rng, step)`.
+  """
+  step: jnp.ndarray
+  params: Any
+  frozen: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_train_state(module: model_lib.CFBI, tx: optax.GradientTransformation,
+                       seed: int) -> Tuple[Any, TrainState]:
+  """Splits `module` into (graphdef, TrainState) for training."""
+  graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
+  return graphdef, TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+      opt_state=tx.init(params), rng=jax.random.key(seed))
+
+
+def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
+              rng: jax.Array, num_hard: jnp.ndarray,
+              use_own_predictions: jnp.ndarray, bgr: bool = True
+              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """Sequential-training loss of one batch of clips (module docstring).
+
+  Returns:
+    `(loss, aux)` with aux `{'per_frame_loss': [T-2, B], 'predictions':
+    [T-2, B, S, S] int32, 'fed_labels': [T-2, B, S, S] int32}` (the labels
+    fed as the previous mask of the next frame).
+  """
+  frames, labels = batch['frames'], batch['labels'].astype(jnp.int32)
+  obj_valid = batch['object_valid']
+  b, t = frames.shape[:2]
+  crop = frames.shape[2:4]
+  images = model_lib.preprocess_images(frames.reshape((b * t,) + frames.shape[2:]),
+                                       bgr=bgr)
+  emb, _ = module.embed(images, dropout_rng=rng)
+  emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
+  at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
+  state = inference.start(at(0), labels[:, 0], num_ref_slots=1)
+  state = inference.advance(state, at(1), labels[:, 1],
+                            jnp.zeros((b,), bool))
+
+  def body(state, xs):
+    emb_t, labels_t = xs
+    logits, _ = module.segment(state.ref_scales, state.ref_labels,
+                               state.ref_valid, state.prev_scales,
+                               state.prev_labels, emb_t, obj_valid,
+                               training=True)
+    logits = resize.resize_bilinear_ac(logits, crop)
+    loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
+    pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
+        jnp.int32)
+    fed = jnp.where(use_own_predictions, pred, labels_t)
+    state = inference.advance(state, emb_t, fed, jnp.zeros((b,), bool))
+    return state, (loss_t, pred, fed)
+
+  time_major = lambda x: jnp.moveaxis(x[:, 2:], 1, 0)
+  xs = (jax.tree.map(time_major, emb), time_major(labels))
+  _, (frame_losses, preds, fed) = jax.lax.scan(body, state, xs)
+  return jnp.mean(frame_losses), {'per_frame_loss': frame_losses,
+                                  'predictions': preds, 'fed_labels': fed}
+
+
+def foreground_iou(preds: jnp.ndarray, labels: jnp.ndarray,
+                   obj_valid: jnp.ndarray) -> jnp.ndarray:
+  """Mean IoU over valid foreground objects (a training log metric).
+
+  Args:
+    preds: `[..., B, S, S]` predicted ids; labels: same shape.
+    obj_valid: `[B, K+1]`.
+
+  Returns:
+    Scalar mean IoU over (frame, sample, valid object k >= 1).
+  """
+  ids = jnp.arange(obj_valid.shape[1])
+  p = preds[..., None] == ids
+  g = labels[..., None] == ids
+  inter = jnp.sum(p & g, axis=(-3, -2))
+  union = jnp.sum(p | g, axis=(-3, -2))
+  iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+  weight = obj_valid.at[:, 0].set(False).astype(jnp.float32)
+  weight = jnp.broadcast_to(weight, iou.shape)
+  return jnp.sum(iou * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation,
+                    bgr: bool = True):
+  """Returns `train_step(state, batch, schedule) -> (state, metrics)`.
+
+  `schedule` is `{'num_hard': int32 scalar, 'use_own_predictions': bool
+  scalar}`, computed on the host from the step. The returned function is
+  pure; jit it with the shardings of `sharding.py`.
+  """
+  def train_step(state: TrainState, batch, schedule):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      module = nnx.merge(graphdef, params, state.frozen)
+      return clip_loss(module, batch, rng, schedule['num_hard'],
+                       schedule['use_own_predictions'], bgr)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'loss': loss,
+        'grad_norm': optax.global_norm(grads),
+        'iou': foreground_iou(aux['predictions'],
+                              jnp.moveaxis(batch['labels'][:, 2:], 1, 0)
+                              .astype(jnp.int32), batch['object_valid']),
+    }
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state), metrics
+
+  return train_step
