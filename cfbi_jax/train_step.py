@@ -154,7 +154,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     metrics = {
         'loss': loss,
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
         'iou': foreground_iou(aux['predictions'],
                               jnp.moveaxis(batch['labels'][:, 2:], 1, 0)
                               .astype(jnp.int32), batch['object_valid']),
