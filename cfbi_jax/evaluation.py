@@ -104,17 +104,24 @@ def segment_sequence(propagator: inference.VideoPropagator,
   probs_dir = os.path.join(config.output_dir, seq.name)
   overlay_dir = os.path.join(config.output_dir, f'{seq.name}_overlay')
   annotations = {i: seq.load_annotation(i) for i in seq.annotated}
-  frames = (rgb for _, _, rgb in seq.iter_frames())
+  # The frame being segmented, kept for its overlay (so it is read once).
+  current = {}
+
+  def frames():
+    for t, _, rgb in seq.iter_frames():
+      current[t] = rgb
+      yield rgb
+
   overlay_frames = []
   start, first_done = time.perf_counter(), None
-  for t, labels, probs in propagator.run(frames, annotations, len(seq)):
+  for t, labels, probs in propagator.run(frames(), annotations, len(seq)):
+    rgb = current.pop(t)
     name = seq.frame_names[t]
     outputs.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
     if config.save_probs and probs is not None:
       outputs.write_probabilities(os.path.join(probs_dir, name + '.npz'),
                                   np.moveaxis(probs, -1, 0))
     if config.dataset == 'video' and config.overlays:
-      rgb = seq.load_frame(t)
       blended = outputs.overlay(rgb, labels)
       _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
       overlay_frames.append(blended)

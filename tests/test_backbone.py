@@ -14,7 +14,6 @@
 
 import json
 import math
-import os
 import pathlib
 
 import jax
@@ -25,11 +24,10 @@ from flax import nnx
 
 from cfbi_jax import backbone
 from cfbi_jax import resize
+from tests import parity_fixtures as pf
 from tests.random_weights import randn, random_model
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
-PARITY_DIR = pathlib.Path(os.environ.get(
-    'CFBI_PARITY_DIR', _REPO / '..' / 'shared' / 'fixtures' / 'parity'))
+PARITY_DIR = pathlib.Path(pf.PARITY_DIR)
 MANIFEST = PARITY_DIR / 'cfbi_resnet101' / 'manifest.json'
 
 TINY_RESNET = dict(aspp_channels=32, decoder_channels=32,
