@@ -21,7 +21,9 @@ def attention_head(ref_emb: jnp.ndarray, ref_labels: jnp.ndarray,
 
   For object i with binary mask Y_i = (labels == i):
   fg = sum(E * Y_i) / (sum(Y_i) + eps) and
-  bg = (sum(E) - sum(E * Y_i)) / (sum(1 - Y_i) + eps). With several reference
+  bg = sum(E * (1 - Y_i)) / (sum(1 - Y_i) + eps) (the official code writes
+  the numerator as sum(E) - sum(E * Y_i); equal up to rounding, and exactly
+  zero here when Y_i covers the frame). With several reference
   frames the sums and counts are accumulated over the valid references
   before dividing, as the official evaluator does. Pixels labelled -1 (or
   any id that is not i) count as background of object i, which is how the
@@ -42,24 +44,31 @@ def attention_head(ref_emb: jnp.ndarray, ref_labels: jnp.ndarray,
   ids = jnp.arange(num_slots)
   # `where`, not a product, so that whatever an unused slot holds is dropped.
   ref_emb = jnp.where(ref_valid[:, None, None, None], ref_emb, 0.0)
-  ref_onehot = ((ref_labels[None] == ids[:, None, None, None])
-                & ref_valid[None, :, None, None]).astype(ref_emb.dtype)
-  valid = ref_valid.astype(ref_emb.dtype)
-  ref_total = jnp.sum(ref_emb, axis=(0, 1, 2))
+  ref_in = ref_labels[None] == ids[:, None, None, None]
+  ref_valid_px = jnp.broadcast_to(ref_valid[None, :, None, None], ref_in.shape)
+  ref_onehot = (ref_in & ref_valid_px).astype(ref_emb.dtype)
+  ref_offhot = (~ref_in & ref_valid_px).astype(ref_emb.dtype)
+  # Background sums and counts are taken over the complement directly, not
+  # as `total - foreground`: under jit XLA folds `(N - n) + eps` into
+  # `(N + eps) - n`, which loses eps when an object covers the whole frame
+  # (a frame predicted all background during sequential training) and
+  # divides by zero.
   ref_pos = jnp.einsum('krhw,rhwc->kc', ref_onehot, ref_emb)
+  ref_neg = jnp.einsum('krhw,rhwc->kc', ref_offhot, ref_emb)
   ref_pos_num = jnp.sum(ref_onehot, axis=(1, 2, 3))
-  ref_neg_num = jnp.sum(valid) * ref_labels.shape[1] * ref_labels.shape[2] \
-      - ref_pos_num
-  prev_onehot = (prev_labels[None] == ids[:, None, None]).astype(prev_emb.dtype)
-  prev_total = jnp.sum(prev_emb, axis=(0, 1))
+  ref_neg_num = jnp.sum(ref_offhot, axis=(1, 2, 3))
+  prev_in = prev_labels[None] == ids[:, None, None]
+  prev_onehot = prev_in.astype(prev_emb.dtype)
+  prev_offhot = (~prev_in).astype(prev_emb.dtype)
   prev_pos = jnp.einsum('khw,hwc->kc', prev_onehot, prev_emb)
+  prev_neg = jnp.einsum('khw,hwc->kc', prev_offhot, prev_emb)
   prev_pos_num = jnp.sum(prev_onehot, axis=(1, 2))
-  prev_neg_num = prev_labels.shape[0] * prev_labels.shape[1] - prev_pos_num
+  prev_neg_num = jnp.sum(prev_offhot, axis=(1, 2))
   return jnp.concatenate([
       ref_pos / (ref_pos_num[:, None] + eps),
-      (ref_total - ref_pos) / (ref_neg_num[:, None] + eps),
+      ref_neg / (ref_neg_num[:, None] + eps),
       prev_pos / (prev_pos_num[:, None] + eps),
-      (prev_total - prev_pos) / (prev_neg_num[:, None] + eps)], axis=-1)
+      prev_neg / (prev_neg_num[:, None] + eps)], axis=-1)
 
 
 class IAGate(nnx.Module):

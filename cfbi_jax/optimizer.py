@@ -6,11 +6,13 @@ then poly decay, floored at `min_lr`:
     lr(t) = base * t / warmup                                  t < warmup
     lr(t) = max(min_lr, base * (1 - (t - w) / (T - w + 1)) ** power)
 
-(the RPCMVOS-derived recipe of `cfbi-official-notes.md` §19), decoupled
-weight decay on every parameter except those whose path matches one of
+(the RPCMVOS-derived recipe of `cfbi-official-notes.md` §19), weight
+decay added to the gradient as PyTorch's SGD does, on every parameter except those whose path matches one of
 `weight_decay_exclude` (regexes), a learning-rate multiplier for the backbone
-(`feature_extracter`), optional global-norm clipping and optional gradient
-accumulation (`optax.MultiSteps`). Only `nnx.Param`s are optimised; frozen
+(`feature_extracter`), and optional global-norm clipping. Gradient accumulation
+(`accumulate_steps`) is not here but in `train_step.make_train_step`, which
+averages micro-batch gradients inside one step so that the step counter,
+the schedules and the data position all count whole batches. Only `nnx.Param`s are optimised; frozen
 BN buffers (`nnx.BatchStat`) are never touched.
 """
 
@@ -50,7 +52,8 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   Args:
     optim_config: `config.optim` (lr, total_steps, warmup_steps, power,
       min_lr, momentum, nesterov, weight_decay, weight_decay_exclude,
-      backbone_lr_mult, clip_grad_norm, accumulate_steps).
+      backbone_lr_mult, clip_grad_norm; accumulate_steps is read by the
+      trainer).
     params: the parameter pytree (for path-based masks).
 
   Returns:
@@ -76,8 +79,6 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   if c.backbone_lr_mult != 1.0:
     chain.append(_scale_per_leaf(lr_scale))
   tx = optax.chain(*chain)
-  if c.accumulate_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=c.accumulate_steps)
   return tx
 
 

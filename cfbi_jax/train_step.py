@@ -133,31 +133,70 @@ def foreground_iou(preds: jnp.ndarray, labels: jnp.ndarray,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    bgr: bool = True):
+                    bgr: bool = True, accumulate_steps: int = 1):
   """Returns `train_step(state, batch, schedule) -> (state, metrics)`.
 
   `schedule` is `{'num_hard': int32 scalar, 'use_own_predictions': bool
   scalar}`, computed on the host from the step. The returned function is
   pure; jit it with the shardings of `sharding.py`.
-  """
-  def train_step(state: TrainState, batch, schedule):
-    rng = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
-      module = nnx.merge(graphdef, params, state.frozen)
+  With `accumulate_steps` = m > 1 the batch is split into m equal
+  micro-batches (sample i goes to micro-batch i // (B / m)) that run one
+  after another in a `lax.scan` (peak memory of one micro-batch); their
+  gradients are averaged and applied in one update, so a step is still one
+  optimizer update of the whole batch. Micro-batch j draws its dropout key
+  as `fold_in(step_key, j)`.
+
+  Metrics: `loss`, `grad_norm`, `iou` (scalars) and `preview`
+  `[T-2, S, S]` uint8, the predictions for sample 0 (for overlay images;
+  it stays on the device unless fetched).
+  """
+  def grads_of(params, frozen, batch, rng, schedule):
+    def loss_fn(p):
+      module = nnx.merge(graphdef, p, frozen)
       return clip_loss(module, batch, rng, schedule['num_hard'],
                        schedule['use_own_predictions'], bgr)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+  def train_step(state: TrainState, batch, schedule):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if accumulate_steps == 1:
+      (loss, aux), grads = grads_of(state.params, state.frozen, batch, rng,
+                                    schedule)
+      preds = aux['predictions']
+    else:
+      size = batch['frames'].shape[0]
+      if size % accumulate_steps:
+        raise ValueError(f'batch {size} is not divisible into '
+                         f'{accumulate_steps} micro-batches')
+      micro = jax.tree.map(
+          lambda x: x.reshape((accumulate_steps, size // accumulate_steps)
+                              + x.shape[1:]), batch)
+
+      def body(acc, xs):
+        j, mb = xs
+        (loss_j, aux_j), g = grads_of(state.params, state.frozen, mb,
+                                      jax.random.fold_in(rng, j), schedule)
+        acc = jax.tree.map(jnp.add, acc, (loss_j, g))
+        return acc, aux_j['predictions']
+
+      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), preds = jax.lax.scan(
+          body, zeros, (jnp.arange(accumulate_steps), micro))
+      loss, grads = jax.tree.map(lambda x: x / accumulate_steps,
+                                 (loss, grads))
+      # [m, T-2, B/m, S, S] -> [T-2, B, S, S] in sample order.
+      preds = jnp.moveaxis(preds, 0, 1)
+      preds = preds.reshape(preds.shape[:1] + (size,) + preds.shape[3:])
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         'loss': loss,
         'grad_norm': optax.tree.norm(grads),
-        'iou': foreground_iou(aux['predictions'],
+        'iou': foreground_iou(preds,
                               jnp.moveaxis(batch['labels'][:, 2:], 1, 0)
                               .astype(jnp.int32), batch['object_valid']),
+        'preview': preds[:, 0].astype(jnp.uint8),
     }
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state), metrics

@@ -1,8 +1,17 @@
-"""Helpers shared by the config files: parsing of `--config=file.py:arg`.
+"""Helpers shared by the config files.
 
-`parse_arg('variant=cfbi_resnet101,dataset=davis2017', variant='', ...)`
-returns a ConfigDict of the declared keys with their defaults overridden;
-an undeclared key is an error. No side effects; imported by configs only.
+* `parse_arg('variant=cfbi_resnet101,dataset=davis2017', variant='', ...)`
+  parses `--config=file.py:arg`: a ConfigDict of the declared keys with
+  their defaults overridden; an undeclared key is an error.
+* `training_config(variant, runlocal)`: the training recipe shared by
+  `ytvos.py`, `davis.py` and `davis_ytvos.py`, which then set their own
+  stage values. Where each value comes from is written next to it:
+  [paper] CFBI §4 / CFBI+ §4; [official] the official configs
+  (`configs/resnet101_cfbi*.py`, notes §20.2); [ours] our choice where both
+  are silent (the official training code is not public; several follow
+  the RPCMVOS recipe of notes §19, which reuses the CFBI code).
+
+No side effects; imported by configs only.
 """
 
 import ml_collections
@@ -26,3 +35,87 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
     else:
       out[key] = type(default)(value)
   return out
+
+
+TRAIN_VARIANTS = {'cfbi': 'cfbi_resnet101', 'cfbip': 'cfbip_resnet101',
+                  'mobilenet': 'cfbi_mobilenetv2'}
+
+
+def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
+  """The shared training recipe (module docstring); stage files adjust it.
+
+  Args:
+    variant: 'cfbi' | 'cfbip' | 'mobilenet' (CFBI with the MobileNetV2
+      backbone).
+    runlocal: a smoke-test shrink (tiny model, crop 65, batch 2, 20 steps)
+      that runs in about a minute on a laptop CPU.
+  """
+  # Imported here so that `parse_arg` stays importable without TF.
+  from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  if variant not in TRAIN_VARIANTS:
+    raise ValueError(f'variant must be one of {sorted(TRAIN_VARIANTS)}, '
+                     f'got {variant!r}')
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  preset = TRAIN_VARIANTS[variant]
+  if runlocal:
+    preset = 'tiny_cfbip' if variant == 'cfbip' else 'tiny_cfbi'
+  config.model = presets.model_config(preset)
+  # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
+  config.model.global_chunks = (20,) if len(config.model.global_chunks) == 1 \
+      else (20, 10, 5)
+  config.model_bgr = True  # [official] BGR input order of the released models.
+  config.data = input_pipeline.default_data_config()  # provenance there
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 100_000          # [paper] CFBI+ §4 (YouTube-VOS)
+  config.train.batch_size = 8           # [paper] CFBI+ §4; ECCV CFBI: 4
+  config.train.num_frames = 3           # [paper] N current frames per clip
+  config.train.top_k_percent = 0.15     # [paper] bootstrapped CE
+  config.train.hard_mining_step = 50_000           # [official] steps / 2
+  config.train.own_predictions_from_step = 50_001  # [official] GT while
+  # step <= TRAIN_START_SEQ_TRAINING_STEPS (50k), own predictions after.
+  config.train.log_every = 50           # [ours]
+  config.train.image_every = 1000       # [ours] overlay images to TensorBoard
+  config.train.checkpoint_every = 1000  # [ours]
+  config.train.keep_checkpoints = 3     # [ours] plus the best one
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 0.01                # [paper] CFBI+ §4
+  config.optim.total_steps = config.train.steps
+  config.optim.warmup_steps = 1000      # [official] TRAIN_WARM_UP_STEPS
+  config.optim.power = 0.9              # [paper] poly decay
+  config.optim.min_lr = 1e-5            # [ours] notes §19
+  config.optim.momentum = 0.9           # [paper]
+  config.optim.nesterov = True          # [ours] notes §19
+  config.optim.weight_decay = 1.5e-4    # [official] TRAIN_WEIGHT_DECAY
+  config.optim.weight_decay_exclude = ()  # [ours] decay on every parameter
+  config.optim.backbone_lr_mult = 1.0   # [ours]
+  config.optim.clip_grad_norm = 5.0     # [official] TRAIN_CLIP_GRAD_NORM
+  config.optim.accumulate_steps = 1     # [ours] micro-batches per step
+  config.init = ml_collections.ConfigDict()
+  config.init.cfbi_checkpoint = ''      # converted official CFBI weights
+  config.init.backbone_checkpoint = ''  # convert.py --backbone_only output
+  if runlocal:
+    config.model.global_chunks = (1,) * len(config.model.global_chunks)
+    config.data.crop_size = 65
+    config.data.short_edge = 65
+    config.data.min_object_pixels = 10
+    config.data.reference_min_pixels = 10
+    config.train.steps = config.optim.total_steps = 20
+    config.train.batch_size = 2
+    config.train.num_frames = 2
+    config.train.hard_mining_step = 10
+    config.train.own_predictions_from_step = 0
+    config.train.log_every = 5
+    config.train.image_every = 10
+    config.train.checkpoint_every = 10
+    config.optim.warmup_steps = 2
+    config.optim.lr = 0.05
+  return config
+
+
+def set_steps(config: ml_collections.ConfigDict, steps: int) -> None:
+  """Sets the run length and the values tied to it (decay, ramp ends)."""
+  config.train.steps = config.optim.total_steps = steps
+  config.train.hard_mining_step = steps // 2
+  config.train.own_predictions_from_step = steps // 2 + 1

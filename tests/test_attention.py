@@ -148,12 +148,16 @@ def test_attention_head_absent_object():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_attention_head_object_covering_everything():
-  # Object 0 everywhere: bg count is 0, so bg = 0 / eps = 0 (not NaN).
+@pytest.mark.parametrize('size', [3, 17, 33])
+def test_attention_head_object_covering_everything(size):
+  # Object 0 everywhere: bg count is 0, so bg = 0 / eps = 0 (not NaN). At
+  # 17x17 and above, the `(N - n) + eps` form XLA folds to `(N + eps) - n`
+  # lost eps to rounding and gave inf/NaN under jit (a frame predicted all
+  # background during sequential training).
   rng = np.random.default_rng(5)
-  ref_emb = rng.standard_normal((1, 3, 3, 2)).astype(np.float32)
-  prev_emb = rng.standard_normal((3, 3, 2)).astype(np.float32)
-  labels = np.zeros((3, 3), np.int32)
+  ref_emb = rng.standard_normal((1, size, size, 16)).astype(np.float32) + 1
+  prev_emb = rng.standard_normal((size, size, 16)).astype(np.float32) + 1
+  labels = np.zeros((size, size), np.int32)
   got = run_head(ref_emb, labels[None], np.array([True]), prev_emb, labels, 2)
   want = np_attention_head(ref_emb, labels[None], [True], prev_emb, labels, 2)
   assert np.all(np.isfinite(got))

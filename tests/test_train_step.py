@@ -6,6 +6,9 @@
   the ground truth when the flag is off);
 * 8 fake CPU devices give the same parameters as one device after 2 steps
   (in a subprocess, since the device count is fixed at JAX start-up);
+* gradient accumulation: m micro-batches give the update computed by hand
+  from the mean of the micro-batch gradients (each taken with `clip_loss`
+  and its own dropout key);
 * the learning-rate schedule against its closed form.
 """
 
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -93,6 +97,50 @@ def test_scan_feeds_own_predictions(setup):
   # An untrained model's predictions differ from the ground truth, so the
   # check above can tell the two apart.
   assert not np.array_equal(aux['predictions'], labels)
+
+
+def test_gradient_accumulation_matches_mean_of_micro_batch_grads(setup):
+  graphdef, state, _ = setup
+  batch = tiny_batch(batch_size=4, num_frames=3)
+  # Make the samples differ, so the split matters.
+  batch['frames'] = batch['frames'].at[1:3].set(255 - batch['frames'][1:3])
+  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
+                                 rngs=nnx.Rngs(0))
+  # No warm-up: the step-0 learning rate is not zero, so updates are seen.
+  tx = optimizer.make_optimizer(optim_config(warmup_steps=0),
+                                nnx.state(module, nnx.Param))
+  state = state.replace(opt_state=tx.init(state.params))
+  sched = _schedule(own=True, num_hard=400)
+  step = jax.jit(ts.make_train_step(graphdef, tx, accumulate_steps=2))
+  got, metrics = step(state, batch, sched)
+  # By hand: two halves, keys fold_in(fold_in(rng, step), j), mean grads.
+  key = jax.random.fold_in(state.rng, state.step)
+  grads, loss = [], []
+  fn = lambda p, mb, k: ts.clip_loss(nnx.merge(graphdef, p, state.frozen), mb,
+                                     k, sched['num_hard'],
+                                     sched['use_own_predictions'])[0]
+  value_and_grad = jax.jit(jax.value_and_grad(fn))
+  for j in range(2):
+    half = jax.tree.map(lambda x: x[2 * j:2 * j + 2], batch)
+    l, g = value_and_grad(state.params, half, jax.random.fold_in(key, j))
+    grads.append(g)
+    loss.append(float(l))
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  delta = lambda g: tx.update(g, state.opt_state, state.params)[0]
+  want = delta(mean)
+  got_delta = jax.tree.map(jnp.subtract, got.params, state.params)
+  np.testing.assert_allclose(float(metrics['loss']), np.mean(loss), rtol=1e-5)
+  assert np.isfinite(float(metrics['loss']))
+  # Per leaf, relative to the leaf's largest update: the two programs
+  # round differently (about 1e-3 here).
+  close = lambda a, b: np.max(np.abs(a - b)) <= 1e-2 * np.max(np.abs(b)) + 1e-9
+  leaves = list(zip(jax.tree.leaves(got_delta), jax.tree.leaves(want)))
+  assert all(close(a, b) for a, b in leaves)
+  assert metrics['preview'].shape == (1, 33, 33)
+  # The halves differ, so averaging is what made the update match.
+  first_only = delta(grads[0])
+  assert sum(not close(a, b) for a, b in zip(
+      jax.tree.leaves(got_delta), jax.tree.leaves(first_only))) > len(leaves) // 2
 
 
 def test_learning_rate_schedule():

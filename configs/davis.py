@@ -1,0 +1,28 @@
+"""CFBI / CFBI+ training on DAVIS 2017 train only.
+
+    python train.py --config=configs/davis.py:variant=cfbi \
+        --config.data.root=DAVIS --workdir=runs/cfbi_davis
+
+`--config.data.root` is the folder holding `ImageSets/2017/train.txt`.
+Arguments: `variant=cfbi|cfbip|mobilenet`, `runlocal`.
+
+Stage values: lr 0.006, 50k steps, global batch 6, N = 3: the DAVIS-only
+setting of CFBI+ §4 [paper] (the ECCV CFBI paper used batch 3 with the same
+lr and steps; `--config.train.batch_size=3` for that). Everything else is
+the shared recipe of `configs/common.py::training_config` (provenance
+noted there), with the ramps (hard mining, own predictions) ending at half
+the steps as in the main stage.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, variant='cfbi', runlocal=False)
+  config = common.training_config(args.variant, args.runlocal)
+  config.data.source = 'davis'
+  if not args.runlocal:
+    config.optim.lr = 0.006          # [paper]
+    config.train.batch_size = 6      # [paper]
+    common.set_steps(config, 50_000)  # [paper]
+  return config

@@ -1,0 +1,38 @@
+"""Train CFBI / CFBI+.
+
+    python train.py --config=configs/ytvos.py --config.data.root=ROOT --workdir=DIR
+
+A thin entry point over `cfbi_jax.trainer.train_and_evaluate`; see the config
+files for the recipe and the README for multi-host launches. The trained
+model is also written to `DIR/model` for `evaluate.py --config.checkpoint`.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cfbi_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/ytvos.py', 'Training config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.',
+                               required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  if not config.data.root:
+    raise app.UsageError('--config.data.root (the dataset folder) is required')
+  result = trainer.train_and_evaluate(config, _WORKDIR.value)
+  trainer.export_model(result, config.model,
+                       os.path.join(_WORKDIR.value, 'model'))
+
+
+if __name__ == '__main__':
+  app.run(main)
