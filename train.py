@@ -2,7 +2,7 @@
 
     python train.py --config=configs/ytvos.py --config.data.root=ROOT --workdir=DIR
 
-A thin entry point over `cfbi_jax.trainer.train_and_evaluate`; see the config
+A thin entry point over `cfbi_jax.trainer.train`; see the config
 files for the recipe and the README for multi-host launches. The trained
 model is also written to `DIR/model` for `evaluate.py --config.checkpoint`.
 """
@@ -29,7 +29,7 @@ def main(argv):
   config = _CONFIG.value
   if not config.data.root:
     raise app.UsageError('--config.data.root (the dataset folder) is required')
-  result = trainer.train_and_evaluate(config, _WORKDIR.value)
+  result = trainer.train(config, _WORKDIR.value)
   trainer.export_model(result, config.model,
                        os.path.join(_WORKDIR.value, 'model'))
 

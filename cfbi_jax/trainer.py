@@ -1,4 +1,4 @@
-"""The training run: `train_and_evaluate(config, workdir)`, called by train.py.
+"""The training run: `train(config, workdir)`, called by train.py.
 
 Stages, top to bottom: mesh, data, model and optimizer init, shardings,
 restore, step function, loop.
@@ -15,13 +15,18 @@ unmatched names are reported loudly):
    `python -m cfbi_jax.convert --backbone_only` (ImageNet/COCO backbone);
 4. scratch, seeded by `config.seed`.
 
-Checkpoints: an orbax `CheckpointManager` in `workdir/checkpoints` (async,
-keeps the last `config.train.keep_checkpoints`), saving `{'state', 'data'}`
-every `config.train.checkpoint_every` steps, at the end, and on SIGTERM
-(the loop finishes the step in flight, saves, then exits). Logging: clu
-metric writers (TensorBoard) when clu is installed, plus tqdm with an ETA.
+Checkpoints (`_Checkpoints`): orbax `CheckpointManager`s (async) in
+`workdir/checkpoints` (the last `config.train.keep_checkpoints`) and
+`workdir/best`, saved every `config.train.checkpoint_every` steps, at the end
+and on SIGTERM (the loop finishes the step in flight, saves, then exits).
+
+Logging: clu metric writers (TensorBoard event files in `workdir`) with the
+loss, learning rate, hard-pixel ratio, training IoU, gradient norm, steps/s
+and examples/s averaged over each `log_every` window, an overlay image of
+one clip every `image_every` steps, and a tqdm bar with an ETA.
 """
 
+import json
 import os
 import signal
 import time
@@ -29,6 +34,7 @@ from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
@@ -38,6 +44,7 @@ from cfbi_jax import checkpoint
 from cfbi_jax import losses
 from cfbi_jax import model as model_lib
 from cfbi_jax import optimizer
+from cfbi_jax import outputs
 from cfbi_jax import sharding
 from cfbi_jax import train_step as ts
 
@@ -61,14 +68,19 @@ def _init_module(config) -> nnx.Module:
     directory = init.get(key)
     if directory:
       stored = checkpoint.read_model_config(directory)
+      wanted = config.model.to_dict()
+      plain = lambda v: json.loads(json.dumps(v))  # Tuples -> lists.
       mismatched = sorted(k for k in stored
-                          if k in config.model and k not in
+                          if k in wanted and k not in
                           checkpoint.EVAL_FIELDS + ('variant',)
-                          and stored[k] != config.model[k])
+                          and plain(stored[k]) != plain(wanted[k]))
       if mismatched:
         raise ValueError(f'{directory} was written for a different model: '
                          f'fields {mismatched} differ from config.model')
-      module, _ = checkpoint.load_model(directory)
+      # Evaluation-only fields (matching chunks, atrous rates...) follow the
+      # training config.
+      module, _ = checkpoint.load_model(directory, overrides={
+          k: wanted[k] for k in checkpoint.EVAL_FIELDS if k in wanted})
       logging.warning('INIT: weights from %s (%s)', directory, key)
       return module
   logging.warning('INIT: no pretrained weights; training from scratch '
@@ -101,41 +113,109 @@ def _restore_into(state: ts.TrainState, tree: Dict[str, Any]) -> ts.TrainState:
 
 
 def _writer(workdir: str):
+  """clu TensorBoard writer (logging only on hosts > 0); None without clu."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError:
+    logging.warning('clu is not installed: no TensorBoard logs')
     return None
   return metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir`; returns the final metrics."""
+def preview_image(frames: np.ndarray, labels: np.ndarray,
+                  preds: np.ndarray) -> np.ndarray:
+  """One overlay image of a training clip: ground truth above predictions.
+
+  Args:
+    frames: `[T, S, S, 3]` uint8 clip (reference, previous, current...).
+    labels: `[T, S, S]` ground truth.
+    preds: `[T-2, S, S]` predictions of the current frames.
+
+  Returns:
+    `[2S, T*S, 3]` uint8: top row the clip with its ground truth, bottom row
+    the reference and previous frames with theirs, then the predictions.
+  """
+  top = [outputs.overlay(f, l) for f, l in zip(frames, labels)]
+  bottom = top[:2] + [outputs.overlay(f, p) for f, p in zip(frames[2:], preds)]
+  return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
+
+
+class _Checkpoints:
+  """The run's checkpoints: the last K (for resume) and the best one.
+
+  `workdir/checkpoints` holds `{'state', 'data'}` for the last
+  `keep_checkpoints` saves (async). `workdir/best` holds the state with the
+  highest training IoU averaged over the log window before a save (there is
+  no validation set in the loop; training IoU is the signal we have). The
+  data item records the step, that best IoU and the run's seed.
+  """
+
+  def __init__(self, workdir: str, keep: int):
+    options = lambda n: ocp.CheckpointManagerOptions(
+        max_to_keep=n, create=True, enable_async_checkpointing=True)
+    root = os.path.abspath(workdir)
+    self.last = ocp.CheckpointManager(os.path.join(root, 'checkpoints'),
+                                      item_names=('state', 'data'),
+                                      options=options(keep))
+    self.best = ocp.CheckpointManager(os.path.join(root, 'best'),
+                                      item_names=('state', 'data'),
+                                      options=options(1))
+
+  def restore(self, state: ts.TrainState):
+    """(state, data dict) from the latest checkpoint, or (state, None)."""
+    latest = self.last.latest_step()
+    if latest is None:
+      return state, None
+    restored = self.last.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_state_for_checkpoint(state)),
+        data=ocp.args.JsonRestore()))
+    return _restore_into(state, restored['state']), dict(restored['data'])
+
+  def save(self, step: int, state: ts.TrainState, data: Dict[str, Any],
+           improved: bool) -> None:
+    args = lambda: ocp.args.Composite(
+        state=ocp.args.StandardSave(_state_for_checkpoint(state)),
+        data=ocp.args.JsonSave(data))
+    self.last.save(step, args=args(), force=True)
+    if improved:
+      self.best.save(step, args=args(), force=True)
+
+  def close(self) -> None:
+    for manager in (self.last, self.best):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def train(config, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir`; returns the final state and metrics.
+
+  Returns:
+    `{'state', 'graphdef', 'metrics' (last logged values), 'steps',
+    'history' (every logged dict, with its 'step')}`.
+  """
   # Mesh.
   mesh = sharding.make_mesh()
   global_batch = config.train.batch_size
-  if global_batch % jax.device_count():
-    raise ValueError(f'batch size {global_batch} is not divisible by '
-                     f'{jax.device_count()} devices')
+  accumulate = config.optim.accumulate_steps
+  if global_batch % (jax.device_count() * accumulate):
+    raise ValueError(
+        f'train.batch_size {global_batch} must be divisible by the device '
+        f'count ({jax.device_count()}) times optim.accumulate_steps '
+        f'({accumulate})')
   local_batch = global_batch // jax.process_count()
 
-  # Model and optimizer init, restore.
+  # Model, optimizer, restore.
   graphdef, tx, state = create_state(config)
-  manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      item_names=('state', 'data'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.train.keep_checkpoints, create=True,
-          enable_async_checkpointing=True))
-  start_step = 0
-  latest = manager.latest_step()
-  if latest is not None:
-    target = _state_for_checkpoint(state)
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data=ocp.args.JsonRestore()))
-    state = _restore_into(state, restored['state'])
-    start_step = int(restored['data']['step'])
+  ckpt = _Checkpoints(workdir, config.train.keep_checkpoints)
+  state, data_state = ckpt.restore(state)
+  start_step, best_iou = 0, -1.0
+  if data_state is not None:
+    if int(data_state.get('seed', config.seed)) != config.seed:
+      raise ValueError(f'{workdir} was trained with seed '
+                       f"{data_state['seed']}, the config says {config.seed}")
+    start_step = int(data_state['step'])
+    best_iou = float(data_state.get('best_iou', -1.0))
     logging.warning('INIT: resumed from %s at step %d', workdir, start_step)
 
   # Shardings.
@@ -151,61 +231,72 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   batches = iter(dataset.as_numpy_iterator())
 
   # Step function.
-  step_fn = jax.jit(ts.make_train_step(graphdef, tx, bgr=config.model_bgr),
+  step_fn = jax.jit(ts.make_train_step(graphdef, tx, bgr=config.model_bgr,
+                                       accumulate_steps=accumulate),
                     out_shardings=(replicated, replicated),
                     donate_argnums=(0,))
   num_pixels = config.data.crop_size ** 2
+  lr_fn = optimizer.learning_rate_schedule(
+      config.optim.lr, config.optim.total_steps, config.optim.warmup_steps,
+      config.optim.power, config.optim.min_lr)
   writer = _writer(workdir)
   stop = {'flag': False}
   previous = signal.signal(signal.SIGTERM,
                            lambda *_: stop.__setitem__('flag', True))
 
-  def save(step):
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_for_checkpoint(state)),
-        data=ocp.args.JsonSave({'step': step})), force=True)
-
-  metrics, step = {}, start_step
+  history, window, values = [], [], {}
+  step = start_step
   started = time.perf_counter()
   try:
     with tqdm.tqdm(total=config.train.steps, initial=start_step,
-                   desc='train', unit='step') as bar:
-      for step in range(start_step, config.train.steps):
-        batch = sharding.global_array(next(batches), mesh)
-        state, metrics = step_fn(state, batch,
-                                 schedule_values(step, config.train,
-                                                 num_pixels))
+                   desc='train', unit='step', dynamic_ncols=True) as bar:
+      while step < config.train.steps:
+        local = next(batches)
+        schedule = schedule_values(step, config.train, num_pixels)
+        state, metrics = step_fn(state, sharding.global_array(local, mesh),
+                                 schedule)
+        step += 1
         bar.update(1)
-        if (step + 1) % config.train.log_every == 0 or step == start_step:
-          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          values['learning_rate'] = float(optimizer.learning_rate_schedule(
-              config.optim.lr, config.optim.total_steps,
-              config.optim.warmup_steps, config.optim.power,
-              config.optim.min_lr)(step))
-          values['hard_pixel_ratio'] = float(schedule_values(
-              step, config.train, num_pixels)['num_hard']) / num_pixels
+        window.append({k: v for k, v in metrics.items() if k != 'preview'})
+        if step % config.train.log_every == 0 or step == config.train.steps:
+          fetched = jax.device_get(window)
+          values = {k: float(np.mean([m[k] for m in fetched]))
+                    for k in fetched[0]}
+          values['learning_rate'] = float(lr_fn(step - 1))
+          values['hard_pixel_ratio'] = float(schedule['num_hard']) / num_pixels
           elapsed = time.perf_counter() - started
-          values['steps_per_s'] = (step + 1 - start_step) / elapsed
+          values['steps_per_s'] = (step - start_step) / elapsed
           values['examples_per_s'] = values['steps_per_s'] * global_batch
-          bar.set_postfix(loss=f"{values['loss']:.4f}")
+          history.append(dict(values, step=step))
+          window = []
+          bar.set_postfix(loss=f"{values['loss']:.4f}",
+                          iou=f"{values['iou']:.3f}")
           if writer is not None:
-            writer.write_scalars(step + 1, values)
-        if (step + 1) % config.train.checkpoint_every == 0:
-          save(step + 1)
+            writer.write_scalars(step, values)
+        if writer is not None and step % config.train.image_every == 0:
+          writer.write_images(step, {'train/gt_top_prediction_bottom':
+                                     preview_image(
+                                         local['frames'][0],
+                                         local['labels'][0],
+                                         jax.device_get(metrics['preview']))
+                                     [None]})
+        if (step % config.train.checkpoint_every == 0 or stop['flag']
+            or step == config.train.steps):
+          iou = values.get('iou', -1.0)
+          improved = iou > best_iou
+          best_iou = max(best_iou, iou)
+          ckpt.save(step, state, {'step': step, 'best_iou': best_iou,
+                                  'seed': config.seed}, improved)
         if stop['flag']:
-          logging.warning('SIGTERM: saving at step %d and exiting', step + 1)
+          logging.warning('SIGTERM: saved step %d; exiting', step)
           break
-    final = step + 1 if config.train.steps > start_step else start_step
-    if manager.latest_step() != final:
-      save(final)
-    manager.wait_until_finished()
   finally:
     signal.signal(signal.SIGTERM, previous)
-    manager.close()
+    ckpt.close()
     if writer is not None:
       writer.flush()
-  return {'state': state, 'graphdef': graphdef,
-          'metrics': jax.device_get(metrics), 'steps': final}
+  return {'state': state, 'graphdef': graphdef, 'metrics': values,
+          'steps': step, 'history': history}
 
 
 def export_model(result: Dict[str, Any], model_config, directory: str
