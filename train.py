@@ -20,18 +20,28 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/ytvos.py', 'Training config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.',
                                required=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Multi-host run: call jax.distributed.initialize() first (coordinator '
+    'and process ids come from the TPU / SLURM / Open MPI environment or '
+    'the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID '
+    'variables; see the README).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   config = _CONFIG.value
   if not config.data.root:
     raise app.UsageError('--config.data.root (the dataset folder) is required')
   result = trainer.train(config, _WORKDIR.value)
-  trainer.export_model(result, config.model,
-                       os.path.join(_WORKDIR.value, 'model'))
+  if result['steps'] == config.train.steps:
+    trainer.export_model(result, config.model,
+                         os.path.join(_WORKDIR.value, 'model'))
 
 
 if __name__ == '__main__':

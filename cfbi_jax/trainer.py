@@ -96,6 +96,26 @@ def create_state(config):
   return graphdef, tx, state
 
 
+# Jitted steps by (model, optimizer, input order, accumulation, devices):
+# a second run in the same process (a resumed run, a notebook cell run
+# again) reuses the compiled step instead of compiling it again.
+_STEP_FUNCTIONS: Dict[str, Any] = {}
+
+
+def _step_function(config, graphdef, tx, mesh):
+  key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
+                    bool(config.model_bgr),
+                    [d.id for d in mesh.devices.flat]], sort_keys=True,
+                   default=str)
+  if key not in _STEP_FUNCTIONS:
+    replicated = sharding.replicated(mesh)
+    _STEP_FUNCTIONS[key] = jax.jit(
+        ts.make_train_step(graphdef, tx, bgr=config.model_bgr,
+                           accumulate_steps=config.optim.accumulate_steps),
+        out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return _STEP_FUNCTIONS[key]
+
+
 def _state_for_checkpoint(state: ts.TrainState) -> Dict[str, Any]:
   return {'step': state.step, 'params': nnx.to_pure_dict(state.params),
           'frozen': nnx.to_pure_dict(state.frozen),
@@ -231,10 +251,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   batches = iter(dataset.as_numpy_iterator())
 
   # Step function.
-  step_fn = jax.jit(ts.make_train_step(graphdef, tx, bgr=config.model_bgr,
-                                       accumulate_steps=accumulate),
-                    out_shardings=(replicated, replicated),
-                    donate_argnums=(0,))
+  step_fn = _step_function(config, graphdef, tx, mesh)
   num_pixels = config.data.crop_size ** 2
   lr_fn = optimizer.learning_rate_schedule(
       config.optim.lr, config.optim.total_steps, config.optim.warmup_steps,
@@ -301,7 +318,14 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
 def export_model(result: Dict[str, Any], model_config, directory: str
                  ) -> None:
-  """Writes the trained model as a model directory for `evaluate.py`."""
+  """Writes the trained model as a model directory for `evaluate.py`.
+
+  A directory that already holds this step (a finished run started again)
+  is left as it is.
+  """
+  if os.path.isdir(os.path.join(directory, str(int(result['steps'])))):
+    logging.warning('%s already holds step %d', directory, result['steps'])
+    return
   module = nnx.merge(result['graphdef'], result['state'].params,
                      result['state'].frozen)
   checkpoint.save_model(directory, model_config, checkpoint.flat_state(module),

@@ -1,0 +1,178 @@
+"""Training step time, examples per second and peak memory.
+
+    python bench/bench_train.py [--variants tiny_cfbi cfbi_resnet101 ...]
+        [--crop 465] [--batch 1] [--num-frames 3] [--accumulate 1]
+        [--data DAVIS_ROOT]
+
+For every variant, a child process builds the model (random weights; the
+time does not depend on them) and the training optimizer of
+`configs/common.py`, compiles the whole jitted train step (one batched
+backbone call for all frames, the `lax.scan` over the N current frames
+feeding its own predictions, bootstrapped CE, backward, SGD update) for a
+batch of `--batch` clips of N + 2 frames at `--crop`, then reports the best
+of `--repeats` timed steps after a warm-up. Peak memory is the device's
+`peak_bytes_in_use` where the backend reports it (GPU/TPU), else the child's
+peak resident set size (CPU). The table prints each variant beside the
+first one as a ratio.
+
+`--data` also times the tf.data input pipeline (clips per second on this
+host's CPUs) on a DAVIS-layout folder, at the same crop and clip length,
+to compare with the step rate: the pipeline must not be the bottleneck.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child(variant: str, crop: int, batch: int, num_frames: int,
+           accumulate: int, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  recipe = common.training_config('cfbi', runlocal=False)
+  config = presets.model_config(variant)
+  config.global_chunks = (20,) if len(config.global_chunks) == 1 \
+      else (20, 10, 5)
+  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  num_params = sum(x.size for x in jax.tree.leaves(nnx.state(module,
+                                                             nnx.Param)))
+  tx = optimizer.make_optimizer(recipe.optim, nnx.state(module, nnx.Param))
+  graphdef, state = ts.create_train_state(module, tx, seed=0)
+  step = jax.jit(ts.make_train_step(graphdef, tx, accumulate_steps=accumulate),
+                 donate_argnums=(0,))
+  rng = np.random.default_rng(0)
+  t = num_frames + 2
+  frames = rng.integers(0, 256, (batch, t, crop, crop, 3), dtype=np.uint8)
+  yy, xx = np.mgrid[:crop, :crop]
+  labels = np.zeros((batch, t, crop, crop), np.uint8)
+  for f in range(t):
+    for k in range(2):  # Two drifting discs.
+      cy, cx = crop * (k + 1) / 3 + 3 * f, crop / 2
+      labels[:, f][(yy - cy) ** 2 + (xx - cx) ** 2 < (crop / 6) ** 2] = k + 1
+  batch_arrays = {'frames': jnp.asarray(frames), 'labels': jnp.asarray(labels),
+                  'object_valid': jnp.asarray(
+                      np.arange(6)[None].repeat(batch, 0) <= 2)}
+  schedule = {'num_hard': jnp.int32(losses.num_hard_pixels(
+      60_000, crop * crop)), 'use_own_predictions': jnp.bool_(True)}
+  t0 = time.perf_counter()
+  state, metrics = step(state, batch_arrays, schedule)
+  jax.block_until_ready(metrics['loss'])
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch_arrays, schedule)
+    jax.block_until_ready(metrics['loss'])
+    times.append(time.perf_counter() - t0)
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    peak_mb, peak_kind = stats['peak_bytes_in_use'] / 2**20, 'device'
+  else:
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_kind = 'host RSS'
+  step_s = float(np.min(times))
+  return dict(variant=variant, params=int(num_params), step_s=step_s,
+              examples_per_s=batch / step_s,
+              frames_per_s=batch * t / step_s, compile_s=compile_s,
+              peak_mb=peak_mb, peak_kind=peak_kind,
+              loss=float(metrics['loss']),
+              device=str(jax.devices()[0].device_kind))
+
+
+def _pipeline(root: str, crop: int, batch: int, num_frames: int,
+              batches: int) -> float:
+  """Clips per second of the tf.data pipeline on a DAVIS-layout folder."""
+  from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = input_pipeline.default_data_config()
+  config.source, config.root, config.crop_size = 'davis', root, crop
+  ds = input_pipeline.make_train_dataset(config, batch_size=batch,
+                                         num_frames=num_frames, seed=0)
+  it = iter(ds.as_numpy_iterator())
+  next(it)  # Warm-up (file listing, first decode).
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  rate = batches * batch / (time.perf_counter() - t0)
+  del it
+  return rate
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--variants', nargs='+',
+                      default=['tiny_cfbi', 'cfbi_mobilenetv2',
+                               'cfbi_resnet101'])
+  parser.add_argument('--crop', type=int, default=465)
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--num-frames', type=int, default=3)
+  parser.add_argument('--accumulate', type=int, default=1)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--data', default='',
+                      help='DAVIS-layout folder to time the input pipeline')
+  parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(_child(args.child, args.crop, args.batch,
+                            args.num_frames, args.accumulate, args.repeats)))
+    return
+  rows = []
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for variant in args.variants:
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', variant,
+           '--crop', str(args.crop), '--batch', str(args.batch),
+           '--num-frames', str(args.num_frames), '--accumulate',
+           str(args.accumulate), '--repeats', str(args.repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                         check=False)
+    if out.returncode != 0:
+      print(out.stderr[-2000:], file=sys.stderr)
+      raise SystemExit(f'child {variant} failed')
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f'done {variant}', file=sys.stderr, flush=True)
+  t = args.num_frames + 2
+  print(f'\nOne training step: batch {args.batch} x {t} frames '
+        f'({args.num_frames} current) at {args.crop}x{args.crop}, '
+        f'accumulate {args.accumulate}, on {rows[0]["device"]} '
+        f'({os.cpu_count()} CPUs); best of {args.repeats} steps.\n')
+  base = rows[0]
+  print(f'  {"":26s}' + ''.join(f'{r["variant"]:>18s}' for r in rows))
+  lines = [
+      ('parameters (M)', 'params', lambda v: v / 1e6, '{:18.2f}'),
+      ('step time (s)', 'step_s', float, '{:18.3f}'),
+      ('  ratio to first', 'step_s', lambda v: v / base['step_s'],
+       '{:17.1f}x'),
+      ('examples (clips) / s', 'examples_per_s', float, '{:18.3f}'),
+      ('frames / s', 'frames_per_s', float, '{:18.2f}'),
+      (f'peak memory MB ({base["peak_kind"]})', 'peak_mb', float,
+       '{:18.0f}'),
+      ('  ratio to first', 'peak_mb', lambda v: v / base['peak_mb'],
+       '{:17.1f}x'),
+      ('compile + first step (s)', 'compile_s', float, '{:18.1f}'),
+  ]
+  for name, key, fn, fmt in lines:
+    print(f'  {name:26s}' + ''.join(fmt.format(fn(r[key])) for r in rows))
+  if args.data:
+    rate = _pipeline(args.data, args.crop, args.batch, args.num_frames, 10)
+    print(f'\n  input pipeline: {rate:.2f} clips/s on {os.cpu_count()} CPUs'
+          f' ({args.data}); slowest step needs '
+          f'{min(r["examples_per_s"] for r in rows):.3f}, fastest '
+          f'{max(r["examples_per_s"] for r in rows):.3f} clips/s')
+
+
+if __name__ == '__main__':
+  main()
