@@ -263,7 +263,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
   history, window, values = [], [], {}
   step = start_step
-  started = time.perf_counter()
+  window_started = time.perf_counter()
   try:
     with tqdm.tqdm(total=config.train.steps, initial=start_step,
                    desc='train', unit='step', dynamic_ncols=True) as bar:
@@ -281,8 +281,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
                     for k in fetched[0]}
           values['learning_rate'] = float(lr_fn(step - 1))
           values['hard_pixel_ratio'] = float(schedule['num_hard']) / num_pixels
-          elapsed = time.perf_counter() - started
-          values['steps_per_s'] = (step - start_step) / elapsed
+          now = time.perf_counter()
+          # The window's own rate (the first window includes compilation).
+          values['steps_per_s'] = len(fetched) / (now - window_started)
+          window_started = now
           values['examples_per_s'] = values['steps_per_s'] * global_batch
           history.append(dict(values, step=step))
           window = []
