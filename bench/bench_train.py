@@ -95,12 +95,13 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
               device=str(jax.devices()[0].device_kind))
 
 
-def _pipeline(root: str, crop: int, batch: int, num_frames: int,
+def _pipeline(root: str, split: str, crop: int, batch: int, num_frames: int,
               batches: int) -> float:
   """Clips per second of the tf.data pipeline on a DAVIS-layout folder."""
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = input_pipeline.default_data_config()
   config.source, config.root, config.crop_size = 'davis', root, crop
+  config.split = split
   ds = input_pipeline.make_train_dataset(config, batch_size=batch,
                                          num_frames=num_frames, seed=0)
   it = iter(ds.as_numpy_iterator())
@@ -125,6 +126,8 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--data', default='',
                       help='DAVIS-layout folder to time the input pipeline')
+  parser.add_argument('--data-split', default='train',
+                      help='split file of --data (ImageSets/2017/<split>.txt)')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -172,7 +175,8 @@ def main() -> None:
   for name, key, fn, fmt in lines:
     print(f'  {name:26s}' + ''.join(fmt.format(fn(r[key])) for r in rows))
   if args.data:
-    rate = _pipeline(args.data, args.crop, args.batch, args.num_frames, 10)
+    rate = _pipeline(args.data, args.data_split, args.crop, args.batch,
+                     args.num_frames, 10)
     print(f'\n  input pipeline: {rate:.2f} clips/s on {os.cpu_count()} CPUs'
           f' ({args.data}); slowest step needs '
           f'{min(r["examples_per_s"] for r in rows):.3f}, fastest '
