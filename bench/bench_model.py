@@ -22,7 +22,6 @@ run.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ def _child(variant: str, num_objects: int, size, repeats: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import matching  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
   from cfbi_jax import resize  # pylint: disable=g-import-not-at-top
@@ -104,12 +104,7 @@ def _child(variant: str, num_objects: int, size, repeats: int) -> dict:
   global_jit = jax.jit(global_all)
   jax.block_until_ready(global_jit(ref.scales, cur.scales))
   global_s = timed(global_jit, ref.scales, cur.scales)
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    peak_mb, peak_kind = stats['peak_bytes_in_use'] / 2**20, 'device'
-  else:
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak_kind = 'host RSS'
+  peak_mb, peak_kind = memory.peak_memory()
   return dict(variant=variant, objects=num_objects, embed_s=embed_s,
               segment_s=segment_s, global_s=global_s, compile_s=compile_s,
               peak_mb=peak_mb, peak_kind=peak_kind,

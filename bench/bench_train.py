@@ -23,7 +23,6 @@ to compare with the step rate: the pipeline must not be the bottleneck.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
   from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
@@ -80,12 +80,7 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
     state, metrics = step(state, batch_arrays, schedule)
     jax.block_until_ready(metrics['loss'])
     times.append(time.perf_counter() - t0)
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    peak_mb, peak_kind = stats['peak_bytes_in_use'] / 2**20, 'device'
-  else:
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak_kind = 'host RSS'
+  peak_mb, peak_kind = memory.peak_memory()
   step_s = float(np.min(times))
   return dict(variant=variant, params=int(num_params), step_s=step_s,
               examples_per_s=batch / step_s,

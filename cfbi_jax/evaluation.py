@@ -25,7 +25,6 @@ Output layout under `config.output_dir`:
 
 import json
 import os
-import resource
 import time
 from typing import Any, Dict, List
 
@@ -36,6 +35,7 @@ import tqdm
 from cfbi_jax import checkpoint
 from cfbi_jax import datasets
 from cfbi_jax import inference
+from cfbi_jax import memory
 from cfbi_jax import outputs
 from cfbi_jax import presets
 
@@ -88,13 +88,6 @@ def _label_dir(config, name: str) -> str:
   if config.dataset.startswith('youtubevos'):
     return os.path.join(config.output_dir, 'Annotations', name)
   return os.path.join(config.output_dir, name)
-
-
-def _peak_memory_mb() -> float:
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'] / 2**20
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def segment_sequence(propagator: inference.VideoPropagator,
@@ -180,7 +173,7 @@ def run(config) -> Dict[str, Any]:
       'variant': model_config.variant, 'dataset': config.dataset,
       'sequences': rows, 'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
-      'peak_memory_mb': _peak_memory_mb(),
+      'peak_memory_mb': memory.peak_memory()[0],
       'compilations': len(propagator.compiled),
       'device': str(jax.devices()[0].device_kind),
   }
