@@ -27,7 +27,7 @@ Masks are uint8 object ids (0 = background), frames uint8 RGB.
 
 import dataclasses
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -206,34 +206,31 @@ def _draw(rng: np.random.Generator, spec: VideoSpec):
   return frames, labels, required
 
 
-def write_davis_dataset(root: str, num_videos: int, seed: int,
-                        spec: VideoSpec = VideoSpec(),
-                        split: str = 'val', prefix: str = 'synth') -> List[str]:
-  """Writes `num_videos` videos in the DAVIS 2017 layout under `root`.
+def write_video(image_dir: str, mask_dir: str,
+                frames: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                annotated: Optional[Sequence[int]] = None) -> None:
+  """Writes one video as `%05d.jpg` frames (JPEG quality 95) and `%05d.png`
+  palette masks, each file atomically.
 
-  Video i is drawn from seed `seed * 100_003 + i`, so sets written with
-  different `seed`s share no video. Frames are written as JPEG (quality
-  95), masks as palette PNGs (atomically). The sequence names are appended
-  to `ImageSets/2017/<split>.txt` (created if needed; names already listed
-  are not repeated).
-
-  Returns:
-    The sequence names.
+  Args:
+    image_dir, mask_dir: the video's frame and mask folders (created).
+    frames, labels: as `render_video` returns them.
+    annotated: frame indices that get a mask (all if None; YouTube-VOS
+      train annotates every fifth frame).
   """
-  names = []
-  for i in range(num_videos):
-    name = f'{prefix}{seed:03d}-{i:04d}'
-    frames, labels = render_video(seed * 100_003 + i, spec)
-    image_dir = os.path.join(root, 'JPEGImages', '480p', name)
-    mask_dir = os.path.join(root, 'Annotations', '480p', name)
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(mask_dir, exist_ok=True)
-    for t, (frame, label) in enumerate(zip(frames, labels)):
-      path = os.path.join(image_dir, f'{t:05d}.jpg')
-      with outputs.atomic_path(path) as tmp:
-        Image.fromarray(frame).save(tmp, format='JPEG', quality=95)
+  os.makedirs(image_dir, exist_ok=True)
+  os.makedirs(mask_dir, exist_ok=True)
+  for t, (frame, label) in enumerate(zip(frames, labels)):
+    path = os.path.join(image_dir, f'{t:05d}.jpg')
+    with outputs.atomic_path(path) as tmp:
+      Image.fromarray(frame).save(tmp, format='JPEG', quality=95)
+    if annotated is None or t in annotated:
       outputs.write_palette_png(os.path.join(mask_dir, f'{t:05d}.png'), label)
-    names.append(name)
+
+
+def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
+  """Appends `names` to `root/ImageSets/2017/<split>.txt` (created if
+  needed; names already listed are not repeated), atomically."""
   list_dir = os.path.join(root, 'ImageSets', '2017')
   os.makedirs(list_dir, exist_ok=True)
   list_path = os.path.join(list_dir, f'{split}.txt')
@@ -245,6 +242,29 @@ def write_davis_dataset(root: str, num_videos: int, seed: int,
     with open(tmp, 'w') as f:
       f.write('\n'.join(existing + [n for n in names if n not in existing])
               + '\n')
+
+
+def write_davis_dataset(root: str, num_videos: int, seed: int,
+                        spec: VideoSpec = VideoSpec(),
+                        split: str = 'val', prefix: str = 'synth') -> List[str]:
+  """Writes `num_videos` videos in the DAVIS 2017 layout under `root`.
+
+  Video i is drawn from seed `seed * 100_003 + i`, so sets written with
+  different `seed`s share no video. Frames and masks go through
+  `write_video`, the sequence names through `add_to_split`.
+
+  Returns:
+    The sequence names.
+  """
+  names = []
+  for i in range(num_videos):
+    name = f'{prefix}{seed:03d}-{i:04d}'
+    frames, labels = render_video(seed * 100_003 + i, spec)
+    write_video(os.path.join(root, 'JPEGImages', '480p', name),
+                os.path.join(root, 'Annotations', '480p', name),
+                frames, labels)
+    names.append(name)
+  add_to_split(root, split, names)
   return names
 
 

@@ -2,8 +2,9 @@
 
 Each video is a smooth random background with two textured objects (a red
 and a green square, each with its own noise) that drift across the frame,
-so a tiny model can learn to segment them in a few dozen steps. Written
-with PIL / the project's palette writer, read back by the real readers.
+so a tiny model can learn to segment them in a few dozen steps (simpler
+than `cfbi_jax.synthetic`'s benchmark videos on purpose). Written with
+`cfbi_jax.synthetic.write_video`, read back by the real readers.
 """
 
 import json
@@ -12,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from cfbi_jax import outputs
+from cfbi_jax import synthetic
 
 OBJECT_COLOURS = ((220, 40, 40), (40, 200, 60))
 
@@ -42,26 +43,15 @@ def render_video(num_frames, size, seed):
   return frames, labels
 
 
-def _write(frame_path, mask_path, frame, label):
-  os.makedirs(os.path.dirname(frame_path), exist_ok=True)
-  Image.fromarray(frame).save(frame_path, quality=95)
-  if mask_path:
-    os.makedirs(os.path.dirname(mask_path), exist_ok=True)
-    outputs.write_palette_png(mask_path, label)
-
-
 def write_davis(root, num_videos=3, num_frames=8, size=(72, 96), seed=0):
   """DAVIS 2017 layout (`ImageSets/2017/train.txt`, 480p folders)."""
   names = [f'video{v}' for v in range(num_videos)]
   for v, name in enumerate(names):
     frames, labels = render_video(num_frames, size, seed * 1000 + v)
-    for t, (frame, label) in enumerate(zip(frames, labels)):
-      _write(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'),
-             os.path.join(root, 'Annotations', '480p', name, f'{t:05d}.png'),
-             frame, label)
-  os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
-  with open(os.path.join(root, 'ImageSets', '2017', 'train.txt'), 'w') as f:
-    f.write('\n'.join(names) + '\n')
+    synthetic.write_video(os.path.join(root, 'JPEGImages', '480p', name),
+                          os.path.join(root, 'Annotations', '480p', name),
+                          frames, labels)
+  synthetic.add_to_split(root, 'train', names)
   return root
 
 
@@ -73,10 +63,9 @@ def write_youtube_vos(root, num_videos=3, num_frames=26, size=(72, 96),
     name = f'{v:04d}abcd'
     frames, labels = render_video(num_frames, size, seed * 1000 + 500 + v)
     annotated = list(range(0, num_frames, 5))
-    for t, (frame, label) in enumerate(zip(frames, labels)):
-      _write(os.path.join(root, 'train', 'JPEGImages', name, f'{t:05d}.jpg'),
-             os.path.join(root, 'train', 'Annotations', name, f'{t:05d}.png')
-             if t in annotated else None, frame, label)
+    synthetic.write_video(os.path.join(root, 'train', 'JPEGImages', name),
+                          os.path.join(root, 'train', 'Annotations', name),
+                          frames, labels, annotated)
     meta['videos'][name] = {'objects': {
         str(k): {'category': 'square', 'frames': [f'{t:05d}' for t in annotated]}
         for k in (1, 2)}}
