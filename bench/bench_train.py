@@ -40,18 +40,15 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
   from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
   from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
 
-  recipe = common.training_config('cfbi', runlocal=False)
-  config = presets.model_config(variant)
-  config.global_chunks = (20,) if len(config.global_chunks) == 1 \
-      else (20, 10, 5)
+  config = common.training_model_config(variant)
   module = model_lib.from_config(config, rngs=nnx.Rngs(0))
   num_params = sum(x.size for x in jax.tree.leaves(nnx.state(module,
                                                              nnx.Param)))
-  tx = optimizer.make_optimizer(recipe.optim, nnx.state(module, nnx.Param))
+  tx = optimizer.make_optimizer(common.optim_config(total_steps=100_000),
+                                nnx.state(module, nnx.Param))
   graphdef, state = ts.create_train_state(module, tx, seed=0)
   step = jax.jit(ts.make_train_step(graphdef, tx, accumulate_steps=accumulate),
                  donate_argnums=(0,))

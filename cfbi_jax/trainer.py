@@ -194,12 +194,12 @@ class _Checkpoints:
 
   def save(self, step: int, state: ts.TrainState, data: Dict[str, Any],
            improved: bool) -> None:
-    args = lambda: ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_for_checkpoint(state)),
-        data=ocp.args.JsonSave(data))
-    self.last.save(step, args=args(), force=True)
-    if improved:
-      self.best.save(step, args=args(), force=True)
+    tree = _state_for_checkpoint(state)
+    managers = (self.last, self.best) if improved else (self.last,)
+    for manager in managers:
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data)),
+                   force=True)
 
   def close(self) -> None:
     for manager in (self.last, self.best):

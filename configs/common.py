@@ -41,6 +41,35 @@ TRAIN_VARIANTS = {'cfbi': 'cfbi_resnet101', 'cfbip': 'cfbip_resnet101',
                   'mobilenet': 'cfbi_mobilenetv2'}
 
 
+def training_model_config(preset: str) -> ml_collections.ConfigDict:
+  """`presets.model_config(preset)` with the training matching chunks."""
+  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  model = presets.model_config(preset)
+  # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
+  model.global_chunks = (20,) if len(model.global_chunks) == 1 \
+      else (20, 10, 5)
+  return model
+
+
+def optim_config(total_steps: int) -> ml_collections.ConfigDict:
+  """The optimizer block of the recipe (`config.optim`); no TF import, so
+  TF-free code (bench/bench_train.py on an accelerator image) can use it."""
+  optim = ml_collections.ConfigDict()
+  optim.lr = 0.01                # [paper] CFBI+ §4
+  optim.total_steps = total_steps
+  optim.warmup_steps = 1000      # [official] TRAIN_WARM_UP_STEPS
+  optim.power = 0.9              # [paper] poly decay
+  optim.min_lr = 1e-5            # [ours] notes §19
+  optim.momentum = 0.9           # [paper]
+  optim.nesterov = True          # [ours] notes §19
+  optim.weight_decay = 1.5e-4    # [official] TRAIN_WEIGHT_DECAY
+  optim.weight_decay_exclude = ()  # [ours] decay on every parameter
+  optim.backbone_lr_mult = 1.0   # [ours]
+  optim.clip_grad_norm = 5.0     # [official] TRAIN_CLIP_GRAD_NORM
+  optim.accumulate_steps = 1     # [ours] micro-batches per step
+  return optim
+
+
 def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   """The shared training recipe (module docstring); stage files adjust it.
 
@@ -52,7 +81,6 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   """
   # Imported here so that `parse_arg` stays importable without TF.
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
   if variant not in TRAIN_VARIANTS:
     raise ValueError(f'variant must be one of {sorted(TRAIN_VARIANTS)}, '
                      f'got {variant!r}')
@@ -61,10 +89,7 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   preset = TRAIN_VARIANTS[variant]
   if runlocal:
     preset = 'tiny_cfbip' if variant == 'cfbip' else 'tiny_cfbi'
-  config.model = presets.model_config(preset)
-  # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
-  config.model.global_chunks = (20,) if len(config.model.global_chunks) == 1 \
-      else (20, 10, 5)
+  config.model = training_model_config(preset)
   config.model_bgr = True  # [official] BGR input order of the released models.
   config.data = input_pipeline.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
@@ -79,19 +104,7 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.train.image_every = 1000       # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]
   config.train.keep_checkpoints = 3     # [ours] plus the best one
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 0.01                # [paper] CFBI+ §4
-  config.optim.total_steps = config.train.steps
-  config.optim.warmup_steps = 1000      # [official] TRAIN_WARM_UP_STEPS
-  config.optim.power = 0.9              # [paper] poly decay
-  config.optim.min_lr = 1e-5            # [ours] notes §19
-  config.optim.momentum = 0.9           # [paper]
-  config.optim.nesterov = True          # [ours] notes §19
-  config.optim.weight_decay = 1.5e-4    # [official] TRAIN_WEIGHT_DECAY
-  config.optim.weight_decay_exclude = ()  # [ours] decay on every parameter
-  config.optim.backbone_lr_mult = 1.0   # [ours]
-  config.optim.clip_grad_norm = 5.0     # [official] TRAIN_CLIP_GRAD_NORM
-  config.optim.accumulate_steps = 1     # [ours] micro-batches per step
+  config.optim = optim_config(config.train.steps)
   config.init = ml_collections.ConfigDict()
   config.init.cfbi_checkpoint = ''      # converted official CFBI weights
   config.init.backbone_checkpoint = ''  # convert.py --backbone_only output
