@@ -35,7 +35,8 @@ _STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
 # Fields that change how the model evaluates but not its parameters; a
 # caller may override them when loading.
 EVAL_FIELDS = ('global_atrous', 'global_chunks', 'min_matching_pixels',
-               'matching_dtype', 'attention_uses_atrous_labels')
+               'matching_dtype', 'attention_uses_atrous_labels',
+               'use_background', 'use_matching_bias', 'use_attention')
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:

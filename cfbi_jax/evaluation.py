@@ -16,11 +16,13 @@
    memory, number of compilations) and prints it.
 
 Output layout under `config.output_dir`:
-* DAVIS and own videos: `<seq>/<frame>.png`;
+* DAVIS, synthetic and own videos: `<seq>/<frame>.png`;
 * YouTube-VOS: `Annotations/<seq>/<frame>.png` and `submission.zip`;
 * `save_probs`: `<seq>/<frame>.npz` (key `probs`, `[K+1, H, W]` at the
   original size, background first, objects in id order);
-* own videos: `<seq>_overlay/<frame>.png` and `<seq>_overlay.mp4`.
+* own and synthetic videos: `<seq>_overlay/<frame>.png` and
+  `<seq>_overlay.mp4`;
+* `copy_first_frame_baseline`: `copy_first_frame/<seq>/<frame>.png`.
 """
 
 import json
@@ -38,9 +40,12 @@ from cfbi_jax import inference
 from cfbi_jax import memory
 from cfbi_jax import outputs
 from cfbi_jax import presets
+from cfbi_jax import synthetic
 
 DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
-            'video')
+            'video', 'synthetic')
+# Datasets in the DAVIS 2017 layout, scored with the DAVIS J&F.
+_DAVIS17_LAYOUT = ('davis2017', 'synthetic')
 
 
 def model_overrides(config, stored_variant: str) -> Dict[str, Any]:
@@ -74,7 +79,11 @@ def list_sequences(config) -> List[datasets.VideoSequence]:
                                         max_objects=config.max_objects)]
   if not config.data.root:
     raise ValueError('--config.data.root (the dataset folder) is required')
-  if config.dataset.startswith('davis'):
+  if config.dataset == 'synthetic':
+    synthetic.ensure_davis_dataset(
+        config.data.root, config.data.synthetic_videos,
+        config.data.synthetic_seed, split=split(config))
+  if config.dataset.startswith('davis') or config.dataset == 'synthetic':
     return datasets.davis_sequences(
         config.data.root, split=split(config),
         year=2016 if config.dataset == 'davis2016' else 2017,
@@ -114,7 +123,7 @@ def segment_sequence(propagator: inference.VideoPropagator,
     if config.save_probs and probs is not None:
       outputs.write_probabilities(os.path.join(probs_dir, name + '.npz'),
                                   np.moveaxis(probs, -1, 0))
-    if config.dataset == 'video' and config.overlays:
+    if config.dataset in ('video', 'synthetic') and config.overlays:
       blended = outputs.overlay(rgb, labels)
       _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
       overlay_frames.append(blended)
@@ -183,13 +192,16 @@ def run(config) -> Dict[str, Any]:
         os.path.join(config.output_dir, 'submission.zip'))
   # Only DAVIS 2017 splits with full annotations can be scored (test-dev
   # holds first-frame masks only; DAVIS 2016 has its own protocol).
-  if (config.dataset == 'davis2017' and config.score
+  if (config.dataset in _DAVIS17_LAYOUT and config.score
       and split(config) not in ('test-dev', 'test-challenge')):
     from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
     scores = davis_eval.evaluate_davis(config.data.root, config.output_dir,
                                        split=split(config))
     print(davis_eval.format_results(scores, split=split(config)))
     summary['davis'] = scores['global']
+    if config.copy_first_frame_baseline:
+      summary['copy_first_frame'] = copy_first_frame_baseline(
+          config, sequences)
   path = os.path.join(config.output_dir, 'summary.json')
   with outputs.atomic_path(path) as tmp:
     with open(tmp, 'w') as f:
@@ -198,10 +210,41 @@ def run(config) -> Dict[str, Any]:
   return summary
 
 
+def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
+  """Scores the copy-the-first-frame-mask baseline with the same scorer.
+
+  Every frame of each sequence gets its first frame's mask, written under
+  `output_dir/copy_first_frame` (palette PNGs) and scored like the model's
+  output. The gap to it is how much of a score tracking earns.
+
+  Returns:
+    The scorer's global numbers (`J&F-Mean`, `J-Mean`, ...).
+  """
+  from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
+  out = os.path.join(config.output_dir, 'copy_first_frame')
+  for seq in sequences:
+    first = seq.load_annotation(0)
+    for name in seq.frame_names:
+      outputs.write_palette_png(os.path.join(out, seq.name, name + '.png'),
+                                first)
+  scores = davis_eval.evaluate_davis(config.data.root, out,
+                                     split=split(config))
+  print('copy-first-frame baseline: J&F {:.1f}, J {:.1f}, F {:.1f}'.format(
+      *(100 * scores['global'][k] for k in ('J&F-Mean', 'J-Mean', 'F-Mean'))))
+  return scores['global']
+
+
 def _print_summary(summary: Dict[str, Any]) -> None:
   for row in summary['sequences']:
     print(f"{row['sequence']:30s} {row['frames']:5d} frames "
           f"{row['fps']:7.2f} fps")
+  if 'davis' in summary:
+    line = (f"{summary['variant']} on {summary['dataset']}: "
+            f"J&F {100 * summary['davis']['J&F-Mean']:.1f}")
+    if 'copy_first_frame' in summary:
+      line += (' (copy-first-frame baseline '
+               f"{100 * summary['copy_first_frame']['J&F-Mean']:.1f})")
+    print(line)
   if summary['skipped_complete']:
     print(f"skipped (already complete): {len(summary['skipped_complete'])}")
   print(f"total {summary['total_seconds']:.1f} s, peak memory "

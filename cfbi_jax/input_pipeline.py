@@ -71,13 +71,14 @@ import tensorflow as tf
 
 from cfbi_jax import datasets
 from cfbi_jax import preprocess
+from cfbi_jax import synthetic
 
 try:
   tf.config.set_visible_devices([], 'GPU')
 except (RuntimeError, ValueError):  # Runtime already initialised: harmless.
   pass
 
-SOURCES = ('youtubevos', 'davis', 'mixed', 'tfds')
+SOURCES = ('youtubevos', 'davis', 'mixed', 'tfds', 'synthetic')
 
 # Salt of the root key, so that seeds 0, 1, ... do not give the raw Philox
 # keys (0, 0), (1, 0), ... that other code may also use.
@@ -95,7 +96,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       source: 'youtubevos' | 'davis' | 'mixed' (YouTube-VOS at `root` plus
         DAVIS at `davis_root` repeated `davis_repeat` times, the official
         DATASETS=['youtubevos', 'davis2017'] mixture) | 'tfds' (records
-        written by the builders in `data/`).
+        written by the builders in `data/`) | 'synthetic' (the
+        `cfbi_jax.synthetic` benchmark: `synthetic_videos` videos drawn
+        from `synthetic_seed` into `root` in the DAVIS layout if that
+        split is not there yet, then read like 'davis').
       root: dataset folder (required). YouTube-VOS: the folder holding
         `<split>/meta.json`; DAVIS: the folder holding `ImageSets`.
       split: YouTube-VOS split folder / DAVIS split file ('train').
@@ -103,6 +107,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       davis_root, davis_repeat: the DAVIS part of 'mixed' (30).
       tfds_name, tfds_data_dir, tfds_split: the 'tfds' source
         ('cfbi_youtube_vos' or 'cfbi_davis', TFDS data_dir, 'train').
+      synthetic_videos, synthetic_seed: the 'synthetic' source (200, 1).
       crop_size: S, output height and width (465).
       scale_range: random scale relative to `short_edge` ((1.0, 1.3)).
       short_edge: short edge at scale 1 (480).
@@ -112,6 +117,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       reference_tries, reference_min_pixels: reference candidates and the
         foreground they need (5, 200).
       crop_max_tries: random crop windows tried (5).
+      balanced_crop: False takes the first random window whatever it
+        shows (the normal crop of the CFBI Table 4 ablation).
       crop_min_foreground: foreground fraction the cropped reference needs
         (0.0: the recipe only asks for one kept object, which already
         means > `min_object_pixels` foreground pixels).
@@ -132,6 +139,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_name = 'cfbi_youtube_vos'
   c.tfds_data_dir = ''
   c.tfds_split = 'train'
+  c.synthetic_videos = 200
+  c.synthetic_seed = 1
   c.crop_size = 465
   c.scale_range = (1.0, 1.3)
   c.short_edge = 480
@@ -142,6 +151,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.reference_min_pixels = 200
   c.crop_max_tries = 5
   c.crop_min_foreground = 0.0
+  c.balanced_crop = True
   c.min_object_pixels = 100
   c.max_objects = 5
   c.num_parallel_calls = -1
@@ -389,7 +399,10 @@ def _make_loader(config: ml_collections.ConfigDict):
     raise ValueError('config.data.root (the dataset folder) is required')
   if config.source == 'youtubevos':
     videos = youtube_vos_train_videos(config.root, config.split)
-  elif config.source == 'davis':
+  elif config.source in ('davis', 'synthetic'):
+    if config.source == 'synthetic':
+      synthetic.ensure_davis_dataset(config.root, config.synthetic_videos,
+                                     config.synthetic_seed, split=config.split)
     videos = davis_train_videos(config.root, config.split,
                                 config.davis_resolution)
   else:
@@ -468,7 +481,7 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *,
     clip = preprocess.balanced_random_crop(
         clip, crop_key, crop_size=c.crop_size, max_tries=c.crop_max_tries,
         min_foreground=c.crop_min_foreground,
-        min_object_pixels=c.min_object_pixels)
+        min_object_pixels=c.min_object_pixels, balanced=c.balanced_crop)
     clip = preprocess.select_objects(clip, object_key,
                                      max_objects=c.max_objects,
                                      min_object_pixels=c.min_object_pixels)

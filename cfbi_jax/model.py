@@ -79,6 +79,20 @@ class CFBI(nnx.Module):
     attention_uses_atrous_labels: reproduce the official in-place label
       mutation that makes the /4 attention vector see lattice-masked
       reference labels (notes §8); False computes it from the full labels.
+
+  Ablation switches (CFBI Tables 3-4; the defaults are the papers' models and
+  the only settings of the official weights):
+    use_background: False drops background integration: the background
+      matching maps, the background half of the per-object embedding and
+      the background halves of the attention vector are zeros (the layers
+      stay, so shapes and checkpoints do not change).
+    use_matching_bias: False fixes the trainable foreground / background
+      offsets of the matching distance at 0.
+    use_attention: False feeds zeros for the attention vector, so each
+      instance-level gate becomes a learned per-channel constant (no
+      per-object information).
+    head: 'ensembler' (the collaborative ensembler) or 'feelvos' (FEELVOS's
+      dynamic segmentation head over the same inputs; CFBI only).
   """
 
   def __init__(self, arch: str = 'cfbi', backbone: str = 'resnet',
@@ -96,7 +110,9 @@ class CFBI(nnx.Module):
                global_chunks: Sequence[int] = (4,),
                min_matching_pixels: int = 0,
                matching_dtype: str = 'float32',
-               attention_uses_atrous_labels: bool = True, *,
+               attention_uses_atrous_labels: bool = True,
+               use_background: bool = True, use_matching_bias: bool = True,
+               use_attention: bool = True, head: str = 'ensembler', *,
                rngs: nnx.Rngs):
     if arch not in ('cfbi', 'cfbip'):
       raise ValueError(f"arch must be 'cfbi' or 'cfbip', got {arch!r}")
@@ -109,6 +125,10 @@ class CFBI(nnx.Module):
       if len(value) != num_scales:
         raise ValueError(f'{name} needs {num_scales} entries for {arch}, '
                          f'got {value!r}')
+    if head not in ('ensembler', 'feelvos'):
+      raise ValueError(f"head must be 'ensembler' or 'feelvos', got {head!r}")
+    if head == 'feelvos' and arch != 'cfbi':
+      raise ValueError("head='feelvos' is implemented for arch='cfbi' only")
     if matching_dtype not in _DTYPES:
       raise ValueError(f'matching_dtype must be one of {sorted(_DTYPES)}')
     self.arch = arch
@@ -121,6 +141,10 @@ class CFBI(nnx.Module):
     self.min_matching_pixels = min_matching_pixels
     self.matching_dtype = matching_dtype
     self.attention_uses_atrous_labels = attention_uses_atrous_labels
+    self.use_background = use_background
+    self.use_matching_bias = use_matching_bias
+    self.use_attention = use_attention
+    self.head = head
     self.bg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
     self.fg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
     self.feature_extracter = backbone_lib.DeepLab(
@@ -135,9 +159,15 @@ class CFBI(nnx.Module):
       map_dim = 3 + 2 * len(self.local_windows[0])
       self.dynamic_prehead = ensembler_lib.DynamicPreHead(
           map_dim, prehead_dim, gn_groups_refine, rngs=rngs)
-      self.dynamic_seghead = ensembler_lib.CollaborativeEnsembler(
-          3 * embedding_dim + prehead_dim, low_dim, 4 * embedding_dim,
-          ensembler_dim, refine_dim, gn_groups, gn_groups_refine, rngs=rngs)
+      if head == 'feelvos':
+        self.dynamic_seghead = ensembler_lib.FeelvosHead(
+            3 * embedding_dim + prehead_dim, ensembler_dim, gn_groups,
+            rngs=rngs)
+      else:
+        self.dynamic_seghead = ensembler_lib.CollaborativeEnsembler(
+            3 * embedding_dim + prehead_dim, low_dim, 4 * embedding_dim,
+            ensembler_dim, refine_dim, gn_groups, gn_groups_refine,
+            rngs=rngs)
     else:
       if chans['mid_s8'] is None:
         raise ValueError('CFBI+ needs a ResNet backbone (stride-8 feature)')
@@ -211,6 +241,8 @@ class CFBI(nnx.Module):
       prev_lab = resize.resize_labels_nearest(prev_labels, grid)
       md = self.matching_dims[s]
       bg_b, fg_b = self.bg_bias[s], self.fg_bias[s]
+      if not self.use_matching_bias:
+        bg_b = fg_b = jnp.zeros((), jnp.float32)
       min_pixels = 0 if training else self.min_matching_pixels
       global_fn = lambda q, r, lab, ov: matching.global_matching(
           q, r, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
@@ -234,6 +266,9 @@ class CFBI(nnx.Module):
       fg2bg = jax.vmap(matching.foreground_to_background)
       global_bg = fg2bg(global_fg, obj_valid)
       local_bg = fg2bg(local_fg, obj_valid)
+      if not self.use_background:
+        global_bg, local_bg = jnp.zeros_like(global_bg), jnp.zeros_like(
+            local_bg)
       prev_onehot = (prev_lab[:, None] == jnp.arange(num_slots)[None, :, None,
                                                                None])
       prev_onehot = prev_onehot.astype(cur_e.dtype)        # [B, K+1, h, w]
@@ -251,11 +286,14 @@ class CFBI(nnx.Module):
                          in_axes=(0, 0, 0, 0, 0, None))(
                              ref_e, att_lab, ref_valid, prev_e, prev_lab,
                              num_slots)                    # [B, K+1, 4C]
+        heads = _ablate_attention(heads, self.use_background,
+                                  self.use_attention)
         aux['attention_s4'] = heads
       maps = jnp.concatenate([
           global_fg[..., None], local_fg, prev_onehot[..., None], local_bg,
           global_bg[..., None]], axis=-1)                  # [B, K+1, h, w, M]
-      objs = _per_object(cur_e, prev_e, prev_onehot)       # [B, K+1, h, w, 3C]
+      objs = _per_object(cur_e, prev_e, prev_onehot,
+                         self.use_background)              # [B, K+1, h, w, 3C]
       per_scale_inputs.append((maps, objs))
 
     batch = obj_valid.shape[0]
@@ -267,7 +305,11 @@ class CFBI(nnx.Module):
       pre = self.dynamic_prehead(fold(maps))
       aux['prehead'] = pre.reshape((batch, num_slots) + pre.shape[1:])
       x = jnp.concatenate([fold(objs), pre], axis=-1)
-      fg, bg = self.dynamic_seghead(x, low, head)
+      if self.head == 'feelvos':
+        fg = self.dynamic_seghead(x)
+        bg = jnp.zeros_like(fg)  # Background is slot 0's own logit.
+      else:
+        fg, bg = self.dynamic_seghead(x, low, head)
     else:
       xs = [fold(jnp.concatenate([maps, objs], axis=-1))
             for maps, objs in per_scale_inputs]
@@ -280,12 +322,28 @@ class CFBI(nnx.Module):
     return jnp.moveaxis(logits, 1, -1), aux
 
 
+def _ablate_attention(heads: jnp.ndarray, use_background: bool,
+                      use_attention: bool) -> jnp.ndarray:
+  """The attention vectors `[B, K+1, 4C]` ([ref_fg, ref_bg, prev_fg,
+  prev_bg]) with the background quarters (no background integration) or
+  everything (no instance attention) zeroed."""
+  if not use_attention:
+    return jnp.zeros_like(heads)
+  if not use_background:
+    c = heads.shape[-1] // 4
+    keep = jnp.repeat(jnp.array([1.0, 0.0, 1.0, 0.0], heads.dtype), c)
+    return heads * keep
+  return heads
+
+
 def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
-                prev_onehot: jnp.ndarray) -> jnp.ndarray:
+                prev_onehot: jnp.ndarray,
+                use_background: bool = True) -> jnp.ndarray:
   """[E_cur | E_prev * m_i | E_prev * (1 - m_i)] per object slot.
 
   Args:
     cur: `[B, h, w, C]`; prev: `[B, h, w, C]`; prev_onehot: `[B, K+1, h, w]`.
+    use_background: False zeros the `E_prev * (1 - m_i)` part.
 
   Returns:
     `[B, K+1, h, w, 3C]`.
@@ -293,8 +351,10 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
   m = prev_onehot[..., None]
   num_slots = prev_onehot.shape[1]
   cur = jnp.broadcast_to(cur[:, None], (cur.shape[0], num_slots) + cur.shape[1:])
-  return jnp.concatenate([cur, prev[:, None] * m, prev[:, None] * (1.0 - m)],
-                         axis=-1)
+  bg = prev[:, None] * (1.0 - m)
+  if not use_background:
+    bg = jnp.zeros_like(bg)
+  return jnp.concatenate([cur, prev[:, None] * m, bg], axis=-1)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -192,7 +192,8 @@ def best_foreground_window(reference: tf.Tensor,
 
 def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
                          max_tries: int, min_foreground: float,
-                         min_object_pixels: int) -> Clip:
+                         min_object_pixels: int,
+                         balanced: bool = True) -> Clip:
   """Crops one window from all frames, retrying until it shows objects.
 
   The window is `min(crop_size, H) x min(crop_size, W)`. Up to `max_tries`
@@ -211,10 +212,14 @@ def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
     max_tries: number of random windows to try (>= 0).
     min_foreground: required foreground fraction of the cropped reference.
     min_object_pixels: an object counts only above this many pixels.
+    balanced: False gives the normal random crop of the ablation (CFBI
+      Table 4): the first random window whatever it shows.
 
   Returns:
     The clip with `frames [T, S, S, 3]` and `labels [T, S, S]`.
   """
+  if not balanced:
+    max_tries = 1
   labels = clip['labels']
   shape = tf.shape(labels)
   h, w = shape[1], shape[2]
@@ -229,8 +234,8 @@ def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
     x0 = _uniform_int(x_seed, [], w - cw + 1)
     counts = _object_pixel_counts(reference[y0:y0 + ch, x0:x0 + cw])[1:]
     foreground = tf.cast(tf.reduce_sum(counts), tf.float32)
-    accepted.append(tf.logical_and(foreground >= needed,
-                                   tf.reduce_any(counts > min_object_pixels)))
+    accepted.append(tf.logical_or(not balanced, tf.logical_and(
+        foreground >= needed, tf.reduce_any(counts > min_object_pixels))))
     offsets.append(tf.stack([y0, x0]))
 
   fallback = lambda: best_foreground_window(reference, (ch, cw))

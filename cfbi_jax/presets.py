@@ -32,7 +32,10 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
       local_windows=(_CFBI_WINDOWS,), local_atrous=(1,),
       local_downsample=True, global_atrous=(1,), global_chunks=(4,),
       min_matching_pixels=0, matching_dtype='float32',
-      attention_uses_atrous_labels=True)
+      attention_uses_atrous_labels=True,
+      # Ablation switches (`model.CFBI`); the released models use these.
+      use_background=True, use_matching_bias=True, use_attention=True,
+      head='ensembler')
   if variant == 'cfbi_mobilenetv2':
     c.update(backbone='mobilenetv2')
   elif variant == 'cfbip_resnet101':

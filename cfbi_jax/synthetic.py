@@ -268,6 +268,35 @@ def write_davis_dataset(root: str, num_videos: int, seed: int,
   return names
 
 
+def ensure_davis_dataset(root: str, num_videos: int, seed: int,
+                         spec: VideoSpec = VideoSpec(), split: str = 'val',
+                         prefix: str = 'synth') -> List[str]:
+  """`write_davis_dataset` unless `root` already lists that split.
+
+  The split file is written last, so a set whose writing was interrupted
+  is redrawn (same seed, same videos). An existing split must name exactly
+  the videos this call would write; otherwise this raises instead of
+  mixing two sets.
+
+  Returns:
+    The sequence names.
+
+  Raises:
+    ValueError: `root` holds a different set under that split.
+  """
+  names = [f'{prefix}{seed:03d}-{i:04d}' for i in range(num_videos)]
+  list_path = os.path.join(root, 'ImageSets', '2017', f'{split}.txt')
+  if os.path.exists(list_path):
+    with open(list_path) as f:
+      existing = [line.strip() for line in f if line.strip()]
+    if existing != names:
+      raise ValueError(
+          f'{list_path} lists {len(existing)} other videos than the '
+          f'{num_videos} of synthetic seed {seed}; use another folder')
+    return names
+  return write_davis_dataset(root, num_videos, seed, spec, split, prefix)
+
+
 def sequence_statistics(labels: Sequence[np.ndarray]) -> dict:
   """Facts about one video's masks, for tests and the dataset README.
 

@@ -1,5 +1,13 @@
 """Evaluation of a converted (or trained) model on DAVIS or YouTube-VOS.
 
+    python evaluate.py
+
+with no arguments segments held-out synthetic videos (`cfbi_jax.synthetic`,
+seed 2, which training never sees: 20 videos drawn into
+`runs/synthetic_eval` on first use) with the bundled model
+`models/tiny_cfbi_synthetic`, prints J&F next to the copy-the-first-frame
+baseline and writes masks and overlays to `runs/eval_synthetic`.
+
     python evaluate.py --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \
         --config.checkpoint=ckpt/cfbi_resnet101 --config.data.root=DAVIS \
         --config.data.split=val --config.output_dir=out/davis17
@@ -10,7 +18,8 @@ Expected with the official weights (official README): DAVIS 2017 val J&F
 `submission.zip`).
 
 Arguments after the colon: `variant=` (checked against the checkpoint),
-`dataset=` davis2016 | davis2017 | youtubevos2018 | youtubevos2019, and
+`dataset=` synthetic (default) | davis2016 | davis2017 | youtubevos2018 |
+youtubevos2019, and
 `tta=ms_flip` for the official multi-scale + flip setting (scales 1.0, 1.15,
 1.3, 1.5 with long edge 800 x scale). The checkpoint directory carries its
 model config and therefore the official flags of its variant; DAVIS runs of
@@ -18,13 +27,18 @@ CFBI+ add `min_matching_pixels=100` like `davis_eval_cfbip.sh`. Fields under
 `config.model` left at None keep those settings.
 """
 
+import os
+
 import ml_collections
 
 from configs import common
 
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'models', 'tiny_cfbi_synthetic')
+
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant='', dataset='davis2017', tta='')
+  args = common.parse_arg(arg, variant='', dataset='synthetic', tta='')
   config = ml_collections.ConfigDict()
   config.variant = args.variant
   config.dataset = args.dataset
@@ -33,6 +47,16 @@ def get_config(arg=None):
   config.data = ml_collections.ConfigDict()
   config.data.root = ''
   config.data.split = ''  # '' = the dataset's validation split (val / valid).
+  # dataset=synthetic: videos drawn into data.root if missing.
+  config.data.synthetic_videos = 20
+  config.data.synthetic_seed = 2
+  # Also score copying the first frame's mask to every frame (DAVIS layout).
+  config.copy_first_frame_baseline = False
+  if args.dataset == 'synthetic':
+    config.checkpoint = BUNDLED_MODEL
+    config.output_dir = 'runs/eval_synthetic'
+    config.data.root = 'runs/synthetic_eval'
+    config.copy_first_frame_baseline = True
   # Own-video inputs (configs/video.py).
   config.video = ''
   config.masks = ''

@@ -16,6 +16,5 @@ from configs import eval as eval_config
 
 
 def get_config(arg=None):
-  config = eval_config.get_config(arg)
-  config.dataset = 'video'
-  return config
+  return eval_config.get_config(f'dataset=video,{arg}' if arg
+                                else 'dataset=video')

@@ -4,6 +4,9 @@
   converted from the fixture manifest by the real converter: the first
   propagated frame's saved probabilities match the official ones (every
   variant in `CFBI_PARITY_DIR`; skipped only when the folder is absent).
+* The default run (`python evaluate.py`, no arguments): the bundled model
+  on held-out synthetic videos beats the copy-first-frame baseline by a
+  wide margin and writes overlays.
 * With a tiny model on synthetic data made here: a DAVIS run with scoring,
   a YouTube-VOS run with a late object and the submission zip's layout,
   resume-skip, a video-file input, and bad inputs with their messages.
@@ -224,9 +227,26 @@ def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
   assert not os.path.exists(tmp_path / 'out' / 'frames' / '00001.png')
 
 
+def test_default_run_is_the_bundled_model_on_held_out_videos(tmp_path):
+  config = eval_config.get_config()
+  assert config.dataset == 'synthetic' and config.data.synthetic_seed == 2
+  assert os.path.isfile(os.path.join(config.checkpoint,
+                                     checkpoint.CONFIG_FILE))
+  # Three of the 20 default videos (same seed, so the same first three).
+  config.data.synthetic_videos = 3
+  config.data.root = str(tmp_path / 'data')
+  config.output_dir = str(tmp_path / 'out')
+  summary = evaluation.run(config)
+  model_jf = summary['davis']['J&F-Mean']
+  copy_jf = summary['copy_first_frame']['J&F-Mean']
+  assert model_jf > 0.4 and model_jf > copy_jf + 0.25, (model_jf, copy_jf)
+  assert len(os.listdir(tmp_path / 'out' / 'synth002-0000_overlay')) == 24
+
+
 def test_config_errors(tiny_ckpt, tmp_path):
   with pytest.raises(ValueError, match='checkpoint'):
-    evaluation.run(_config(eval_config, output_dir=str(tmp_path)))
+    evaluation.run(_config(eval_config, output_dir=str(tmp_path),
+                           checkpoint=''))
   with pytest.raises(ValueError, match='holds'):
     evaluation.run(_config(eval_config, checkpoint=tiny_ckpt,
                            output_dir=str(tmp_path), variant='cfbi_resnet101',

@@ -227,6 +227,17 @@ def test_davis_and_mixed_sources(davis_root, ytb_root):
   assert videos & {0, 1} and videos & {3, 4}
 
 
+def test_synthetic_source_draws_then_reads(tmp_path):
+  root = str(tmp_path / 'synthetic')
+  config = small_config(root, source='synthetic', synthetic_videos=2,
+                        synthetic_seed=9, short_edge=120, crop_size=65)
+  batch, = take(config, 1)
+  with open(os.path.join(root, 'ImageSets', '2017', 'train.txt')) as f:
+    assert f.read().split() == ['synth009-0000', 'synth009-0001']
+  assert batch['frames'].shape == (2, T, 65, 65, 3)
+  assert batch['object_valid'][:, 1].all()  # Balanced crops keep an object.
+
+
 def test_bad_arguments(ytb_root):
   with pytest.raises(ValueError, match='root'):
     take(small_config(''), 1)

@@ -74,10 +74,11 @@ def scale(clip, seed, low=1.0, high=1.3, short_edge=40):
                                  short_edge=short_edge)
 
 
-def crop(clip, seed, size=13, tries=5, min_fg=0.0, min_px=10):
+def crop(clip, seed, size=13, tries=5, min_fg=0.0, min_px=10,
+         balanced=True):
   return preprocess.balanced_random_crop(
       clip, seed, crop_size=size, max_tries=tries, min_foreground=min_fg,
-      min_object_pixels=min_px)
+      min_object_pixels=min_px, balanced=balanced)
 
 
 def select(clip, seed, max_objects=2, min_px=10):
@@ -201,6 +202,29 @@ def test_balanced_crop_reaches_threshold_whenever_possible():
       assert reached == (possible >= threshold), (threshold, possible)
       checked[bool(possible >= threshold)] += 1
   assert checked[True] and checked[False]
+
+
+def test_normal_crop_is_the_first_random_window():
+  """balanced=False (the ablation's normal crop) keeps the first random
+  window even when it shows no object; the balanced crop would move on."""
+  labels = np.zeros((2, 30, 30), np.uint8)
+  labels[:, :4, :4] = 1  # One object in a corner: most windows miss it.
+  clip = coordinate_clip(labels)
+  seeds = [seed_of(k) for k in range(12)]
+  normal = run_eager_and_mapped(
+      lambda c, s: crop(c, s, size=9, balanced=False, min_px=3),
+      [clip] * 12, seeds)
+  one_try = run_eager_and_mapped(
+      lambda c, s: crop(c, s, size=9, tries=1, min_px=-1), [clip] * 12, seeds)
+  balanced = run_eager_and_mapped(
+      lambda c, s: crop(c, s, size=9, min_px=3), [clip] * 12, seeds)
+  empty = 0
+  for n, o, b in zip(normal, one_try, balanced):
+    # Same window as one unconditional try of the same seed.
+    np.testing.assert_array_equal(n['frames'], o['frames'])
+    empty += int(not n['labels'][0].any())
+    assert (b['labels'][0] == 1).sum() > 3
+  assert empty >= 6
 
 
 def reference_fallback(reference, size):

@@ -12,6 +12,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from cfbi_jax import datasets
 from cfbi_jax import synthetic
@@ -71,3 +72,16 @@ def test_written_dataset_reads_back(tmp_path):
     np.testing.assert_array_equal(mask, labels[t])
     frame = np.asarray(seq.load_frame(t), np.float32)
     assert np.mean(np.abs(frame - frames[t])) < 10.0  # JPEG, q 95.
+
+
+def test_ensure_dataset_draws_once_and_refuses_another_set(tmp_path):
+  root = str(tmp_path)
+  names = synthetic.ensure_davis_dataset(root, 2, seed=7, spec=SPEC,
+                                         split='train')
+  frame = os.path.join(root, 'JPEGImages', '480p', names[0], '00000.jpg')
+  stamp = os.stat(frame).st_mtime_ns
+  assert synthetic.ensure_davis_dataset(root, 2, seed=7, spec=SPEC,
+                                        split='train') == names
+  assert os.stat(frame).st_mtime_ns == stamp  # Not redrawn.
+  with pytest.raises(ValueError, match='other videos'):
+    synthetic.ensure_davis_dataset(root, 3, seed=7, spec=SPEC, split='train')

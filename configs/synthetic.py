@@ -1,0 +1,98 @@
+"""Training on the synthetic benchmark (`cfbi_jax.synthetic`): the recipe of
+the bundled model `models/tiny_cfbi_synthetic`.
+
+    python train.py --config=configs/synthetic.py --workdir=runs/synthetic
+
+The training set (`synthetic_videos` videos of seed `synthetic_seed`, 1)
+is drawn into `--config.data.root` (default `runs/synthetic_data`) on
+first use. Seed 1 is for training only: `python evaluate.py` scores
+held-out videos of seed 2 (`configs/eval.py`), the ablations
+(`bench/ablate.py`) use seeds 3 and up for their test sets.
+
+Arguments after the colon: `preset=` a model of `cfbi_jax.presets`
+(`tiny_cfbi`, about 0.5M parameters), `steps=` and `ablation=` one of
+`ABLATIONS` (below; `bench/ablate.py` runs them all). The rest is the shared
+recipe of `configs/common.py::training_config` with the sizes of a small
+world: 120x160 videos (short edge 120, crop 97), at most 3 objects,
+batch 2 of N = 3 frames, lr 0.05 with 100 warm-up steps, hard-pixel mining
+and own predictions from half the run as in the papers' main stage.
+The bundled model is this config as is; it took 37 minutes on 2 CPU cores
+(see `models/README.md`).
+
+The ablations are plain config fields, usable with any config file:
+`config.model.use_background`, `use_matching_bias`, `use_attention`,
+`head`, `local_windows`, `config.data.balanced_crop` and
+`config.train.own_predictions_from_step`; `ABLATIONS` names the settings
+of the papers' tables.
+"""
+
+from configs import common
+
+
+def _single_window(config):
+  # The largest window of each scale (CFBI Table 4: one local window).
+  config.model.local_windows = tuple((w[-1],)
+                                     for w in config.model.local_windows)
+
+
+def _gt_masks(config):
+  # Never switch to the model's own previous predictions.
+  config.train.own_predictions_from_step = config.train.steps + 1
+
+
+def _set(path, value):
+  def apply(config):
+    *parents, leaf = path.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return apply
+
+
+# name -> (what it removes, how). CFBI Table 3 (bias) and Table 4 (the rest).
+ABLATIONS = {
+    'none': ('full CFBI', lambda config: None),
+    'no_background': ('no background matching / attention / embedding',
+                      _set('model.use_background', False)),
+    'no_bias': ('no foreground/background offsets in the distance',
+                _set('model.use_matching_bias', False)),
+    'single_window': ('one local window (the largest)', _single_window),
+    'no_attention': ('no instance-level attention',
+                     _set('model.use_attention', False)),
+    'feelvos_head': ("FEELVOS's segmentation head, not the ensembler",
+                     _set('model.head', 'feelvos')),
+    'normal_crop': ('normal instead of balanced random crop',
+                    _set('data.balanced_crop', False)),
+    'gt_masks': ('ground-truth previous masks throughout (no sequential '
+                 'training on own predictions)', _gt_masks),
+}
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, preset='tiny_cfbi', steps=3400, ablation='none')
+  if args.ablation not in ABLATIONS:
+    raise ValueError(f'unknown ablation {args.ablation!r}; expected one of '
+                     f'{sorted(ABLATIONS)}')
+  config = common.training_config('cfbi', runlocal=False)
+  config.model = common.training_model_config(args.preset)
+  config.model.global_chunks = (1,) * len(config.model.global_chunks)
+  config.data.source = 'synthetic'
+  config.data.root = 'runs/synthetic_data'
+  config.data.synthetic_videos = 200
+  config.data.synthetic_seed = 1
+  config.data.short_edge = 120
+  config.data.crop_size = 97
+  config.data.min_object_pixels = 20
+  config.data.reference_min_pixels = 50
+  config.data.max_objects = 3
+  config.train.batch_size = 2
+  config.train.num_frames = 3
+  config.train.log_every = 25
+  config.train.image_every = 250
+  config.train.checkpoint_every = 250
+  config.optim.lr = 0.05
+  config.optim.warmup_steps = 100
+  common.set_steps(config, args.steps)
+  ABLATIONS[args.ablation][1](config)  # After set_steps (gt_masks).
+  return config
