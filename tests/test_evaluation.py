@@ -117,7 +117,8 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
   root = _davis_root(str(tmp_path / 'DAVIS'))
   out = str(tmp_path / 'out')
   config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
-                   **{'data.root': root}, save_probs=True)
+                   dataset='davis2017', **{'data.root': root},
+                   save_probs=True)
   summary = evaluation.run(config)
   assert [r['sequence'] for r in summary['sequences']] == ['alpha', 'beta']
   assert 0.0 <= summary['davis']['J&F-Mean'] <= 1.0

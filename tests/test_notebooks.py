@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(name, monkeypatch):
   monkeypatch.setenv('CFBI_NOTEBOOK_SMALL', '1')
-  monkeypatch.setenv('MPLBACKEND', 'Agg')
+  monkeypatch.delenv('MPLBACKEND', raising=False)  # Inline figures.
   notebook = nbformat.read(os.path.join(ROOT, 'notebooks', name),
                            as_version=4)
   client = nbclient.NotebookClient(
