@@ -2,7 +2,7 @@
 
 `CFBI_NOTEBOOK_SMALL=1` makes `notebooks/demo.ipynb` segment 8 frames of a
 held-out synthetic video with the bundled model and `notebooks/train.ipynb`
-train 12 steps on 4 synthetic videos, then score 2 held-out ones. Beyond
+train 12 steps on 4 synthetic videos, then score a held-out one. Beyond
 "every cell runs", the demo's per-object IoU must beat copying the first
 frame's mask (computed here from the same synthetic video) by a wide
 margin, and the training notebook must log a finite loss and print a J&F.
