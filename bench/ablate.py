@@ -120,7 +120,8 @@ def table(args, results) -> str:
   lines = [
       '# Ablations on the synthetic benchmark',
       '',
-      'Written by `python bench/ablate.py ' + ' '.join(sys.argv[1:]) + '`.',
+      'Written by `' + ' '.join(['python bench/ablate.py'] + sys.argv[1:])
+      + '`.',
       '',
       f'Each run trains `tiny_cfbi` for {args.steps} steps '
       f'(batch {args.batch_size}, N = {args.num_frames} frames, crop '
