@@ -165,6 +165,7 @@ def run(config) -> Dict[str, Any]:
       max_long_edge=config.max_long_edge, bgr=config.bgr,
       max_objects=config.max_objects)
   os.makedirs(config.output_dir, exist_ok=True)
+  _claim_output_dir(config.output_dir, config.checkpoint)
   rows, skipped = [], []
   start = time.perf_counter()
   for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq'):
@@ -208,6 +209,28 @@ def run(config) -> Dict[str, Any]:
       json.dump(summary, f, indent=2, default=float)
   _print_summary(summary)
   return summary
+
+
+def _claim_output_dir(output_dir: str, model_dir: str) -> None:
+  """Records which model writes `output_dir`; refuses another one.
+
+  Finished sequences are skipped on a re-run (resume), so outputs of a
+  different model in the same folder would be scored as this model's.
+  """
+  path = os.path.join(output_dir, 'model.json')
+  model_dir = os.path.abspath(model_dir)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)['checkpoint']
+    if previous != model_dir:
+      raise ValueError(
+          f'{output_dir} holds the outputs of {previous}, not of {model_dir}; '
+          'pass another --config.output_dir (finished sequences are reused '
+          'on a re-run, so they would be scored as this model\'s)')
+    return
+  with outputs.atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump({'checkpoint': model_dir}, f)
 
 
 def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:

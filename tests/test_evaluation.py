@@ -228,7 +228,8 @@ def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
   assert not os.path.exists(tmp_path / 'out' / 'frames' / '00001.png')
 
 
-def test_default_run_is_the_bundled_model_on_held_out_videos(tmp_path):
+def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
+                                                             tmp_path):
   config = eval_config.get_config()
   assert config.dataset == 'synthetic' and config.data.synthetic_seed == 2
   assert os.path.isfile(os.path.join(config.checkpoint,
@@ -242,6 +243,10 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tmp_path):
   copy_jf = summary['copy_first_frame']['J&F-Mean']
   assert model_jf > 0.4 and model_jf > copy_jf + 0.25, (model_jf, copy_jf)
   assert len(os.listdir(tmp_path / 'out' / 'synth002-0000_overlay')) == 24
+  # Another model may not reuse (and be scored on) these outputs.
+  config.checkpoint = tiny_ckpt
+  with pytest.raises(ValueError, match='holds the outputs of'):
+    evaluation.run(config)
 
 
 def test_config_errors(tiny_ckpt, tmp_path):
