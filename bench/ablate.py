@@ -39,6 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -110,8 +111,7 @@ def run_one(args, ablation: str, seed: int) -> dict:
   with open(summary_path) as f:
     summary = json.load(f)
   summary['train_seconds'] = trained
-  with open(summary_path, 'w') as f:
-    json.dump(summary, f, indent=2)
+  outputs.write_json(summary_path, summary, indent=2)
   return summary
 
 
@@ -193,11 +193,9 @@ def main():
       print(f"{ablation:14s} seed {seed}: J&F "
             f"{100 * summary['davis']['J&F-Mean']:.1f}", flush=True)
   report = table(args, results)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(report)
-  os.replace(tmp, args.out)
+  with outputs.atomic_path(args.out) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(report)
   print(report)
 
 

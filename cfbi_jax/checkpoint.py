@@ -16,7 +16,6 @@ training); read by evaluation and training init.
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from cfbi_jax import model as model_lib
+from cfbi_jax import outputs
 
 CONFIG_FILE = 'model_config.json'
 
@@ -37,14 +37,6 @@ _STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
 EVAL_FIELDS = ('global_atrous', 'global_chunks', 'min_matching_pixels',
                'matching_dtype', 'attention_uses_atrous_labels',
                'use_background', 'use_matching_bias', 'use_attention')
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  directory = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def flat_state(module: nnx.Module) -> Dict[Tuple[Any, ...], Any]:
@@ -79,7 +71,8 @@ def save_model(directory: str, model_config: Mapping[str, Any],
               force=True)
     mngr.wait_until_finished()
   config = dict(ml_collections.ConfigDict(dict(model_config)).to_dict())
-  _write_json_atomic(os.path.join(directory, CONFIG_FILE), config)
+  outputs.write_json(os.path.join(directory, CONFIG_FILE), config, indent=2,
+                     sort_keys=True)
 
 
 def read_model_config(directory: str) -> ml_collections.ConfigDict:

@@ -204,9 +204,7 @@ def run(config) -> Dict[str, Any]:
       summary['copy_first_frame'] = copy_first_frame_baseline(
           config, sequences)
   path = os.path.join(config.output_dir, 'summary.json')
-  with outputs.atomic_path(path) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump(summary, f, indent=2, default=float)
+  outputs.write_json(path, summary, indent=2, default=float)
   _print_summary(summary)
   return summary
 
@@ -228,9 +226,7 @@ def _claim_output_dir(output_dir: str, model_dir: str) -> None:
           'pass another --config.output_dir (finished sequences are reused '
           'on a re-run, so they would be scored as this model\'s)')
     return
-  with outputs.atomic_path(path) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump({'checkpoint': model_dir}, f)
+  outputs.write_json(path, {'checkpoint': model_dir})
 
 
 def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:

@@ -1,4 +1,4 @@
-"""Evaluation outputs: palette PNGs, probabilities, submission zips, videos.
+"""Evaluation outputs: palette PNGs, probabilities, JSON, submission zips, videos.
 
 Evaluation (`evaluation.py`, the demo notebook) writes one palette PNG per
 frame in the DAVIS / YouTube-VOS result layouts
@@ -13,6 +13,7 @@ folders are created as needed.
 
 import contextlib
 import fractions
+import json
 import os
 import uuid
 import zipfile
@@ -80,6 +81,13 @@ def write_palette_png(path: str,
   img.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
   with atomic_path(path) as tmp:
     img.save(tmp, format='PNG')
+
+
+def write_json(path: str, obj, **dump_kwargs) -> None:
+  """Writes `obj` as JSON (`json.dump` keyword arguments pass through)."""
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, **dump_kwargs)
 
 
 def write_probabilities(path: str, probs: np.ndarray) -> None:

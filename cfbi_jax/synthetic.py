@@ -244,26 +244,37 @@ def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
               + '\n')
 
 
+def video_seed(seed: int, index: int) -> int:
+  """The `render_video` seed of video `index` of the set drawn from `seed`
+  (sets of different seeds share no video)."""
+  return seed * 100_003 + index
+
+
+def sequence_names(num_videos: int, seed: int,
+                   prefix: str = 'synth') -> List[str]:
+  """The sequence names of a set: `<prefix><seed:03d>-<index:04d>`."""
+  return [f'{prefix}{seed:03d}-{i:04d}' for i in range(num_videos)]
+
+
 def write_davis_dataset(root: str, num_videos: int, seed: int,
                         spec: VideoSpec = VideoSpec(),
                         split: str = 'val', prefix: str = 'synth') -> List[str]:
   """Writes `num_videos` videos in the DAVIS 2017 layout under `root`.
 
-  Video i is drawn from seed `seed * 100_003 + i`, so sets written with
-  different `seed`s share no video. Frames and masks go through
-  `write_video`, the sequence names through `add_to_split`.
+  Video i is drawn from `video_seed(seed, i)`, so sets written with
+  different `seed`s share no video, and named `sequence_names(...)[i]`.
+  Frames and masks go through `write_video`, the sequence names through
+  `add_to_split`.
 
   Returns:
     The sequence names.
   """
-  names = []
-  for i in range(num_videos):
-    name = f'{prefix}{seed:03d}-{i:04d}'
-    frames, labels = render_video(seed * 100_003 + i, spec)
+  names = sequence_names(num_videos, seed, prefix)
+  for i, name in enumerate(names):
+    frames, labels = render_video(video_seed(seed, i), spec)
     write_video(os.path.join(root, 'JPEGImages', '480p', name),
                 os.path.join(root, 'Annotations', '480p', name),
                 frames, labels)
-    names.append(name)
   add_to_split(root, split, names)
   return names
 
@@ -284,7 +295,7 @@ def ensure_davis_dataset(root: str, num_videos: int, seed: int,
   Raises:
     ValueError: `root` holds a different set under that split.
   """
-  names = [f'{prefix}{seed:03d}-{i:04d}' for i in range(num_videos)]
+  names = sequence_names(num_videos, seed, prefix)
   list_path = os.path.join(root, 'ImageSets', '2017', f'{split}.txt')
   if os.path.exists(list_path):
     with open(list_path) as f:

@@ -41,13 +41,7 @@ def _gt_masks(config):
 
 
 def _set(path, value):
-  def apply(config):
-    *parents, leaf = path.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return apply
+  return lambda config: config.update_from_flattened_dict({path: value})
 
 
 # name -> (what it removes, how). CFBI Table 3 (bias) and Table 4 (the rest).

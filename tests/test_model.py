@@ -176,6 +176,16 @@ def _logits(module, x):
   return np.asarray(_segment(module, **x)[0])
 
 
+def _assert_switch_is(ablated, equivalent, x, atol):
+  """`ablated` gives the logits of `equivalent` (a full model edited by
+  hand) and, so that the switch is seen to act, not those of the full
+  model."""
+  np.testing.assert_allclose(_logits(ablated, x), _logits(equivalent, x),
+                             atol=atol)
+  assert not np.allclose(_logits(_model('tiny_cfbi'), x), _logits(ablated, x),
+                         atol=1e-3)
+
+
 def test_matching_bias_switch():
   """use_matching_bias=False equals the full model with both offsets 0."""
   rng = np.random.default_rng(5)
@@ -184,10 +194,7 @@ def test_matching_bias_switch():
   zero_bias = _model('tiny_cfbi')
   zero_bias.bg_bias[...] = jnp.zeros_like(zero_bias.bg_bias[...])
   zero_bias.fg_bias[...] = jnp.zeros_like(zero_bias.fg_bias[...])
-  np.testing.assert_allclose(_logits(ablated, x), _logits(zero_bias, x),
-                             atol=1e-5)
-  assert not np.allclose(_logits(_model('tiny_cfbi'), x), _logits(ablated, x),
-                         atol=1e-3)
+  _assert_switch_is(ablated, zero_bias, x, atol=1e-5)
 
 
 def test_background_switch():
@@ -226,10 +233,7 @@ def test_attention_switch():
       seghead.IA_final_bg]
   for linear in linears:
     linear.kernel[...] = jnp.zeros_like(linear.kernel[...])
-  np.testing.assert_allclose(_logits(ablated, x), _logits(blind, x),
-                             atol=1e-4)
-  assert not np.allclose(_logits(_model('tiny_cfbi'), x), _logits(ablated, x),
-                         atol=1e-3)
+  _assert_switch_is(ablated, blind, x, atol=1e-4)
 
 
 def test_feelvos_head_switch():
