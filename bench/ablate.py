@@ -52,6 +52,10 @@ def _run(cmd, log_path):
                        f'{log_path}')
 
 
+def _config_arg(args, ablation: str) -> str:
+  return f'steps={args.steps},ablation={ablation},recipe={args.recipe}'
+
+
 def backbone_init(args, ablation: str, seed: int, directory: str) -> None:
   """Writes a model directory for `init.backbone_checkpoint`: the
   ablation's model initialised from `seed`, with the DeepLab feature
@@ -59,8 +63,7 @@ def backbone_init(args, ablation: str, seed: int, directory: str) -> None:
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  config = synthetic_config.get_config(
-      f'steps={args.steps},ablation={ablation}')
+  config = synthetic_config.get_config(_config_arg(args, ablation))
   arrays = checkpoint.flat_state(
       model_lib.from_config(config.model, rngs=nnx.Rngs(seed)))
   source, _ = checkpoint.load_model(args.backbone_from)
@@ -88,7 +91,7 @@ def run_one(args, ablation: str, seed: int) -> dict:
     backbone_init(args, ablation, seed, init_dir)
   start = time.perf_counter()
   _run([sys.executable, 'train.py',
-        f'--config=configs/synthetic.py:steps={args.steps},ablation={ablation}',
+        f'--config=configs/synthetic.py:{_config_arg(args, ablation)}',
         f'--workdir={os.path.join(run_dir, "train")}',
         f'--config.seed={seed}',
         f'--config.data.root={args.train_data}',
@@ -125,7 +128,7 @@ def table(args, results) -> str:
       '',
       f'Each run trains `tiny_cfbi` for {args.steps} steps '
       f'(batch {args.batch_size}, N = {args.num_frames} frames, crop '
-      f'{args.crop}, lr and schedules of `configs/synthetic.py`) on the '
+      f'{args.crop}, recipe `{args.recipe}` of `configs/synthetic.py`) on the '
       'synthetic training set (seed 1, 200 videos) and is scored with the '
       f'DAVIS J&F on {args.test_videos} held-out synthetic videos '
       f'(seed {args.test_seed}). Spread = (max - min) / 2 over the seeds '
@@ -168,6 +171,10 @@ def main():
                       default=list(synthetic_config.ABLATIONS),
                       choices=list(synthetic_config.ABLATIONS))
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+  parser.add_argument('--recipe', default='scratch',
+                      choices=list(synthetic_config.RECIPES),
+                      help='configs/synthetic.py recipe (docs/ablations.md '
+                      'was written with sgd)')
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)

@@ -4,7 +4,8 @@ Reproduces `networks/deeplab/*` (`cfbi-official-notes.md` §4): a dilated
 ResNet (output stride 16, stride in the 3x3 conv, layer4 multigrid 2/4/8) or
 MobileNetV2 (with the official pad-before-expansion quirk), the DeepLab ASPP
 (rates 1/6/12/18 plus image pooling, dropout 0.1 in training) and the
-decoder to 256 channels at stride 4. Every BatchNorm is frozen.
+decoder to 256 channels at stride 4. Every BatchNorm is frozen (or, for
+training from scratch, a GroupNorm: `DeepLab(norm='group_norm')`).
 
 `DeepLab.__call__` returns the features named by stride:
 
@@ -18,7 +19,7 @@ Attribute names follow the PyTorch module names so that `convert.py` maps the
 official state dict with a short table. Used by `model.py`.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,24 +28,28 @@ from flax import nnx
 from cfbi_jax import layers
 from cfbi_jax import resize
 
+# A normalisation layer factory: channels -> module (`layers.norm_factory`).
+Norm = Callable[[int], nnx.Module]
+
 
 class Bottleneck(nnx.Module):
   """ResNet v1.5 bottleneck with frozen BN (stride in the 3x3 conv)."""
 
   def __init__(self, inplanes: int, planes: int, stride: int, dilation: int,
-               *, rngs: nnx.Rngs):
+               *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     out = planes * 4
     self.conv1 = layers.conv(inplanes, planes, 1, rngs=rngs)
-    self.bn1 = layers.FrozenBatchNorm(planes)
+    self.bn1 = norm(planes)
     self.conv2 = layers.conv(planes, planes, 3, stride=stride,
                              dilation=dilation, rngs=rngs)
-    self.bn2 = layers.FrozenBatchNorm(planes)
+    self.bn2 = norm(planes)
     self.conv3 = layers.conv(planes, out, 1, rngs=rngs)
-    self.bn3 = layers.FrozenBatchNorm(out)
+    self.bn3 = norm(out)
     if stride != 1 or inplanes != out:
       self.downsample_conv = layers.conv(inplanes, out, 1, stride=stride,
                                          rngs=rngs)
-      self.downsample_bn = layers.FrozenBatchNorm(out)
+      self.downsample_bn = norm(out)
     else:
       self.downsample_conv = None
       self.downsample_bn = None
@@ -66,9 +71,10 @@ class ResNet(nnx.Module):
   """
 
   def __init__(self, blocks: Sequence[int] = (3, 4, 23, 3), width: int = 64,
-               *, rngs: nnx.Rngs):
+               *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     self.conv1 = layers.conv(3, width, 7, stride=2, padding=3, rngs=rngs)
-    self.bn1 = layers.FrozenBatchNorm(width)
+    self.bn1 = norm(width)
     # (planes, stride, dilations per block): layer4 uses multigrid 1,2,4 x 2.
     specs = [
         (width, 1, [1] * blocks[0]),
@@ -82,7 +88,7 @@ class ResNet(nnx.Module):
       stage = []
       for i, d in enumerate(dilations):
         stage.append(Bottleneck(inplanes, planes, stride if i == 0 else 1, d,
-                                rngs=rngs))
+                                rngs=rngs, norm=norm))
         inplanes = planes * 4
       stages.append(nnx.List(stage))
     self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -120,22 +126,23 @@ class InvertedResidual(nnx.Module):
   """
 
   def __init__(self, inp: int, oup: int, stride: int, dilation: int,
-               expand_ratio: int, *, rngs: nnx.Rngs):
+               expand_ratio: int, *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     hidden = inp * expand_ratio
     self.dilation = dilation
     self.use_res_connect = stride == 1 and inp == oup
     if expand_ratio != 1:
       self.expand_conv = layers.conv(inp, hidden, 1, rngs=rngs)
-      self.expand_bn = layers.FrozenBatchNorm(hidden)
+      self.expand_bn = norm(hidden)
     else:
       self.expand_conv = None
       self.expand_bn = None
     self.dw_conv = layers.conv(hidden, hidden, 3, stride=stride,
                                dilation=dilation, padding=0, groups=hidden,
                                rngs=rngs)
-    self.dw_bn = layers.FrozenBatchNorm(hidden)
+    self.dw_bn = norm(hidden)
     self.project_conv = layers.conv(hidden, oup, 1, rngs=rngs)
-    self.project_bn = layers.FrozenBatchNorm(oup)
+    self.project_bn = norm(oup)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     d = self.dilation
@@ -154,12 +161,13 @@ class MobileNetV2(nnx.Module):
     out_channels: channels of `(low_s4, None, backbone_s16)`.
   """
 
-  def __init__(self, *, rngs: nnx.Rngs):
+  def __init__(self, *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     self.first_conv = layers.conv(3, 32, 3, stride=2, padding=1, rngs=rngs)
-    self.first_bn = layers.FrozenBatchNorm(32)
+    self.first_bn = norm(32)
     blocks, inp = [], 32
     for t, c, s, d in MOBILENET_V2_BLOCKS:
-      blocks.append(InvertedResidual(inp, c, s, d, t, rngs=rngs))
+      blocks.append(InvertedResidual(inp, c, s, d, t, rngs=rngs, norm=norm))
       inp = c
     self.features = nnx.List(blocks)
     self.out_channels = (24, None, 320)
@@ -179,10 +187,11 @@ class ASPPBranch(nnx.Module):
   """conv (no bias) + frozen BN + ReLU."""
 
   def __init__(self, inplanes: int, planes: int, kernel_size: int,
-               dilation: int, *, rngs: nnx.Rngs):
+               dilation: int, *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     self.atrous_conv = layers.conv(inplanes, planes, kernel_size,
                                    dilation=dilation, rngs=rngs)
-    self.bn = layers.FrozenBatchNorm(planes)
+    self.bn = norm(planes)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.relu(self.bn(self.atrous_conv(x)))
@@ -192,14 +201,16 @@ class ASPP(nnx.Module):
   """DeepLab ASPP at output stride 16 (`deeplab/aspp.py`)."""
 
   def __init__(self, inplanes: int, planes: int = 256,
-               rates: Tuple[int, ...] = (1, 6, 12, 18), *, rngs: nnx.Rngs):
+               rates: Tuple[int, ...] = (1, 6, 12, 18), *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     self.branches = nnx.List([
-        ASPPBranch(inplanes, planes, 1 if r == 1 else 3, r, rngs=rngs)
+        ASPPBranch(inplanes, planes, 1 if r == 1 else 3, r, rngs=rngs,
+                   norm=norm)
         for r in rates])
     self.pool_conv = layers.conv(inplanes, planes, 1, rngs=rngs)
-    self.pool_bn = layers.FrozenBatchNorm(planes)
+    self.pool_bn = norm(planes)
     self.conv1 = layers.conv(planes * (len(rates) + 1), planes, 1, rngs=rngs)
-    self.bn1 = layers.FrozenBatchNorm(planes)
+    self.bn1 = norm(planes)
 
   def __call__(self, x: jnp.ndarray,
                dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
@@ -216,13 +227,14 @@ class Decoder(nnx.Module):
   """DeepLabV3+ decoder to `planes` channels at stride 4 (`deeplab/decoder.py`)."""
 
   def __init__(self, low_level_channels: int, aspp_channels: int = 256,
-               planes: int = 256, *, rngs: nnx.Rngs):
+               planes: int = 256, *, rngs: nnx.Rngs,
+               norm: Norm = layers.FrozenBatchNorm):
     self.conv1 = layers.conv(low_level_channels, 48, 1, rngs=rngs)
-    self.bn1 = layers.FrozenBatchNorm(48)
+    self.bn1 = norm(48)
     self.last_conv1 = layers.conv(aspp_channels + 48, planes, 3, rngs=rngs)
-    self.last_bn1 = layers.FrozenBatchNorm(planes)
+    self.last_bn1 = norm(planes)
     self.last_conv2 = layers.conv(planes, planes, 3, rngs=rngs)
-    self.last_bn2 = layers.FrozenBatchNorm(planes)
+    self.last_bn2 = norm(planes)
 
   def __call__(self, x: jnp.ndarray, low: jnp.ndarray) -> jnp.ndarray:
     low = jax.nn.relu(self.bn1(self.conv1(low)))
@@ -241,16 +253,23 @@ class DeepLab(nnx.Module):
     aspp_channels: ASPP output channels (256 officially).
     decoder_channels: decoder output channels (256 officially).
     resnet_blocks / resnet_width: ResNet depth and width (tiny presets).
+    norm: 'frozen_bn' (the official frozen BatchNorm, which the converted
+      weights need) or 'group_norm' (`norm_groups` groups, for training
+      from scratch: a frozen BN at its initial values is the identity, so
+      a scratch backbone would have no normalisation at all).
   """
 
   def __init__(self, backbone: str = 'resnet', aspp_channels: int = 256,
                decoder_channels: int = 256,
                resnet_blocks: Sequence[int] = (3, 4, 23, 3),
-               resnet_width: int = 64, *, rngs: nnx.Rngs):
+               resnet_width: int = 64, norm: str = 'frozen_bn',
+               norm_groups: int = 32, *, rngs: nnx.Rngs):
+    norm = layers.norm_factory(norm, norm_groups, rngs=rngs)
     if backbone == 'mobilenetv2':
-      self.backbone = MobileNetV2(rngs=rngs)
+      self.backbone = MobileNetV2(rngs=rngs, norm=norm)
     elif backbone == 'resnet':
-      self.backbone = ResNet(resnet_blocks, resnet_width, rngs=rngs)
+      self.backbone = ResNet(resnet_blocks, resnet_width, rngs=rngs,
+                             norm=norm)
     else:
       raise ValueError(f'unknown backbone {backbone!r}: expected '
                        "'resnet' or 'mobilenetv2'")
@@ -258,8 +277,9 @@ class DeepLab(nnx.Module):
     self.out_channels = {'low_s4': low_ch, 'mid_s8': mid_ch,
                          'aspp_s16': aspp_channels,
                          'decoder_s4': decoder_channels}
-    self.aspp = ASPP(high_ch, aspp_channels, rngs=rngs)
-    self.decoder = Decoder(low_ch, aspp_channels, decoder_channels, rngs=rngs)
+    self.aspp = ASPP(high_ch, aspp_channels, rngs=rngs, norm=norm)
+    self.decoder = Decoder(low_ch, aspp_channels, decoder_channels, rngs=rngs,
+                           norm=norm)
 
   def __call__(self, images: jnp.ndarray,
                dropout_rng: Optional[jax.Array] = None

@@ -25,6 +25,7 @@ Output layout under `config.output_dir`:
 * `copy_first_frame_baseline`: `copy_first_frame/<seq>/<frame>.png`.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -165,7 +166,7 @@ def run(config) -> Dict[str, Any]:
       max_long_edge=config.max_long_edge, bgr=config.bgr,
       max_objects=config.max_objects)
   os.makedirs(config.output_dir, exist_ok=True)
-  _claim_output_dir(config.output_dir, config.checkpoint)
+  _claim_output_dir(config)
   rows, skipped = [], []
   start = time.perf_counter()
   for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq'):
@@ -209,24 +210,49 @@ def run(config) -> Dict[str, Any]:
   return summary
 
 
-def _claim_output_dir(output_dir: str, model_dir: str) -> None:
-  """Records which model writes `output_dir`; refuses another one.
+def checkpoint_digest(model_dir: str) -> str:
+  """SHA-256 over the relative paths and bytes of every file in `model_dir`
+  (a model updated in place gets a new digest)."""
+  digest = hashlib.sha256()
+  for root, dirs, files in os.walk(model_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      digest.update(os.path.relpath(path, model_dir).encode() + b'\0')
+      with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+  return digest.hexdigest()
+
+
+def _claim_output_dir(config) -> None:
+  """Records which model and settings write `output_dir`; refuses others.
 
   Finished sequences are skipped on a re-run (resume), so outputs of a
-  different model in the same folder would be scored as this model's.
+  different model (another folder, or the same folder with other weights),
+  or of other test-time settings, would be scored as this run's.
   """
-  path = os.path.join(output_dir, 'model.json')
-  model_dir = os.path.abspath(model_dir)
+  claim = {
+      'checkpoint': os.path.abspath(config.checkpoint),
+      'digest': checkpoint_digest(config.checkpoint),
+      'settings': json.loads(json.dumps({
+          'tta': config.tta.to_dict(), 'max_long_edge': config.max_long_edge,
+          'bgr': config.bgr, 'max_objects': config.max_objects,
+          'model': config.model.to_dict()}, sort_keys=True, default=str)),
+  }
+  path = os.path.join(config.output_dir, 'model.json')
   if os.path.exists(path):
     with open(path) as f:
-      previous = json.load(f)['checkpoint']
-    if previous != model_dir:
+      previous = json.load(f)
+    differ = sorted(k for k in claim if previous.get(k) != claim[k])
+    if differ:
       raise ValueError(
-          f'{output_dir} holds the outputs of {previous}, not of {model_dir}; '
-          'pass another --config.output_dir (finished sequences are reused '
-          'on a re-run, so they would be scored as this model\'s)')
+          f'{config.output_dir} holds the outputs of another run '
+          f'({", ".join(differ)} differ: {path}); pass another '
+          '--config.output_dir (finished sequences are reused on a re-run, '
+          'so they would be scored as this run\'s)')
     return
-  outputs.write_json(path, {'checkpoint': model_dir})
+  outputs.write_json(path, claim)
 
 
 def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:

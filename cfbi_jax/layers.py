@@ -9,7 +9,8 @@ official PyTorch code (`cfbi-official-notes.md` §2).
 Used by `backbone.py`, `embedding.py` and `ensembler.py`.
 """
 
-from typing import Optional
+import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +102,25 @@ class FrozenBatchNorm(nnx.Module):
     scale = self.weight[...] * jax.lax.rsqrt(self.running_var[...] + BN_EPSILON)
     shift = self.bias[...] - self.running_mean[...] * scale
     return x * scale + shift
+
+
+def norm_factory(kind: str, groups: int, *, rngs: nnx.Rngs
+                 ) -> Callable[[int], nnx.Module]:
+  """`channels -> normalisation module` for the DeepLab feature extractor.
+
+  Args:
+    kind: 'frozen_bn' (`FrozenBatchNorm`, the official layer) or
+      'group_norm' (`group_norm` with gcd(groups, channels) groups).
+    groups: GroupNorm groups (at most; 'group_norm' only).
+    rngs: initialisation streams (GroupNorm's scale and bias).
+  """
+  if kind == 'frozen_bn':
+    return FrozenBatchNorm
+  if kind == 'group_norm':
+    return lambda channels: group_norm(channels, math.gcd(groups, channels),
+                                       rngs=rngs)
+  raise ValueError(f"backbone_norm must be 'frozen_bn' or 'group_norm', "
+                   f'got {kind!r}')
 
 
 class GCT(nnx.Module):

@@ -62,6 +62,9 @@ class CFBI(nnx.Module):
     arch: 'cfbi' or 'cfbip'.
     backbone: 'resnet' or 'mobilenetv2'; resnet_blocks / resnet_width size
       the ResNet.
+    backbone_norm: 'frozen_bn' (official, needed by converted weights) or
+      'group_norm' (`gn_groups` groups; for DeepLab trained from scratch,
+      where a frozen BN is the identity).
     aspp_channels, decoder_channels: DeepLab widths (256).
     embedding_dim: CFBI embedding width (100) or CFBI+ FPN width (256).
     matching_dims: channels used for matching per scale (CFBI+: 32/64/128).
@@ -112,8 +115,8 @@ class CFBI(nnx.Module):
                matching_dtype: str = 'float32',
                attention_uses_atrous_labels: bool = True,
                use_background: bool = True, use_matching_bias: bool = True,
-               use_attention: bool = True, head: str = 'ensembler', *,
-               rngs: nnx.Rngs):
+               use_attention: bool = True, head: str = 'ensembler',
+               backbone_norm: str = 'frozen_bn', *, rngs: nnx.Rngs):
     if arch not in ('cfbi', 'cfbip'):
       raise ValueError(f"arch must be 'cfbi' or 'cfbip', got {arch!r}")
     num_scales = 1 if arch == 'cfbi' else 3
@@ -149,7 +152,7 @@ class CFBI(nnx.Module):
     self.fg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
     self.feature_extracter = backbone_lib.DeepLab(
         backbone, aspp_channels, decoder_channels, resnet_blocks,
-        resnet_width, rngs=rngs)
+        resnet_width, backbone_norm, gn_groups, rngs=rngs)
     chans = self.feature_extracter.out_channels
     low_dim = chans['low_s4']
     if arch == 'cfbi':

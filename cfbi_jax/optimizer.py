@@ -1,18 +1,23 @@
 """The optax optimizer of CFBI training, built from `config.optim`.
 
-SGD with momentum 0.9 (Nesterov switch), a learning rate with linear warm-up
-then poly decay, floored at `min_lr`:
+`name='sgd'` (the papers' recipe): SGD with momentum 0.9 (Nesterov switch),
+weight decay added to the gradient as PyTorch's SGD does. `name='adamw'`
+(ours, for small models trained from scratch, e.g. the synthetic recipe):
+Adam (b1 = `momentum`, b2 = `adam_b2`) with decoupled weight decay
+(`weight_decay` x the learning rate, as `optax.adamw`). Both follow a
+learning rate with linear warm-up then poly decay, floored at `min_lr`:
 
     lr(t) = base * t / warmup                                  t < warmup
     lr(t) = max(min_lr, base * (1 - (t - w) / (T - w + 1)) ** power)
 
-(the RPCMVOS-derived recipe of `cfbi-official-notes.md` §19), weight
-decay added to the gradient as PyTorch's SGD does, on every parameter except those whose path matches one of
-`weight_decay_exclude` (regexes), a learning-rate multiplier for the backbone
-(`feature_extracter`), and optional global-norm clipping. Gradient accumulation
-(`accumulate_steps`) is not here but in `train_step.make_train_step`, which
-averages micro-batch gradients inside one step so that the step counter,
-the schedules and the data position all count whole batches. Only `nnx.Param`s are optimised; frozen
+(the RPCMVOS-derived recipe of `cfbi-official-notes.md` §19). Also:
+weight decay on every parameter except those whose path matches one of
+`weight_decay_exclude` (regexes), a learning-rate multiplier for the
+backbone (`feature_extracter`), and optional global-norm clipping.
+Gradient accumulation (`accumulate_steps`) is not here but in
+`train_step.make_train_step`, which averages micro-batch gradients inside
+one step so that the step counter, the schedules and the data position all
+count whole batches. Only `nnx.Param`s are optimised; frozen
 BN buffers (`nnx.BatchStat`) are never touched.
 """
 
@@ -50,8 +55,8 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   """Builds the transformation for `params` (a pytree of arrays).
 
   Args:
-    optim_config: `config.optim` (lr, total_steps, warmup_steps, power,
-      min_lr, momentum, nesterov, weight_decay, weight_decay_exclude,
+    optim_config: `config.optim` (name, lr, total_steps, warmup_steps, power,
+      min_lr, momentum, nesterov, adam_b2, weight_decay, weight_decay_exclude,
       backbone_lr_mult, clip_grad_norm; accumulate_steps is read by the
       trainer).
     params: the parameter pytree (for path-based masks).
@@ -60,6 +65,9 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
     An optax transformation.
   """
   c = optim_config
+  name = c.get('name', 'sgd')
+  if name not in ('sgd', 'adamw'):
+    raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {name!r}")
   schedule = learning_rate_schedule(c.lr, c.total_steps, c.warmup_steps,
                                     c.power, c.min_lr)
   exclude = [re.compile(p) for p in c.weight_decay_exclude]
@@ -71,10 +79,15 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   chain = []
   if c.clip_grad_norm:
     chain.append(optax.clip_by_global_norm(c.clip_grad_norm))
-  # Official PyTorch SGD adds weight decay to the gradient (coupled).
-  chain.append(optax.masked(optax.add_decayed_weights(c.weight_decay),
-                            decay_mask))
-  chain.append(optax.trace(decay=c.momentum, nesterov=c.nesterov))
+  decay = optax.masked(optax.add_decayed_weights(c.weight_decay), decay_mask)
+  if name == 'sgd':
+    # Official PyTorch SGD adds weight decay to the gradient (coupled).
+    chain += [decay, optax.trace(decay=c.momentum, nesterov=c.nesterov)]
+  else:
+    # AdamW: decay added after the Adam scaling, so it is scaled by the
+    # learning rate only.
+    chain += [optax.scale_by_adam(b1=c.momentum, b2=c.get('adam_b2', 0.999)),
+              decay]
   chain.append(optax.scale_by_schedule(lambda t: -schedule(t)))
   if c.backbone_lr_mult != 1.0:
     chain.append(_scale_per_leaf(lr_scale))

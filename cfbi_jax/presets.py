@@ -35,7 +35,9 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
       attention_uses_atrous_labels=True,
       # Ablation switches (`model.CFBI`); the released models use these.
       use_background=True, use_matching_bias=True, use_attention=True,
-      head='ensembler')
+      head='ensembler',
+      # 'group_norm' for DeepLab trained from scratch (configs/synthetic.py).
+      backbone_norm='frozen_bn')
   if variant == 'cfbi_mobilenetv2':
     c.update(backbone='mobilenetv2')
   elif variant == 'cfbip_resnet101':

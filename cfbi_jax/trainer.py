@@ -15,6 +15,11 @@ unmatched names are reported loudly):
    `python -m cfbi_jax.convert --backbone_only` (ImageNet/COCO backbone);
 4. scratch, seeded by `config.seed`.
 
+With `config.init.zero_attention_gates` (ours, for scratch training), steps
+3-4 zero every instance-attention gate's linear layer, so each gate
+`1 + tanh(W h + b)` starts at exactly 1 (the identity) instead of a random
+per-object scaling of every ensembler block; the architecture is unchanged.
+
 Checkpoints (`_Checkpoints`): orbax `CheckpointManager`s (async) in
 `workdir/checkpoints` (the last `config.train.keep_checkpoints`) and
 `workdir/best`, saved every `config.train.checkpoint_every` steps, at the end
@@ -40,6 +45,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
+from cfbi_jax import attention
 from cfbi_jax import checkpoint
 from cfbi_jax import losses
 from cfbi_jax import model as model_lib
@@ -88,9 +94,28 @@ def _init_module(config) -> nnx.Module:
   return model_lib.from_config(config.model, rngs=nnx.Rngs(config.seed))
 
 
+def zero_attention_gates(module: nnx.Module) -> int:
+  """Zeroes the linear layer of every `IAGate` (gates start at 1).
+
+  Returns:
+    How many gates were zeroed.
+  """
+  count = 0
+  for _, sub in nnx.iter_modules(module):
+    if isinstance(sub, attention.IAGate):
+      sub.IA.kernel[...] = jnp.zeros_like(sub.IA.kernel[...])
+      sub.IA.bias[...] = jnp.zeros_like(sub.IA.bias[...])
+      count += 1
+  return count
+
+
 def create_state(config):
   """Model, optimizer and TrainState (before any checkpoint restore)."""
   module = _init_module(config)
+  if config.init.get('zero_attention_gates') and not \
+      config.init.get('cfbi_checkpoint'):
+    logging.warning('INIT: %d instance-attention gates start at 1',
+                    zero_attention_gates(module))
   tx = optimizer.make_optimizer(config.optim, nnx.state(module, nnx.Param))
   graphdef, state = ts.create_train_state(module, tx, config.seed)
   return graphdef, tx, state

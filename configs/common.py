@@ -55,6 +55,7 @@ def optim_config(total_steps: int) -> ml_collections.ConfigDict:
   """The optimizer block of the recipe (`config.optim`); no TF import, so
   TF-free code (bench/bench_train.py on an accelerator image) can use it."""
   optim = ml_collections.ConfigDict()
+  optim.name = 'sgd'             # [paper]; 'adamw' [ours] for tiny models
   optim.lr = 0.01                # [paper] CFBI+ §4
   optim.total_steps = total_steps
   optim.warmup_steps = 1000      # [official] TRAIN_WARM_UP_STEPS
@@ -62,6 +63,7 @@ def optim_config(total_steps: int) -> ml_collections.ConfigDict:
   optim.min_lr = 1e-5            # [ours] notes §19
   optim.momentum = 0.9           # [paper]
   optim.nesterov = True          # [ours] notes §19
+  optim.adam_b2 = 0.999          # [ours] name='adamw' only
   optim.weight_decay = 1.5e-4    # [official] TRAIN_WEIGHT_DECAY
   optim.weight_decay_exclude = ()  # [ours] decay on every parameter
   optim.backbone_lr_mult = 1.0   # [ours]
@@ -108,6 +110,7 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict()
   config.init.cfbi_checkpoint = ''      # converted official CFBI weights
   config.init.backbone_checkpoint = ''  # convert.py --backbone_only output
+  config.init.zero_attention_gates = False  # [ours] True: IA gates start at 1
   if runlocal:
     config.model.global_chunks = (1,) * len(config.model.global_chunks)
     config.data.crop_size = 65

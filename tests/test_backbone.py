@@ -6,6 +6,11 @@
 * `InvertedResidual` is compared with a NumPy block written from §4.3 that
   zero-pads the block input *before* the 1x1 expansion, and is shown to
   differ on the border from the usual pad-before-depthwise block.
+* `norm='group_norm'` puts a GroupNorm wherever the official model has a
+  frozen BN (same names), and it normalises: at initialisation the
+  frozen-BN DeepLab is positively homogeneous (f(7x) = 7 f(x): bias-free
+  convs, identity BN, ReLU, pooling, bilinear resizing), the GroupNorm one
+  scale-invariant (f(7x) = f(x)).
 * The default ResNet-101 DeepLab has as many parameters and frozen-BN
   buffer values as the `feature_extracter.*` entries of the official state
   dict listed in the parity fixture manifest
@@ -141,6 +146,26 @@ def test_tiny_resnet_deeplab_runs_finite_and_dropout_only_with_rng():
   kept = aspp_drop != 0
   np.testing.assert_allclose(aspp_drop[kept], aspp[kept] / 0.9, rtol=1e-5)
   assert np.any(aspp_drop[aspp > 0] == 0)
+
+
+def test_group_norm_backbone_normalises():
+  make = lambda norm: backbone.DeepLab('resnet', norm=norm, norm_groups=4,
+                                       rngs=nnx.Rngs(0), **TINY_RESNET)
+  frozen, grouped = make('frozen_bn'), make('group_norm')
+  norm_paths = lambda m, kind: sorted(
+      path for path, sub in nnx.iter_modules(m) if isinstance(sub, kind))
+  assert norm_paths(frozen, backbone.layers.FrozenBatchNorm) == norm_paths(
+      grouped, nnx.GroupNorm)
+  assert not norm_paths(grouped, backbone.layers.FrozenBatchNorm)
+  images = jnp.asarray(randn(np.random.default_rng(2), 2, 33, 49, 3))
+  run = nnx.jit(lambda m, x: m(x)['decoder_s4'])
+  base, scaled = run(frozen, images), run(frozen, 7.0 * images)
+  np.testing.assert_allclose(scaled, 7.0 * base, rtol=1e-4, atol=1e-3)
+  base, scaled = run(grouped, images), run(grouped, 7.0 * images)
+  np.testing.assert_allclose(scaled, base, rtol=1e-3, atol=1e-4)
+  assert np.std(np.asarray(base)) > 0.1
+  with pytest.raises(ValueError, match='backbone_norm'):
+    make('batch_norm')
 
 
 def test_mobilenetv2_feature_shapes():

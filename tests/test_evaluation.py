@@ -12,8 +12,10 @@
   resume-skip, a video-file input, and bad inputs with their messages.
 """
 
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -64,6 +66,13 @@ def _davis_root(root, names=('alpha', 'beta')):
   with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
     f.write('\n'.join(names) + '\n')
   return root
+
+
+def dict_copy(config, **fields):
+  """A deep copy of `config` with dotted `fields` set."""
+  out = copy.deepcopy(config)
+  out.update_from_flattened_dict(fields)
+  return out
 
 
 def _config(base, **fields):
@@ -243,10 +252,28 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
   copy_jf = summary['copy_first_frame']['J&F-Mean']
   assert model_jf > 0.4 and model_jf > copy_jf + 0.25, (model_jf, copy_jf)
   assert len(os.listdir(tmp_path / 'out' / 'synth002-0000_overlay')) == 24
-  # Another model may not reuse (and be scored on) these outputs.
-  config.checkpoint = tiny_ckpt
-  with pytest.raises(ValueError, match='holds the outputs of'):
-    evaluation.run(config)
+  # Another model may not reuse (and be scored on) these outputs: not
+  # another folder, not other weights in the same folder, not other
+  # test-time settings.
+  with pytest.raises(ValueError, match='checkpoint, digest differ'):
+    evaluation.run(dict_copy(config, checkpoint=tiny_ckpt))
+  with pytest.raises(ValueError, match='settings differ'):
+    evaluation.run(dict_copy(config, **{'tta.flip': True}))
+  moved = str(tmp_path / 'model')
+  shutil.copytree(config.checkpoint, moved)
+  with pytest.raises(ValueError, match='checkpoint differ'):
+    evaluation.run(dict_copy(config, checkpoint=moved))
+  config_json = os.path.join(moved, checkpoint.CONFIG_FILE)
+  with open(config_json, 'a') as f:
+    f.write('\n')  # Same folder, other bytes.
+  other = dict_copy(config, checkpoint=moved,
+                    output_dir=str(tmp_path / 'out2'))
+  other.data.synthetic_videos = 1
+  evaluation._claim_output_dir(other)  # pylint: disable=protected-access
+  shutil.copy(os.path.join(config.checkpoint, checkpoint.CONFIG_FILE),
+              config_json)
+  with pytest.raises(ValueError, match='digest differ'):
+    evaluation._claim_output_dir(other)  # pylint: disable=protected-access
 
 
 def test_config_errors(tiny_ckpt, tmp_path):

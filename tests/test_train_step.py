@@ -9,7 +9,9 @@
 * gradient accumulation: m micro-batches give the update computed by hand
   from the mean of the micro-batch gradients (each taken with `clip_loss`
   and its own dropout key);
-* the learning-rate schedule against its closed form.
+* the learning-rate schedule against its closed form;
+* `optim.name='adamw'` against a NumPy AdamW (clipping, bias-corrected
+  moments, decoupled decay with its exclusion mask, the schedule).
 """
 
 import os
@@ -152,6 +154,43 @@ def test_learning_rate_schedule():
     else:
       expected = max(1e-4, 0.01 * (1 - (t - 10) / 91) ** 0.9)
     np.testing.assert_allclose(float(sched(t)), expected, rtol=1e-5)
+
+
+def test_adamw_matches_numpy():
+  c = optim_config(name='adamw', lr=0.01, warmup_steps=2, total_steps=10,
+                   momentum=0.9, adam_b2=0.99, weight_decay=0.1,
+                   weight_decay_exclude=['bias'], clip_grad_norm=1.0)
+  rng = np.random.default_rng(0)
+  params = {'conv': {'kernel': rng.normal(size=(3, 2)).astype(np.float32),
+                     'bias': rng.normal(size=(2,)).astype(np.float32)}}
+  tx = optimizer.make_optimizer(c, params)
+  state = tx.init(params)
+  got = jax.tree.map(jnp.asarray, params)
+  want = {k: v.copy() for k, v in params['conv'].items()}
+  m = {k: np.zeros_like(v) for k, v in want.items()}
+  v = {k: np.zeros_like(x) for k, x in want.items()}
+  for t in range(4):
+    grads = {'conv': {k: rng.normal(size=x.shape).astype(np.float32) * 3
+                      for k, x in want.items()}}
+    updates, state = tx.update(grads, state, got)
+    got = optax.apply_updates(got, updates)
+    g = grads['conv']
+    norm = np.sqrt(sum(np.sum(x ** 2) for x in g.values()))
+    scale = min(1.0, 1.0 / norm)
+    lr = 0.01 * t / 2 if t < 2 else 0.01 * (1 - (t - 2) / 9) ** 0.9
+    for k in want:
+      gk = g[k] * scale
+      m[k] = 0.9 * m[k] + 0.1 * gk
+      v[k] = 0.99 * v[k] + 0.01 * gk ** 2
+      step = (m[k] / (1 - 0.9 ** (t + 1))) / (
+          np.sqrt(v[k] / (1 - 0.99 ** (t + 1))) + 1e-8)
+      if k != 'bias':
+        step = step + 0.1 * want[k]
+      want[k] = want[k] - lr * step
+  for k in want:
+    np.testing.assert_allclose(got['conv'][k], want[k], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='optim.name'):
+    optimizer.make_optimizer(optim_config(name='lamb'), params)
 
 
 _MULTI_DEVICE = r'''

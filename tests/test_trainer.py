@@ -11,7 +11,8 @@ at a 65 crop (the configs' `runlocal` shrink).
   flight; resuming from it ends with the same parameters (bit for bit) and
   losses as the uninterrupted run; frozen BN buffers never change;
 * the init order: converted CFBI weights are loaded, a checkpoint of another
-  model is refused with the differing fields;
+  model is refused with the differing fields; `init.zero_attention_gates`
+  makes every instance-attention gate the identity (and only those);
 * `train.py` end to end (TensorBoard events, overlay image, exported model
   that `checkpoint.load_model` reads) and its clear error for an unknown
   config field.
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cfbi_jax import attention
 from cfbi_jax import checkpoint
 from cfbi_jax import model as model_lib
 from cfbi_jax import presets
@@ -62,6 +64,29 @@ def tiny_config(davis_root, ytb_root, steps):
 
 
 STEPS = 40
+
+
+def test_zero_attention_gates(davis_root, ytb_root):
+  rng = np.random.default_rng(0)
+  modules = {}
+  for zero in (False, True):
+    config = tiny_config(davis_root, ytb_root, 2)
+    config.init.zero_attention_gates = zero
+    graphdef, _, state = trainer.create_state(config)
+    modules[zero] = nnx.merge(graphdef, state.params, state.frozen)
+  for zero, module in modules.items():
+    gates = [sub for _, sub in nnx.iter_modules(module)
+             if isinstance(sub, attention.IAGate)]
+    assert len(gates) >= 10
+    for gate in gates:
+      x = rng.normal(size=(2, 3, 4, gate.IA.out_features)).astype(np.float32)
+      head = rng.normal(size=(2, gate.IA.in_features)).astype(np.float32)
+      same = np.allclose(np.asarray(gate(x, head)), x, atol=1e-6)
+      assert same == zero
+    # The dynamic final layer reads the attention vector too, but it is not
+    # a gate: it stays random.
+    final = module.dynamic_seghead.IA_final_fg.kernel[...]
+    assert np.std(np.asarray(final)) > 0
 
 
 @pytest.fixture(scope='module')
