@@ -76,14 +76,7 @@ def dict_copy(config, **fields):
 
 
 def _config(base, **fields):
-  config = base.get_config()
-  for key, value in fields.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return dict_copy(base.get_config(), **fields)
 
 
 @pytest.mark.slow
