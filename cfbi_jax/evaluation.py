@@ -230,7 +230,8 @@ def _claim_output_dir(config) -> None:
 
   Finished sequences are skipped on a re-run (resume), so outputs of a
   different model (another folder, or the same folder with other weights),
-  or of other test-time settings, would be scored as this run's.
+  or of other test-time settings, would be scored as this run's. A
+  non-empty folder without a claim is refused for the same reason.
   """
   claim = {
       'checkpoint': os.path.abspath(config.checkpoint),
@@ -252,6 +253,12 @@ def _claim_output_dir(config) -> None:
           '--config.output_dir (finished sequences are reused on a re-run, '
           'so they would be scored as this run\'s)')
     return
+  if os.listdir(config.output_dir):
+    # Written before claims existed, or by hand: nothing says whose it is.
+    raise ValueError(
+        f'{config.output_dir} is not empty but has no model.json, so its '
+        'outputs cannot be told apart from this run\'s; pass an empty or '
+        'new --config.output_dir')
   outputs.write_json(path, claim)
 
 

@@ -262,11 +262,16 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
   other = dict_copy(config, checkpoint=moved,
                     output_dir=str(tmp_path / 'out2'))
   other.data.synthetic_videos = 1
+  os.makedirs(other.output_dir)  # As evaluation.run does before claiming.
   evaluation._claim_output_dir(other)  # pylint: disable=protected-access
   shutil.copy(os.path.join(config.checkpoint, checkpoint.CONFIG_FILE),
               config_json)
   with pytest.raises(ValueError, match='digest differ'):
     evaluation._claim_output_dir(other)  # pylint: disable=protected-access
+  # Outputs without a claim (written before claims existed) are refused.
+  os.remove(os.path.join(config.output_dir, 'model.json'))
+  with pytest.raises(ValueError, match='has no model.json'):
+    evaluation.run(config)
 
 
 def test_config_errors(tiny_ckpt, tmp_path):
