@@ -9,8 +9,9 @@ official PyTorch code (`cfbi-official-notes.md` §2).
 Used by `backbone.py`, `embedding.py` and `ensembler.py`.
 """
 
+import functools
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,12 @@ def conv(in_features: int, out_features: int, kernel_size: int, *,
   """
   if padding is None:
     padding = dilation * (kernel_size - 1) // 2
-  cls = PointwiseConv if kernel_size == 1 and padding == 0 and groups == 1 \
-      else nnx.Conv
+  if groups != 1:
+    cls = nnx.Conv
+  elif kernel_size == 1 and padding == 0:
+    cls = PointwiseConv
+  else:
+    cls = SpatialConv
   return cls(
       in_features, out_features, (kernel_size, kernel_size),
       strides=stride, padding=((padding, padding), (padding, padding)),
@@ -71,6 +76,108 @@ class PointwiseConv(nnx.Conv):
     x = x[:, ::sy, ::sx]
     y = jnp.einsum('nhwc,cd->nhwd', x, self.kernel[...][0, 0],
                    precision=self.precision)
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y
+
+
+def _conv_forward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
+                  dilation: int, padding: int) -> jnp.ndarray:
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
+                      dilation: int, padding: int) -> jnp.ndarray:
+  """A dense 2-D convolution whose gradient is taken tap by tap.
+
+  The forward pass is XLA's convolution (NHWC input, HWIO kernel, zero
+  padding `padding` on every side). The backward pass treats the k x k
+  kernel as k^2 matrix products, one per tap (i, j), over the input pixels
+  that tap reads, `xp[:, i*d :: s, j*d :: s]` of the padded input xp:
+
+      dW[i, j] = sum_{n,y,x} xp_tap[n, y, x, :]^T g[n, y, x, :]
+      dxp[tap pixels] += g @ W[i, j]^T
+
+  which is the same gradient as XLA's (up to float rounding), but XLA:CPU
+  lowers a convolution's gradients with large spatial windows to a generic
+  loop that ran the ensembler's 3x3 gradients 10-20x slower than these
+  matrix products (`bench/bench_conv_grad.py`). `SpatialConv` uses it on
+  CPU only.
+
+  Args:
+    x: `[N, H, W, C]` input.
+    kernel: `[k, k, C, O]` weights.
+    stride, dilation, padding: as in `conv`.
+
+  Returns:
+    `[N, H', W', O]`, H' = (H + 2 padding - dilation (k - 1) - 1) // stride + 1.
+  """
+  return _conv_forward(x, kernel, stride, dilation, padding)
+
+
+def _conv_tap_fwd(x, kernel, stride, dilation, padding):
+  return _conv_forward(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _conv_tap_bwd(stride: int, dilation: int, padding: int,
+                  residuals: Tuple[jnp.ndarray, jnp.ndarray],
+                  g: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  x, kernel = residuals
+  _, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  ho, wo = g.shape[1:3]
+  p = padding
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  hp, wp = xp.shape[1:3]
+  span_y, span_x = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+  dxp = jnp.zeros(xp.shape, jnp.result_type(x, g))
+  zero = jnp.zeros((), dxp.dtype)
+  dkernel = []
+  for i in range(kh):
+    row = []
+    y0 = i * dilation
+    for j in range(kw):
+      x0 = j * dilation
+      tap = xp[:, y0:y0 + span_y:stride, x0:x0 + span_x:stride, :]
+      row.append(jnp.einsum('nhwc,nhwo->co', tap, g))
+      dtap = jnp.einsum('nhwo,co->nhwc', g, kernel[i, j]).astype(dxp.dtype)
+      # Scatter back to the pixels the tap read: interior padding spreads
+      # the stride, edge padding places the window.
+      dxp = dxp + jax.lax.pad(dtap, zero, (
+          (0, 0, 0), (y0, hp - y0 - span_y, stride - 1),
+          (x0, wp - x0 - span_x, stride - 1), (0, 0, 0)))
+    dkernel.append(jnp.stack(row))
+  dx = dxp[:, p:p + h, p:p + w, :]
+  return dx.astype(x.dtype), jnp.stack(dkernel).astype(kernel.dtype)
+
+
+conv_tap_backward.defvjp(_conv_tap_fwd, _conv_tap_bwd)
+
+
+class SpatialConv(nnx.Conv):
+  """A dense k x k `nnx.Conv` (symmetric padding) with a CPU-friendly
+  gradient.
+
+  Same parameters and forward result as the convolution. On the CPU
+  backend the gradient comes from `conv_tap_backward`; on GPU/TPU,
+  where XLA's convolution gradients are fast and the per-tap form would
+  only cost memory, it is XLA's own.
+  """
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if jax.default_backend() != 'cpu':
+      return super().__call__(x)
+    stride, = set((self.strides,) * 2 if isinstance(self.strides, int)
+                  else self.strides)
+    dilation, = set((self.kernel_dilation,) * 2
+                    if isinstance(self.kernel_dilation, int)
+                    else self.kernel_dilation)
+    (padding,) = set(p for pair in self.padding for p in pair)
+    y = conv_tap_backward(x, self.kernel[...], stride, dilation, padding)
     if self.bias is not None:
       y = y + self.bias[...]
     return y

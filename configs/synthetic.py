@@ -18,7 +18,7 @@ Arguments after the colon: `preset=` a model of `cfbi_jax.presets`
   ImageNet/COCO DeepLab): GroupNorm in the DeepLab (a frozen BN at its
   initial values is no normalisation at all), AdamW at lr 0.002, and
   instance-attention gates that start at 1 (`init.zero_attention_gates`);
-  3,000 steps. The architecture is otherwise the papers'.
+  4,500 steps. The architecture is otherwise the papers'.
 * `sgd`: the papers' optimizer (SGD, momentum 0.9) at lr 0.05, frozen BN,
   random gates, 3,400 steps: the recipe of the first bundled model and of
   the ablation table in `docs/ablations.md`.
@@ -27,7 +27,10 @@ The rest is the shared recipe of `configs/common.py::training_config` with
 the sizes of a small world: 120x160 videos (short edge 120, crop 97), at
 most 3 objects, batch 2 of N = 3 frames, 100 warm-up steps, hard-pixel
 mining and own predictions from half the run as in the papers' main
-stage. The bundled model is this config as is (see `models/README.md` for
+stage. The input pipeline loads one clip at a time (`num_parallel_calls`
+1, `prefetch` 2): its small clips take a few ms, and more loader threads
+only compete with the train step for the two cores (0.49 s per step with
+tf.data's autotuning, 0.44 s without). The bundled model is this config as is (see `models/README.md` for
 its wall time on 2 CPU cores and its scores).
 
 The ablations are plain config fields, usable with any config file:
@@ -79,7 +82,7 @@ def _scratch(config):
   config.init.zero_attention_gates = True
   config.optim.name = 'adamw'
   config.optim.lr = 0.002
-  return 3000  # Steps: the whole command fits 40 minutes on 2 CPU cores.
+  return 4500  # Steps: the whole command fits 40 minutes on 2 CPU cores.
 
 
 def _sgd(config):
@@ -112,6 +115,8 @@ def get_config(arg=None):
   config.data.min_object_pixels = 20
   config.data.reference_min_pixels = 50
   config.data.max_objects = 3
+  config.data.num_parallel_calls = 1
+  config.data.prefetch = 2
   config.train.batch_size = 2
   config.train.num_frames = 3
   config.train.log_every = 25

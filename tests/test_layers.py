@@ -8,6 +8,8 @@ zero padding (§2; XLA "SAME" pads stride-2 convs asymmetrically on even
 sizes) and two-pass GroupNorm with PyTorch's eps 1e-5 (§2).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,6 +203,79 @@ def test_conv_default_padding_keeps_size(kernel_size, dilation, groups,
     want += np.asarray(conv.bias[...])
   assert got.shape == (1, 9, 8, 4)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation):
+  """d/dx and d/dkernel of sum(conv(x) * cotangent), float64, by the
+  definition: every output pixel adds its tap products back."""
+  x = x.astype(np.float64)
+  xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  dxp, dk = np.zeros_like(xp), np.zeros(kernel.shape)
+  kernel = kernel.astype(np.float64)
+  for i in range(cotangent.shape[1]):
+    for j in range(cotangent.shape[2]):
+      g = cotangent[:, i, j].astype(np.float64)  # [n, out]
+      for a in range(kernel.shape[0]):
+        for b in range(kernel.shape[1]):
+          y, z = i * stride + a * dilation, j * stride + b * dilation
+          dk[a, b] += xp[:, y, z].T @ g
+          dxp[:, y, z] += g @ kernel[a, b].T
+  h, w = x.shape[1:3]
+  return dxp[:, padding:padding + h, padding:padding + w], dk
+
+
+@pytest.mark.parametrize('size,kernel_size,stride,dilation,padding', [
+    ((9, 8), 3, 1, 1, 1),
+    ((10, 9), 3, 2, 1, 1),   # stride 2: the last row / column is never read
+    ((11, 11), 3, 1, 2, 2),
+    ((9, 12), 3, 1, 4, 4),   # dilation wider than half the input
+    ((13, 10), 7, 2, 1, 3),  # the ResNet stem
+    ((8, 8), 3, 2, 2, 0),    # no padding
+])
+def test_conv_tap_backward_gradients_match_numpy(size, kernel_size, stride,
+                                                 dilation, padding):
+  rng = np.random.default_rng(11)
+  x = randn(rng, 2, *size, 3)
+  kernel = randn(rng, kernel_size, kernel_size, 3, 5)
+  fn = functools.partial(layers.conv_tap_backward, stride=stride,
+                         dilation=dilation, padding=padding)
+  y, vjp = jax.vjp(lambda a, k: fn(a, k), jnp.asarray(x), jnp.asarray(kernel))
+  np.testing.assert_allclose(np.asarray(y), np_conv2d(
+      x, kernel, stride, padding, dilation), rtol=1e-5, atol=1e-4)
+  cotangent = randn(rng, *y.shape)
+  dx, dk = vjp(jnp.asarray(cotangent))
+  want_dx, want_dk = np_conv2d_grads(x, kernel, cotangent, stride, padding,
+                                     dilation)
+  np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=1e-4, atol=1e-4)
+
+
+def test_spatial_conv_gradient_with_bias_matches_xla():
+  # The layer `conv` builds for k > 1 on CPU takes its gradient tap by tap;
+  # XLA's own convolution gradient is the reference.
+  rng = np.random.default_rng(12)
+  conv = layers.conv(4, 6, 3, stride=2, dilation=1, use_bias=True,
+                     rngs=nnx.Rngs(0))
+  assert isinstance(conv, layers.SpatialConv)
+  conv.bias[...] = jnp.asarray(randn(rng, 6))
+  x = jnp.asarray(randn(rng, 2, 11, 10, 4))
+  weight = jnp.asarray(randn(rng, 2, 6, 5, 6))
+
+  def xla(kernel, bias, x):
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+    return jnp.sum(jnp.tanh(y) * weight)
+
+  def ours(module, x):
+    return jnp.sum(jnp.tanh(module(x)) * weight)
+
+  want = jax.grad(xla, argnums=(0, 1, 2))(conv.kernel[...], conv.bias[...], x)
+  grads, dx = nnx.grad(ours, argnums=(0, 1))(conv, x)
+  got = (grads['kernel'][...], grads['bias'][...], dx)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4,
+                               atol=1e-5)
 
 
 # ---------------------------------------------------------------- group_norm
