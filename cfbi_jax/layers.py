@@ -48,12 +48,12 @@ def conv(in_features: int, out_features: int, kernel_size: int, *,
   """
   if padding is None:
     padding = dilation * (kernel_size - 1) // 2
-  if groups != 1:
-    cls = nnx.Conv
-  elif kernel_size == 1 and padding == 0:
+  if kernel_size == 1 and padding == 0 and groups == 1:
     cls = PointwiseConv
-  else:
+  elif groups == 1 or groups == in_features == out_features:
     cls = SpatialConv
+  else:
+    cls = nnx.Conv
   return cls(
       in_features, out_features, (kernel_size, kernel_size),
       strides=stride, padding=((padding, padding), (padding, padding)),
@@ -82,17 +82,19 @@ class PointwiseConv(nnx.Conv):
 
 
 def _conv_forward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
-                  dilation: int, padding: int) -> jnp.ndarray:
+                  dilation: int, padding: int, depthwise: bool) -> jnp.ndarray:
   return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
       rhs_dilation=(dilation, dilation),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=x.shape[-1] if depthwise else 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
-                      dilation: int, padding: int) -> jnp.ndarray:
-  """A dense 2-D convolution whose gradient is taken tap by tap.
+                      dilation: int, padding: int,
+                      depthwise: bool = False) -> jnp.ndarray:
+  """A 2-D convolution whose gradient is taken tap by tap.
 
   The forward pass is XLA's convolution (NHWC input, HWIO kernel, zero
   padding `padding` on every side). The backward pass treats the k x k
@@ -102,28 +104,31 @@ def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
       dW[i, j] = sum_{n,y,x} xp_tap[n, y, x, :]^T g[n, y, x, :]
       dxp[tap pixels] += g @ W[i, j]^T
 
-  which is the same gradient as XLA's (up to float rounding), but XLA:CPU
-  lowers a convolution's gradients with large spatial windows to a generic
-  loop that ran the ensembler's 3x3 gradients 10-20x slower than these
-  matrix products (`bench/bench_conv_grad.py`). `SpatialConv` uses it on
-  CPU only.
+  (for a depthwise kernel, channel by channel: dW[i, j, 0] = sum xp_tap * g
+  and dxp[tap pixels] += g * W[i, j, 0]). This is the same gradient as
+  XLA's (up to float rounding), but XLA:CPU lowers a convolution's
+  gradients with large spatial windows to a generic loop that ran the
+  ensembler's 3x3 gradients 10-20x slower than these matrix products
+  (`bench/bench_conv_grad.py`). `SpatialConv` uses it on CPU only.
 
   Args:
     x: `[N, H, W, C]` input.
-    kernel: `[k, k, C, O]` weights.
+    kernel: `[k, k, C, O]` weights, or `[k, k, 1, C]` if `depthwise`.
     stride, dilation, padding: as in `conv`.
+    depthwise: one filter per channel (`groups` = C = O in `conv`).
 
   Returns:
     `[N, H', W', O]`, H' = (H + 2 padding - dilation (k - 1) - 1) // stride + 1.
   """
-  return _conv_forward(x, kernel, stride, dilation, padding)
+  return _conv_forward(x, kernel, stride, dilation, padding, depthwise)
 
 
-def _conv_tap_fwd(x, kernel, stride, dilation, padding):
-  return _conv_forward(x, kernel, stride, dilation, padding), (x, kernel)
+def _conv_tap_fwd(x, kernel, stride, dilation, padding, depthwise):
+  return (_conv_forward(x, kernel, stride, dilation, padding, depthwise),
+          (x, kernel))
 
 
-def _conv_tap_bwd(stride: int, dilation: int, padding: int,
+def _conv_tap_bwd(stride: int, dilation: int, padding: int, depthwise: bool,
                   residuals: Tuple[jnp.ndarray, jnp.ndarray],
                   g: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
   x, kernel = residuals
@@ -143,8 +148,12 @@ def _conv_tap_bwd(stride: int, dilation: int, padding: int,
     for j in range(kw):
       x0 = j * dilation
       tap = xp[:, y0:y0 + span_y:stride, x0:x0 + span_x:stride, :]
-      row.append(jnp.einsum('nhwc,nhwo->co', tap, g))
-      dtap = jnp.einsum('nhwo,co->nhwc', g, kernel[i, j]).astype(dxp.dtype)
+      if depthwise:
+        row.append(jnp.einsum('nhwc,nhwc->c', tap, g)[None])
+        dtap = (g * kernel[i, j, 0]).astype(dxp.dtype)
+      else:
+        row.append(jnp.einsum('nhwc,nhwo->co', tap, g))
+        dtap = jnp.einsum('nhwo,co->nhwc', g, kernel[i, j]).astype(dxp.dtype)
       # Scatter back to the pixels the tap read: interior padding spreads
       # the stride, edge padding places the window.
       dxp = dxp + jax.lax.pad(dtap, zero, (
@@ -159,8 +168,8 @@ conv_tap_backward.defvjp(_conv_tap_fwd, _conv_tap_bwd)
 
 
 class SpatialConv(nnx.Conv):
-  """A dense k x k `nnx.Conv` (symmetric padding) with a CPU-friendly
-  gradient.
+  """A dense or depthwise k x k `nnx.Conv` (symmetric padding) with a
+  CPU-friendly gradient.
 
   Same parameters and forward result as the convolution. On the CPU
   backend the gradient comes from `conv_tap_backward`; on GPU/TPU,
@@ -177,7 +186,8 @@ class SpatialConv(nnx.Conv):
                     if isinstance(self.kernel_dilation, int)
                     else self.kernel_dilation)
     (padding,) = set(p for pair in self.padding for p in pair)
-    y = conv_tap_backward(x, self.kernel[...], stride, dilation, padding)
+    y = conv_tap_backward(x, self.kernel[...], stride, dilation, padding,
+                          self.feature_group_count > 1)
     if self.bias is not None:
       y = y + self.bias[...]
     return y

@@ -205,9 +205,11 @@ def test_conv_default_padding_keeps_size(kernel_size, dilation, groups,
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation):
+def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation,
+                    depthwise=False):
   """d/dx and d/dkernel of sum(conv(x) * cotangent), float64, by the
-  definition: every output pixel adds its tap products back."""
+  definition: every output pixel adds its tap products back (channel by
+  channel for a depthwise kernel `[k, k, 1, C]`)."""
   x = x.astype(np.float64)
   xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   dxp, dk = np.zeros_like(xp), np.zeros(kernel.shape)
@@ -218,34 +220,44 @@ def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation):
       for a in range(kernel.shape[0]):
         for b in range(kernel.shape[1]):
           y, z = i * stride + a * dilation, j * stride + b * dilation
-          dk[a, b] += xp[:, y, z].T @ g
-          dxp[:, y, z] += g @ kernel[a, b].T
+          if depthwise:
+            dk[a, b, 0] += (xp[:, y, z] * g).sum(axis=0)
+            dxp[:, y, z] += g * kernel[a, b, 0]
+          else:
+            dk[a, b] += xp[:, y, z].T @ g
+            dxp[:, y, z] += g @ kernel[a, b].T
   h, w = x.shape[1:3]
   return dxp[:, padding:padding + h, padding:padding + w], dk
 
 
-@pytest.mark.parametrize('size,kernel_size,stride,dilation,padding', [
-    ((9, 8), 3, 1, 1, 1),
-    ((10, 9), 3, 2, 1, 1),   # stride 2: the last row / column is never read
-    ((11, 11), 3, 1, 2, 2),
-    ((9, 12), 3, 1, 4, 4),   # dilation wider than half the input
-    ((13, 10), 7, 2, 1, 3),  # the ResNet stem
-    ((8, 8), 3, 2, 2, 0),    # no padding
+@pytest.mark.parametrize('size,kernel_size,stride,dilation,padding,depthwise', [
+    ((9, 8), 3, 1, 1, 1, False),
+    ((10, 9), 3, 2, 1, 1, False),  # stride 2: the last row / column unread
+    ((11, 11), 3, 1, 2, 2, False),
+    ((9, 12), 3, 1, 4, 4, False),  # dilation wider than half the input
+    ((13, 10), 7, 2, 1, 3, False),  # the ResNet stem
+    ((8, 8), 3, 2, 2, 0, False),   # no padding
+    ((12, 9), 7, 1, 1, 3, True),   # FEELVOS head's depthwise 7x7
+    ((11, 10), 3, 2, 2, 0, True),  # MobileNetV2's depthwise (own padding)
 ])
 def test_conv_tap_backward_gradients_match_numpy(size, kernel_size, stride,
-                                                 dilation, padding):
+                                                 dilation, padding, depthwise):
   rng = np.random.default_rng(11)
-  x = randn(rng, 2, *size, 3)
-  kernel = randn(rng, kernel_size, kernel_size, 3, 5)
+  channels = 4
+  x = randn(rng, 2, *size, channels)
+  kernel = randn(rng, kernel_size, kernel_size, 1 if depthwise else channels,
+                 channels if depthwise else 5)
   fn = functools.partial(layers.conv_tap_backward, stride=stride,
-                         dilation=dilation, padding=padding)
+                         dilation=dilation, padding=padding,
+                         depthwise=depthwise)
   y, vjp = jax.vjp(lambda a, k: fn(a, k), jnp.asarray(x), jnp.asarray(kernel))
   np.testing.assert_allclose(np.asarray(y), np_conv2d(
-      x, kernel, stride, padding, dilation), rtol=1e-5, atol=1e-4)
+      x, kernel, stride, padding, dilation, channels if depthwise else 1),
+                             rtol=1e-5, atol=1e-4)
   cotangent = randn(rng, *y.shape)
   dx, dk = vjp(jnp.asarray(cotangent))
   want_dx, want_dk = np_conv2d_grads(x, kernel, cotangent, stride, padding,
-                                     dilation)
+                                     dilation, depthwise)
   np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=1e-4, atol=1e-4)
 
