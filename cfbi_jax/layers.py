@@ -106,10 +106,13 @@ def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
 
   (for a depthwise kernel, channel by channel: dW[i, j, 0] = sum xp_tap * g
   and dxp[tap pixels] += g * W[i, j, 0]). This is the same gradient as
-  XLA's (up to float rounding), but XLA:CPU lowers a convolution's
-  gradients with large spatial windows to a generic loop that ran the
-  ensembler's 3x3 gradients 10-20x slower than these matrix products
-  (`bench/bench_conv_grad.py`). `SpatialConv` uses it on CPU only.
+  XLA's (up to float rounding). Inside a loop (the `lax.scan` over frames
+  of the train step) XLA:CPU lowers convolution gradients to a generic
+  loop emitter, 4x (tiny ensembler) to 50x (full ensembler) slower than
+  these matrix products; outside loops its gradients take 0.6-1.3x the
+  time of this form (`bench/bench_conv_grad.py`). `SpatialConv` uses it on
+  CPU only: the per-frame step, run in the scan, is where training spends
+  its time.
 
   Args:
     x: `[N, H, W, C]` input.
@@ -172,9 +175,10 @@ class SpatialConv(nnx.Conv):
   CPU-friendly gradient.
 
   Same parameters and forward result as the convolution. On the CPU
-  backend the gradient comes from `conv_tap_backward`; on GPU/TPU,
-  where XLA's convolution gradients are fast and the per-tap form would
-  only cost memory, it is XLA's own.
+  backend the gradient comes from `conv_tap_backward` (the synthetic
+  recipe's train step: 1.4x faster, although the backbone, outside the
+  scan, pays a little); on GPU/TPU, where XLA's convolution gradients are
+  fast and the per-tap form would only cost memory, it is XLA's own.
   """
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
