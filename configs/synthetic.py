@@ -30,8 +30,9 @@ mining and own predictions from half the run as in the papers' main
 stage. The input pipeline loads one clip at a time (`num_parallel_calls`
 1, `prefetch` 2): its small clips take a few ms, and more loader threads
 only compete with the train step for the two cores (0.49 s per step with
-tf.data's autotuning, 0.44 s without). The bundled model is this config as is (see `models/README.md` for
-its wall time on 2 CPU cores and its scores).
+tf.data's autotuning, 0.44 s without). The bundled model is this config
+as is (see `models/README.md` for its wall time on 2 CPU cores and its
+scores).
 
 The ablations are plain config fields, usable with any config file:
 `config.model.use_background`, `use_matching_bias`, `use_attention`,
