@@ -18,9 +18,11 @@ side by side in one run:
    59 x 59, one clip of 2 object slots), over 3 frames, once unrolled and
    once inside a `lax.scan` as in the train step, also reporting the
    largest relative difference of the two gradients;
-2. the whole jitted train step of the synthetic recipe (`--no-step` skips
-   it), compiled once with `SpatialConv` as it is and once with the class
-   patched back to `nnx.Conv.__call__` (XLA's gradient), timed alternately.
+2. the whole jitted train step of the synthetic recipe
+   (`configs/synthetic.py`, built by `trainer.create_state`; its config
+   imports TensorFlow, `--no-step` skips it), compiled once with
+   `SpatialConv` as it is and once with the class patched back to
+   `nnx.Conv.__call__` (XLA's gradient), timed alternately.
 
 Best of `--repeats` runs each; the ratio column is XLA time / tap time.
 """
@@ -102,38 +104,22 @@ def _layer_rows(repeats):
 
 def _step_times(repeats):
   """Synthetic-recipe train step, tap gradients vs XLA's (patched)."""
-  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
+  import bench_train  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
   from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
 
-  # The synthetic recipe's sizes (configs/synthetic.py), without importing
-  # its TF-side config: crop 97, batch 2 of 3 + 2 frames, 3 objects.
-  model_config = common.training_model_config('tiny_cfbi')
-  model_config.global_chunks = (1,)
-  model_config.backbone_norm = 'group_norm'
-  crop, batch, frames, slots = 97, 2, 5, 4
-  optim = common.optim_config(total_steps=4500)
-  optim.name, optim.lr, optim.warmup_steps = 'adamw', 0.002, 100
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (batch, frames, crop, crop, 3), np.uint8)
-  yy, xx = np.mgrid[:crop, :crop]
-  labels = np.zeros((batch, frames, crop, crop), np.uint8)
-  for f in range(frames):
-    for k in range(2):
-      disc = ((yy - crop * (k + 1) / 3 - 3 * f) ** 2 + (xx - crop / 2) ** 2
-              < (crop / 6) ** 2)
-      labels[:, f, disc] = k + 1
-  arrays = {'frames': jnp.asarray(images), 'labels': jnp.asarray(labels),
-            'object_valid': jnp.asarray(np.arange(slots)[None].repeat(
-                batch, 0) <= 2)}
-  schedule = {'num_hard': jnp.int32(1411),
-              'use_own_predictions': jnp.bool_(True)}
+  config = synthetic.get_config()  # The recipe as `train.py` runs it.
+  crop = config.data.crop_size
+  arrays = bench_train.disc_batch(config.train.batch_size,
+                                  config.train.num_frames + 2, crop,
+                                  config.data.max_objects + 1)
+  # The second half's schedule: hardest 15%, own previous predictions.
+  schedule = trainer.schedule_values(config.train.steps, config.train,
+                                     crop * crop)
 
   def build():
-    module = model_lib.from_config(model_config, rngs=nnx.Rngs(0))
-    tx = optimizer.make_optimizer(optim, nnx.state(module, nnx.Param))
-    graphdef, state = ts.create_train_state(module, tx, seed=0)
+    graphdef, tx, state = trainer.create_state(config)
     step = jax.jit(ts.make_train_step(graphdef, tx, accumulate_steps=1))
     jax.block_until_ready(step(state, arrays, schedule))  # Compile now.
     return step, state

@@ -30,6 +30,29 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def disc_batch(batch: int, frames: int, crop: int, slots: int) -> dict:
+  """A train-step batch: random frames, two drifting discs as objects 1-2.
+
+  `frames` is T (reference, previous and current frames), `slots` the
+  object slots with the background (max_objects + 1); the step's cost does
+  not depend on the pixel values.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (batch, frames, crop, crop, 3), dtype=np.uint8)
+  yy, xx = np.mgrid[:crop, :crop]
+  labels = np.zeros((batch, frames, crop, crop), np.uint8)
+  for f in range(frames):
+    for k in range(2):
+      cy, cx = crop * (k + 1) / 3 + 3 * f, crop / 2
+      disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (crop / 6) ** 2
+      labels[:, f, disc] = k + 1
+  return {'frames': jnp.asarray(images), 'labels': jnp.asarray(labels),
+          'object_valid': jnp.asarray(
+              np.arange(slots)[None].repeat(batch, 0) <= 2)}
+
+
 def _child(variant: str, crop: int, batch: int, num_frames: int,
            accumulate: int, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
@@ -52,19 +75,8 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
   graphdef, state = ts.create_train_state(module, tx, seed=0)
   step = jax.jit(ts.make_train_step(graphdef, tx, accumulate_steps=accumulate),
                  donate_argnums=(0,))
-  rng = np.random.default_rng(0)
   t = num_frames + 2
-  frames = rng.integers(0, 256, (batch, t, crop, crop, 3), dtype=np.uint8)
-  yy, xx = np.mgrid[:crop, :crop]
-  labels = np.zeros((batch, t, crop, crop), np.uint8)
-  for f in range(t):
-    for k in range(2):  # Two drifting discs.
-      cy, cx = crop * (k + 1) / 3 + 3 * f, crop / 2
-      disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (crop / 6) ** 2
-      labels[:, f, disc] = k + 1
-  batch_arrays = {'frames': jnp.asarray(frames), 'labels': jnp.asarray(labels),
-                  'object_valid': jnp.asarray(
-                      np.arange(6)[None].repeat(batch, 0) <= 2)}
+  batch_arrays = disc_batch(batch, t, crop, slots=6)
   schedule = {'num_hard': jnp.int32(losses.num_hard_pixels(
       60_000, crop * crop)), 'use_own_predictions': jnp.bool_(True)}
   t0 = time.perf_counter()
