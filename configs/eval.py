@@ -5,8 +5,9 @@
 with no arguments segments held-out synthetic videos (`cfbi_jax.synthetic`,
 seed 2, which training never sees: 20 videos drawn into
 `runs/synthetic_eval` on first use) with the bundled model
-`models/tiny_cfbi_synthetic`, prints J&F next to the copy-the-first-frame
-baseline and writes masks and overlays to `runs/eval_synthetic`.
+`models/tiny_cfbi_synthetic` at test scale `SYNTHETIC_SCALE` (below),
+prints J&F next to the copy-the-first-frame baseline and writes masks and
+overlays to `runs/eval_synthetic`.
 
     python evaluate.py --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \
         --config.checkpoint=ckpt/cfbi_resnet101 --config.data.root=DAVIS \
@@ -33,6 +34,16 @@ import os
 import ml_collections
 
 from configs import common
+
+# The single test scale of dataset=synthetic. The synthetic recipe trains
+# on crops of frames resized to 1.0-1.3x their size (short edge 120), while
+# scale 1.0 gives the official loader's 113x161 for a 120x160 frame (16k+1
+# sides), below anything training saw. Chosen on validation videos of
+# synthetic seed 4, which neither training (seed 1) nor the reported test
+# sets (seeds 2, 3) use: J&F of the bundled model at scale 1.0 / 1.15 / 1.3
+# / 1.5 / 1.75 / 2.0 was 80.6 / 85.0 / 87.6 / 88.1 / 87.3 / 87.4
+# (models/README.md). `--config.tta.scales='(1.0,)'` gives the plain size.
+SYNTHETIC_SCALE = 1.5
 
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'models', 'tiny_cfbi_synthetic')
@@ -67,6 +78,8 @@ def get_config(arg=None):
   config.score = True  # DAVIS: run the J&F scorer after segmenting.
   config.tta = ml_collections.ConfigDict()
   config.tta.scales = (1.0, 1.15, 1.3, 1.5) if args.tta == 'ms_flip' else (1.0,)
+  if args.dataset == 'synthetic' and not args.tta:
+    config.tta.scales = (SYNTHETIC_SCALE,)
   config.tta.flip = args.tta == 'ms_flip'
   # None: the official rule (1040 single-scale, 800 multi-scale).
   config.max_long_edge = ml_collections.config_dict.placeholder(float)
