@@ -6,7 +6,8 @@
 For every ablation of `configs/synthetic.py::ABLATIONS` and every seed, it
 trains the tiny model with `train.py --config=configs/synthetic.py:...`
 (the training set of synthetic seed 1) for the same budget (`--steps` at
-`--crop`), scores the exported model with `evaluate.py` on held-out
+`--crop`), scores the exported model with `evaluate.py` (at
+`--test_scale`, default that of `python evaluate.py`) on held-out
 synthetic videos (seed 3, which neither training nor the bundled model's
 test set uses), and writes a Markdown table (J&F mean, spread and every
 run) to `--out` (`docs/ablations.md`). Runs are subprocesses of the two
@@ -40,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -81,7 +83,10 @@ def backbone_init(args, ablation: str, seed: int, directory: str) -> None:
 def run_one(args, ablation: str, seed: int) -> dict:
   """Trains and scores one (ablation, seed); returns its summary."""
   run_dir = os.path.join(args.workdir, f'{ablation}-seed{seed}')
-  summary_path = os.path.join(run_dir, 'eval', 'summary.json')
+  # One evaluation folder per test scale: a finished run is rescored, not
+  # reused, when the scale changes.
+  eval_dir = os.path.join(run_dir, f'eval-scale{args.test_scale:g}')
+  summary_path = os.path.join(eval_dir, 'summary.json')
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       return json.load(f)
@@ -108,7 +113,8 @@ def run_one(args, ablation: str, seed: int) -> dict:
         f'--config.data.root={args.test_data}',
         f'--config.data.synthetic_seed={args.test_seed}',
         f'--config.data.synthetic_videos={args.test_videos}',
-        f'--config.output_dir={os.path.join(run_dir, "eval")}',
+        f'--config.output_dir={eval_dir}',
+        f'--config.tta.scales=({args.test_scale},)',
         '--config.overlays=False'],
        os.path.join(run_dir, 'eval.log'))
   with open(summary_path) as f:
@@ -131,7 +137,8 @@ def table(args, results) -> str:
       f'{args.crop}, recipe `{args.recipe}` of `configs/synthetic.py`) on the '
       'synthetic training set (seed 1, 200 videos) and is scored with the '
       f'DAVIS J&F on {args.test_videos} held-out synthetic videos '
-      f'(seed {args.test_seed}). Spread = (max - min) / 2 over the seeds '
+      f'(seed {args.test_seed}) at test scale {args.test_scale:g}. '
+      'Spread = (max - min) / 2 over the seeds '
       f'{", ".join(map(str, args.seeds))} (seed = init and data order). '
       + (f'The DeepLab feature extractor starts from `{args.backbone_from}` '
          '(as the papers start from a pretrained DeepLabV3+); everything '
@@ -181,6 +188,9 @@ def main():
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--test_seed', type=int, default=3)
   parser.add_argument('--test_videos', type=int, default=10)
+  parser.add_argument('--test_scale', type=float,
+                      default=eval_config.SYNTHETIC_SCALE,
+                      help='single test scale (the default evaluation\'s)')
   parser.add_argument('--workdir', default='runs/ablate')
   parser.add_argument('--backbone_from', default='models/tiny_cfbi_synthetic',
                       help="model directory whose DeepLab initialises every "

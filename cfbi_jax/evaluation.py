@@ -149,6 +149,13 @@ def _write_rgb(path: str, rgb: np.ndarray) -> None:
 
 def run(config) -> Dict[str, Any]:
   """Runs an evaluation (see the module docstring)."""
+  defaults_for = config.get('defaults_for', config.dataset)
+  if defaults_for != config.dataset:
+    raise ValueError(
+        f'dataset {config.dataset!r} was set over a config made for '
+        f'{defaults_for!r}, whose checkpoint, folders and test scale it '
+        f'would keep; give it as --config=configs/eval.py:dataset='
+        f'{config.dataset} instead of --config.dataset')
   if not config.checkpoint:
     raise ValueError('--config.checkpoint (a model directory written by '
                      'python -m cfbi_jax.convert or train.py) is required')
@@ -182,6 +189,7 @@ def run(config) -> Dict[str, Any]:
     rows.append(segment_sequence(propagator, seq, config))
   summary = {
       'variant': model_config.variant, 'dataset': config.dataset,
+      'tta': {'scales': list(config.tta.scales), 'flip': config.tta.flip},
       'sequences': rows, 'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
       'peak_memory_mb': memory.peak_memory()[0],
@@ -291,7 +299,10 @@ def _print_summary(summary: Dict[str, Any]) -> None:
     print(f"{row['sequence']:30s} {row['frames']:5d} frames "
           f"{row['fps']:7.2f} fps")
   if 'davis' in summary:
-    line = (f"{summary['variant']} on {summary['dataset']}: "
+    tta = summary['tta']
+    setting = ('test scale ' + ', '.join(f'{s:g}' for s in tta['scales'])
+               + (' + flip' if tta['flip'] else ''))
+    line = (f"{summary['variant']} on {summary['dataset']} ({setting}): "
             f"J&F {100 * summary['davis']['J&F-Mean']:.1f}")
     if 'copy_first_frame' in summary:
       line += (' (copy-first-frame baseline '

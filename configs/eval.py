@@ -20,8 +20,9 @@ Expected with the official weights (official README): DAVIS 2017 val J&F
 
 Arguments after the colon: `variant=` (checked against the checkpoint),
 `dataset=` synthetic (default) | davis2016 | davis2017 | youtubevos2018 |
-youtubevos2019 (give it here, not as `--config.dataset`, which would keep
-the synthetic defaults of checkpoint, folders and baseline), and
+youtubevos2019 (give it here: `--config.dataset` would keep the synthetic
+defaults of checkpoint, folders, baseline and test scale, so `evaluate.py`
+refuses it), and
 `tta=ms_flip` for the official multi-scale + flip setting (scales 1.0, 1.15,
 1.3, 1.5 with long edge 800 x scale). The checkpoint directory carries its
 model config and therefore the official flags of its variant; DAVIS runs of
@@ -54,6 +55,10 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.variant = args.variant
   config.dataset = args.dataset
+  # The dataset whose defaults (checkpoint, folders, baseline, test scale)
+  # this config holds; `evaluation.run` refuses a `--config.dataset` that
+  # differs from it.
+  config.defaults_for = args.dataset
   config.checkpoint = ''
   config.output_dir = ''
   config.data = ml_collections.ConfigDict()

@@ -75,8 +75,9 @@ def dict_copy(config, **fields):
   return out
 
 
-def _config(base, **fields):
-  return dict_copy(base.get_config(), **fields)
+def _config(base, dataset=None, **fields):
+  return dict_copy(base.get_config(f'dataset={dataset}' if dataset else None),
+                   **fields)
 
 
 @pytest.mark.slow
@@ -284,6 +285,15 @@ def test_config_errors(tiny_ckpt, tmp_path):
                            **{'data.root': str(tmp_path)}))
   with pytest.raises(ValueError, match='unknown config argument'):
     eval_config.get_config('varient=cfbi_resnet101')
+  # --config.dataset over the synthetic defaults (bundled model, its test
+  # scale) would evaluate DAVIS with them.
+  synthetic_defaults = eval_config.get_config()
+  assert tuple(synthetic_defaults.tta.scales) == (eval_config.SYNTHETIC_SCALE,)
+  assert tuple(eval_config.get_config('dataset=davis2017').tta.scales) == (
+      1.0,)
+  with pytest.raises(ValueError, match='dataset=davis2017 instead of'):
+    evaluation.run(dict_copy(synthetic_defaults, dataset='davis2017',
+                             output_dir=str(tmp_path)))
   with pytest.raises(AttributeError):
     config = eval_config.get_config()
     config.lock()

@@ -73,6 +73,6 @@ def test_train_notebook(monkeypatch):
   assert 'steps run: 12' in text
   loss = float(re.search(r'last logged: loss ([-0-9.naif]+)', text).group(1))
   assert 0.0 < loss < 10.0
-  match = re.search(r'on synthetic: J&F ([0-9.]+)', text)
+  match = re.search(r'on synthetic \(test scale [0-9.]+\): J&F ([0-9.]+)', text)
   assert match, text[-2000:]
   assert 0.0 <= float(match.group(1)) <= 100.0
