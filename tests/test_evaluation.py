@@ -80,9 +80,16 @@ def _config(base, dataset=None, **fields):
                    **fields)
 
 
+# The command line (convert, then evaluate.py on a frame folder) is the same
+# wiring for every variant, and every variant's numerical parity is
+# tests/test_parity.py's; one variant, the cheapest, keeps CI time down.
+_CLI_VARIANTS = ([v for v in pf.variants() if v == 'cfbi_mobilenetv2']
+                 or pf.variants()[:1])
+
+
 @pytest.mark.slow
 @pf.requires_parity
-@pytest.mark.parametrize('variant', pf.variants())
+@pytest.mark.parametrize('variant', _CLI_VARIANTS)
 def test_command_line_on_parity_clip(variant, tmp_path):
   sd = pf.state_dict(variant)
   src = str(tmp_path / 'official.npz')
@@ -237,8 +244,8 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
   assert config.dataset == 'synthetic' and config.data.synthetic_seed == 2
   assert os.path.isfile(os.path.join(config.checkpoint,
                                      checkpoint.CONFIG_FILE))
-  # Two of the 20 default videos (same seed, so the same first two).
-  config.data.synthetic_videos = 2
+  # The first of the 20 default videos (same seed, so the same video).
+  config.data.synthetic_videos = 1
   config.data.root = str(tmp_path / 'data')
   config.output_dir = str(tmp_path / 'out')
   summary = evaluation.run(config)
