@@ -116,7 +116,7 @@ def run_one(args, ablation: str, seed: int) -> dict:
         f'--config.output_dir={eval_dir}',
         f'--config.tta.scales=({args.test_scale},)',
         '--config.overlays=False'],
-       os.path.join(run_dir, 'eval.log'))
+       eval_dir + '.log')  # Beside it: evaluate.py wants its folder empty.
   with open(summary_path) as f:
     summary = json.load(f)
   summary['train_seconds'] = trained

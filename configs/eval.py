@@ -82,9 +82,12 @@ def get_config(arg=None):
   config.save_probs = False
   config.score = True  # DAVIS: run the J&F scorer after segmenting.
   config.tta = ml_collections.ConfigDict()
-  config.tta.scales = (1.0, 1.15, 1.3, 1.5) if args.tta == 'ms_flip' else (1.0,)
-  if args.dataset == 'synthetic' and not args.tta:
+  if args.tta == 'ms_flip':
+    config.tta.scales = (1.0, 1.15, 1.3, 1.5)
+  elif args.dataset == 'synthetic' and not args.tta:
     config.tta.scales = (SYNTHETIC_SCALE,)
+  else:
+    config.tta.scales = (1.0,)
   config.tta.flip = args.tta == 'ms_flip'
   # None: the official rule (1040 single-scale, 800 multi-scale).
   config.max_long_edge = ml_collections.config_dict.placeholder(float)
