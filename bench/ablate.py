@@ -19,14 +19,16 @@ DeepLabV3+ (ImageNet + COCO): the DeepLab feature extractor of every run
 comes from `--backbone_from` (the bundled model, trained on the same
 synthetic training set), and everything after it (embedding, matching
 offsets, pre-head, ensembler or FEELVOS head) is initialised from the
-run's seed (`backbone_init`). From scratch, 300 steps at this size learn
-too little to beat copying the first mask (J&F 9.2 against 14.8 in a trial
-run), so the comparison would be noise.
+run's seed (`backbone_init`). With the first (SGD) recipe, 300 steps all
+from scratch learnt too little to beat copying the first mask (J&F 9.2
+against 14.8 in a trial run), so the comparison would have been noise.
 
-The default budget (300 steps at crop 65, N = 2, batch 2: about 4 minutes
-per run on 2 CPU cores) is far shorter than the bundled model's; the
-table compares settings at equal cost, it does not reproduce the papers'
-absolute numbers.
+The default budget (300 steps at crop 65, N = 2, batch 2: about 2.3
+minutes of training and half a minute of scoring per run on 2 CPU cores)
+is far shorter than the bundled model's; the table compares settings at
+equal cost, it does not reproduce the papers' absolute numbers. At this
+budget the seed moves J&F by up to 32 points (docs/ablations.md), so use
+three or more seeds and read the paired deltas.
 """
 
 import argparse
@@ -138,34 +140,49 @@ def table(args, results) -> str:
       'synthetic training set (seed 1, 200 videos) and is scored with the '
       f'DAVIS J&F on {args.test_videos} held-out synthetic videos '
       f'(seed {args.test_seed}) at test scale {args.test_scale:g}. '
-      'Spread = (max - min) / 2 over the seeds '
-      f'{", ".join(map(str, args.seeds))} (seed = init and data order). '
+      'Spread = (max - min) / 2 and std = sample standard deviation over '
+      f'the seeds {", ".join(map(str, args.seeds))} (seed = init and data '
+      'order). '
       + (f'The DeepLab feature extractor starts from `{args.backbone_from}` '
          '(as the papers start from a pretrained DeepLabV3+); everything '
          'after it starts from the seed.' if args.backbone_from else
          'Everything starts from the seed.'),
       '',
-      '| ablation | what changes | J&F mean | spread | J mean | F mean | '
-      'runs (J&F) |',
-      '|---|---|---|---|---|---|---|',
+      'Delta = J&F minus that of `none` (full CFBI) trained with the same '
+      'seed, averaged over the seeds, then per seed: runs of one seed share '
+      'the data order and the seed of the initialisation, so the paired '
+      'difference removes part of what the seed alone moves.',
+      '',
+      '| ablation | what changes | J&F mean | spread | std | delta | '
+      'per seed | J mean | F mean | runs (J&F) |',
+      '|---|---|---|---|---|---|---|---|---|---|',
   ]
+  full = ([100 * r['davis']['J&F-Mean'] for r in results['none']]
+          if 'none' in results else None)
   for ablation in args.ablations:
     runs = results[ablation]
     jf = [100 * r['davis']['J&F-Mean'] for r in runs]
     j = [100 * r['davis']['J-Mean'] for r in runs]
     f = [100 * r['davis']['F-Mean'] for r in runs]
     what = synthetic_config.ABLATIONS[ablation][0]
+    if full is None or ablation == 'none':
+      delta, per_seed = '', ''
+    else:
+      diffs = [a - b for a, b in zip(jf, full)]
+      delta = f'{statistics.mean(diffs):+.1f}'
+      per_seed = ', '.join(f'{d:+.1f}' for d in diffs)
     lines.append(
         f'| `{ablation}` | {what} | {statistics.mean(jf):.1f} | '
-        f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.mean(j):.1f} | '
+        f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.stdev(jf):.1f} | '
+        f'{delta} | {per_seed} | {statistics.mean(j):.1f} | '
         f'{statistics.mean(f):.1f} | '
         + ', '.join(f'{v:.1f}' for v in jf) + ' |')
   first = results[args.ablations[0]][0]
   if 'copy_first_frame' in first:
     base = first['copy_first_frame']
     lines.append(f"| copy first frame | no model: frame 0's mask everywhere | "
-                 f"{100 * base['J&F-Mean']:.1f} | | {100 * base['J-Mean']:.1f} "
-                 f"| {100 * base['F-Mean']:.1f} | |")
+                 f"{100 * base['J&F-Mean']:.1f} | | | | | "
+                 f"{100 * base['J-Mean']:.1f} | {100 * base['F-Mean']:.1f} | |")
   minutes = sum(r.get('train_seconds', 0.0) for runs in results.values()
                 for r in runs) / 60
   lines += ['', f'Training time, all runs: {minutes:.0f} minutes.', '']
@@ -177,11 +194,11 @@ def main():
   parser.add_argument('--ablations', nargs='+',
                       default=list(synthetic_config.ABLATIONS),
                       choices=list(synthetic_config.ABLATIONS))
-  parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+  parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
   parser.add_argument('--recipe', default='scratch',
                       choices=list(synthetic_config.RECIPES),
-                      help='configs/synthetic.py recipe (docs/ablations.md '
-                      'was written with sgd)')
+                      help='configs/synthetic.py recipe '
+                      '(docs/ablations_sgd.md was written with sgd)')
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)

@@ -21,7 +21,7 @@ Arguments after the colon: `preset=` a model of `cfbi_jax.presets`
   3,700 steps. The architecture is otherwise the papers'.
 * `sgd`: the papers' optimizer (SGD, momentum 0.9) at lr 0.05, frozen BN,
   random gates, 3,400 steps: the recipe of the first bundled model and of
-  the ablation table in `docs/ablations.md`.
+  the first ablation table (`docs/ablations_sgd.md`).
 
 The rest is the shared recipe of `configs/common.py::training_config` with
 the sizes of a small world: 120x160 videos (short edge 120, crop 97), at

@@ -76,3 +76,45 @@ def test_recipes():
     synthetic.get_config('recipe=adam')
   with pytest.raises(ValueError, match='ablation'):
     synthetic.get_config('ablation=no_ensembler')
+
+
+def _load_ablate():
+  """`bench/ablate.py` as a module (bench/ is scripts, not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench',
+                      'ablate.py')
+  spec = importlib.util.spec_from_file_location('ablate', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_ablation_table_reports_paired_deltas():
+  """The table's mean, spread, std and same-seed deltas, hand-computed:
+  full CFBI scores 50 and 20 with seeds 0 and 1, `no_bias` 60 and 24, so
+  no_bias has mean 42, spread 18, std 25.46 and deltas +10, +4 (mean +7)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  ablate = _load_ablate()
+
+  def summary(jf, j, f):
+    return {'davis': {'J&F-Mean': jf / 100, 'J-Mean': j / 100,
+                      'F-Mean': f / 100},
+            'copy_first_frame': {'J&F-Mean': 0.1, 'J-Mean': 0.12,
+                                 'F-Mean': 0.08},
+            'train_seconds': 90.0}
+
+  args = argparse.Namespace(
+      ablations=['none', 'no_bias'], seeds=[0, 1], steps=300, batch_size=2,
+      num_frames=2, crop=65, recipe='scratch', test_videos=10, test_seed=3,
+      test_scale=1.5, backbone_from='')
+  results = {'none': [summary(50, 55, 45), summary(20, 22, 18)],
+             'no_bias': [summary(60, 62, 58), summary(24, 26, 22)]}
+  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+          for line in ablate.table(args, results).splitlines()
+          if line.startswith('| `') or line.startswith('| copy')}
+  assert rows['`none`'][1:6] == ['35.0', '±15.0', '21.2', '', '']
+  assert rows['`no_bias`'][1:] == ['42.0', '±18.0', '25.5', '+7.0',
+                                   '+10.0, +4.0', '44.0', '40.0', '60.0, 24.0']
+  assert rows['copy first frame'][1] == '10.0'
+  assert 'Training time, all runs: 6 minutes.' in ablate.table(args, results)
