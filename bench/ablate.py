@@ -157,11 +157,12 @@ def table(args, results) -> str:
       'per seed | J mean | F mean | runs (J&F) |',
       '|---|---|---|---|---|---|---|---|---|---|',
   ]
-  full = ([100 * r['davis']['J&F-Mean'] for r in results['none']]
-          if 'none' in results else None)
+  jf_of = {ablation: [100 * r['davis']['J&F-Mean'] for r in runs]
+           for ablation, runs in results.items()}
+  full = jf_of.get('none')
   for ablation in args.ablations:
     runs = results[ablation]
-    jf = [100 * r['davis']['J&F-Mean'] for r in runs]
+    jf = jf_of[ablation]
     j = [100 * r['davis']['J-Mean'] for r in runs]
     f = [100 * r['davis']['F-Mean'] for r in runs]
     what = synthetic_config.ABLATIONS[ablation][0]

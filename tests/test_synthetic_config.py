@@ -6,6 +6,10 @@ recipes must differ exactly in what their docstrings promise; unknown names
 are errors. Every resulting model config builds a model.
 """
 
+import argparse
+import importlib.util
+import os
+
 import pytest
 from flax import nnx
 
@@ -80,8 +84,6 @@ def test_recipes():
 
 def _load_ablate():
   """`bench/ablate.py` as a module (bench/ is scripts, not a package)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench',
                       'ablate.py')
   spec = importlib.util.spec_from_file_location('ablate', path)
@@ -94,7 +96,6 @@ def test_ablation_table_reports_paired_deltas():
   """The table's mean, spread, std and same-seed deltas, hand-computed:
   full CFBI scores 50 and 20 with seeds 0 and 1, `no_bias` 60 and 24, so
   no_bias has mean 42, spread 18, std 25.46 and deltas +10, +4 (mean +7)."""
-  import argparse  # pylint: disable=g-import-not-at-top
   ablate = _load_ablate()
 
   def summary(jf, j, f):
@@ -110,11 +111,12 @@ def test_ablation_table_reports_paired_deltas():
       test_scale=1.5, backbone_from='')
   results = {'none': [summary(50, 55, 45), summary(20, 22, 18)],
              'no_bias': [summary(60, 62, 58), summary(24, 26, 22)]}
+  report = ablate.table(args, results)
   rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
-          for line in ablate.table(args, results).splitlines()
+          for line in report.splitlines()
           if line.startswith('| `') or line.startswith('| copy')}
   assert rows['`none`'][1:6] == ['35.0', '±15.0', '21.2', '', '']
   assert rows['`no_bias`'][1:] == ['42.0', '±18.0', '25.5', '+7.0',
                                    '+10.0, +4.0', '44.0', '40.0', '60.0, 24.0']
   assert rows['copy first frame'][1] == '10.0'
-  assert 'Training time, all runs: 6 minutes.' in ablate.table(args, results)
+  assert 'Training time, all runs: 6 minutes.' in report
