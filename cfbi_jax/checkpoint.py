@@ -34,7 +34,8 @@ _STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
 
 # Fields that change how the model evaluates but not its parameters; a
 # caller may override them when loading.
-EVAL_FIELDS = ('global_atrous', 'global_chunks', 'min_matching_pixels',
+EVAL_FIELDS = ('global_atrous', 'global_chunks', 'global_chunk_mb',
+               'compute_dtype', 'min_matching_pixels',
                'matching_dtype', 'attention_uses_atrous_labels',
                'use_background', 'use_matching_bias', 'use_attention')
 

@@ -35,8 +35,10 @@ import jax
 import numpy as np
 import tqdm
 
+from cfbi_jax import backend
 from cfbi_jax import checkpoint
 from cfbi_jax import datasets
+from cfbi_jax import host_threads
 from cfbi_jax import inference
 from cfbi_jax import memory
 from cfbi_jax import outputs
@@ -102,34 +104,47 @@ def _label_dir(config, name: str) -> str:
 
 def segment_sequence(propagator: inference.VideoPropagator,
                      seq: datasets.VideoSequence, config) -> Dict[str, Any]:
-  """Segments one sequence and writes its outputs; returns its timing."""
+  """Segments one sequence and writes its outputs; returns its timing.
+
+  Files are written on a background thread (`host_threads.BackgroundWriter`)
+  while the device segments the next frames; the sequence counts as done
+  once every write has finished.
+  """
   label_dir = _label_dir(config, seq.name)
   probs_dir = os.path.join(config.output_dir, seq.name)
   overlay_dir = os.path.join(config.output_dir, f'{seq.name}_overlay')
   annotations = {i: seq.load_annotation(i) for i in seq.annotated}
-  # The frame being segmented, kept for its overlay (so it is read once).
+  overlays = config.dataset in ('video', 'synthetic') and config.overlays
+  # The frames being segmented, kept for their overlays (so each is read
+  # once); filled by the propagator's reading thread.
   current = {}
 
   def frames():
     for t, _, rgb in seq.iter_frames():
-      current[t] = rgb
+      if overlays:
+        current[t] = rgb
       yield rgb
 
   overlay_frames = []
-  start, first_done = time.perf_counter(), None
-  for t, labels, probs in propagator.run(frames(), annotations, len(seq)):
-    rgb = current.pop(t)
+
+  def write(t, labels, probs, rgb):
     name = seq.frame_names[t]
     outputs.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
-    if config.save_probs and probs is not None:
+    if probs is not None:
       outputs.write_probabilities(os.path.join(probs_dir, name + '.npz'),
                                   np.moveaxis(probs, -1, 0))
-    if config.dataset in ('video', 'synthetic') and config.overlays:
+    if rgb is not None:
       blended = outputs.overlay(rgb, labels)
       _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
       overlay_frames.append(blended)
-    if t == 0:
-      first_done = time.perf_counter()
+
+  start, first_done = time.perf_counter(), None
+  with host_threads.BackgroundWriter() as writer:
+    for t, labels, probs in propagator.run(
+        frames(), annotations, len(seq), with_probs=config.save_probs):
+      writer.submit(write, t, labels, probs, current.pop(t, None))
+      if t == 0:
+        first_done = time.perf_counter()
   total = time.perf_counter() - start
   if overlay_frames:
     outputs.write_overlay_video(
@@ -156,6 +171,7 @@ def run(config) -> Dict[str, Any]:
         f'{defaults_for!r}, whose checkpoint, folders and test scale it '
         f'would keep; give it as --config=configs/eval.py:dataset='
         f'{config.dataset} instead of --config.dataset')
+  backend.use_compilation_cache(config.compilation_cache_dir)
   if not config.checkpoint:
     raise ValueError('--config.checkpoint (a model directory written by '
                      'python -m cfbi_jax.convert or train.py) is required')
@@ -193,7 +209,7 @@ def run(config) -> Dict[str, Any]:
       'sequences': rows, 'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
       'peak_memory_mb': memory.peak_memory()[0],
-      'compilations': len(propagator.compiled),
+      'compilations': propagator.compilations,
       'device': str(jax.devices()[0].device_kind),
   }
   if config.dataset.startswith('youtubevos'):

@@ -11,11 +11,13 @@ Used by `backbone.py`, `embedding.py` and `ensembler.py`.
 
 import functools
 import math
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from cfbi_jax import backend
 
 # PyTorch's default init for the official training code is Kaiming-normal
 # with fan_out and the ReLU gain (`cfbi-official-notes.md` §5, §6).
@@ -182,7 +184,7 @@ class SpatialConv(nnx.Conv):
   """
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    if jax.default_backend() != 'cpu':
+    if not backend.is_cpu():
       return super().__call__(x)
     stride, = set((self.strides,) * 2 if isinstance(self.strides, int)
                   else self.strides)
@@ -263,6 +265,31 @@ class GCT(nnx.Module):
     norm = self.gamma[...] * jax.lax.rsqrt(
         jnp.mean(jnp.square(embedding), axis=-1, keepdims=True) + GCT_EPSILON)
     return x * (1.0 + jnp.tanh(embedding * norm + self.beta[...]))
+
+
+def call_in_dtype(module: nnx.Module, dtype, *args: Any) -> Any:
+  """`module(*args)` computed in `dtype` (a mixed-precision switch).
+
+  With `dtype` float32 this is `module(*args)`. Otherwise every floating
+  array of the module's state and of `args` (nested lists and tuples
+  included) is cast to `dtype` for the call; the module's own state is not
+  changed, and gradients reach the float32 weights through the cast.
+
+  Args:
+    module: an NNX module.
+    dtype: the compute dtype.
+    *args: the call's arguments (arrays, None, or pytrees of arrays).
+
+  Returns:
+    The module's output, in `dtype` where it is floating.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return module(*args)
+  cast = lambda x: (x.astype(dtype) if isinstance(x, jax.Array) and
+                    jnp.issubdtype(x.dtype, jnp.floating) else x)
+  graphdef, state = nnx.split(module)
+  low = nnx.merge(graphdef, jax.tree.map(cast, state))
+  return low(*jax.tree.map(cast, args))
 
 
 def dropout(x: jnp.ndarray, rate: float,

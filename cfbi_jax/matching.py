@@ -17,7 +17,7 @@ on GPU), the rest of the distance arithmetic and the minima run in that
 dtype, and adding the float32 bias promotes to float32 (notes §8.7).
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +161,32 @@ def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
   return ref, block_labels, mixed, segment_ids[mixed].reshape(-1)
 
 
+def chunk_count(num_rows: int, num_queries: int, min_chunks: int,
+                max_chunk_bytes: Optional[int], matching_dtype) -> int:
+  """Query chunks of global matching under a byte bound.
+
+  One chunk of `c` queries holds a `[num_rows, c]` float32 dot product and
+  the distances in `matching_dtype`; the count is the smallest that keeps
+  that under `max_chunk_bytes`, and at least `min_chunks`.
+
+  Args:
+    num_rows: reference rows (block-padded pixels of every reference).
+    num_queries: query pixels.
+    min_chunks: the smallest count allowed.
+    max_chunk_bytes: the bound; None returns `min_chunks`.
+    matching_dtype: dtype of the distances.
+
+  Returns:
+    The number of chunks, in [min_chunks, num_queries].
+  """
+  if max_chunk_bytes is None:
+    return max(1, min(min_chunks, num_queries))
+  per_query = num_rows * (4 + jnp.dtype(matching_dtype).itemsize)
+  per_chunk = max(1, int(max_chunk_bytes) // per_query)
+  return max(1, min(max(min_chunks, -(-num_queries // per_chunk)),
+                    num_queries))
+
+
 def global_matching(query: jnp.ndarray,
                     ref: jnp.ndarray,
                     ref_labels: jnp.ndarray,
@@ -169,6 +195,7 @@ def global_matching(query: jnp.ndarray,
                     bg_bias: jnp.ndarray,
                     fg_bias: jnp.ndarray,
                     num_chunks: int = 1,
+                    max_chunk_bytes: Optional[int] = None,
                     atrous: int = 1,
                     min_pixels: int = 0,
                     matching_dtype=jnp.float32) -> jnp.ndarray:
@@ -199,7 +226,8 @@ def global_matching(query: jnp.ndarray,
   `_BLOCK_ROWS` sorted rows (one pass) plus a segment min over the block
   minima; only the <= K + 1 blocks straddling a label change are reduced row
   by row. Peak memory is one chunk's distance matrix (`jax.checkpoint` keeps
-  the backward pass there too).
+  the backward pass there too), which `max_chunk_bytes` bounds whatever
+  the number of references and the frame size (`chunk_count`).
 
   Args:
     query: `[height, width, channels]` current-frame embedding.
@@ -209,7 +237,10 @@ def global_matching(query: jnp.ndarray,
     obj_valid: `[K + 1]` bool, slot 0 = background.
     bg_bias: background bias (size 1).
     fg_bias: foreground bias (size 1).
-    num_chunks: number of query chunks (static); bounds peak memory.
+    num_chunks: at least this many query chunks (static; the official
+      `--global_chunks`).
+    max_chunk_bytes: bound on one chunk's distance matrix in bytes
+      (static); None for `num_chunks` alone.
     atrous: reference lattice rate (static).
     min_pixels: `--min_matching_pixels` P (static); with P > 0 only objects
       with more than P * atrous**2 pixels in a reference are subsampled.
@@ -237,6 +268,8 @@ def global_matching(query: jnp.ndarray,
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
 
   num_queries = height * width
+  num_chunks = chunk_count(ref.shape[0], num_queries, num_chunks,
+                           max_chunk_bytes, matching_dtype)
   chunk = -(-num_queries // num_chunks)
   queries = query.reshape(num_queries, channels).astype(matching_dtype)
   queries = jnp.pad(queries, ((0, chunk * num_chunks - num_queries), (0, 0)))

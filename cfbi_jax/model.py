@@ -32,6 +32,7 @@ from cfbi_jax import attention
 from cfbi_jax import backbone as backbone_lib
 from cfbi_jax import embedding as embedding_lib
 from cfbi_jax import ensembler as ensembler_lib
+from cfbi_jax import layers
 from cfbi_jax import matching
 from cfbi_jax import resize
 
@@ -76,9 +77,19 @@ class CFBI(nnx.Module):
     local_atrous: per scale, local atrous rate.
     local_downsample: CFBI's half-resolution local matching.
     global_atrous: per scale, global atrous rate.
-    global_chunks: per scale, query chunks of global matching.
+    global_chunks: per scale, the least number of query chunks of global
+      matching (the official `--global_chunks`).
+    global_chunk_mb: bound on one chunk's distance matrix in MiB; more
+      chunks are taken when the references or the frame need them, so the
+      matching's memory does not grow with either.
     min_matching_pixels: the official `TEST_GLOBAL_MATCHING_MIN_PIXEL`.
     matching_dtype: 'float32', 'float16' or 'bfloat16'.
+    compute_dtype: dtype of the convolutional parts (DeepLab, embedding
+      head / FPN, pre-head, ensembler): 'float32' (official), or
+      'bfloat16' / 'float16', which run them with their weights and inputs
+      cast (the weights stay float32; embeddings and logits come out
+      float32, and matching follows `matching_dtype`). A faster, less
+      exact setting for GPUs and TPUs.
     attention_uses_atrous_labels: reproduce the official in-place label
       mutation that makes the /4 attention vector see lattice-masked
       reference labels (notes §8); False computes it from the full labels.
@@ -111,8 +122,10 @@ class CFBI(nnx.Module):
                local_downsample: bool = True,
                global_atrous: Sequence[int] = (1,),
                global_chunks: Sequence[int] = (4,),
+               global_chunk_mb: float = 256.0,
                min_matching_pixels: int = 0,
                matching_dtype: str = 'float32',
+               compute_dtype: str = 'float32',
                attention_uses_atrous_labels: bool = True,
                use_background: bool = True, use_matching_bias: bool = True,
                use_attention: bool = True, head: str = 'ensembler',
@@ -132,8 +145,11 @@ class CFBI(nnx.Module):
       raise ValueError(f"head must be 'ensembler' or 'feelvos', got {head!r}")
     if head == 'feelvos' and arch != 'cfbi':
       raise ValueError("head='feelvos' is implemented for arch='cfbi' only")
-    if matching_dtype not in _DTYPES:
-      raise ValueError(f'matching_dtype must be one of {sorted(_DTYPES)}')
+    for name, value in (('matching_dtype', matching_dtype),
+                        ('compute_dtype', compute_dtype)):
+      if value not in _DTYPES:
+        raise ValueError(f'{name} must be one of {sorted(_DTYPES)}, got '
+                         f'{value!r}')
     self.arch = arch
     self.matching_dims = tuple(matching_dims)
     self.local_windows = tuple(tuple(w) for w in local_windows)
@@ -141,6 +157,8 @@ class CFBI(nnx.Module):
     self.local_downsample = local_downsample
     self.global_atrous = tuple(global_atrous)
     self.global_chunks = tuple(global_chunks)
+    self.global_chunk_mb = float(global_chunk_mb)
+    self.compute_dtype = compute_dtype
     self.min_matching_pixels = min_matching_pixels
     self.matching_dtype = matching_dtype
     self.attention_uses_atrous_labels = attention_uses_atrous_labels
@@ -196,13 +214,19 @@ class CFBI(nnx.Module):
       `(FrameEmbedding, features)`, the latter the DeepLab features by
       stride (for inspection and parity tests).
     """
-    feats = self.feature_extracter(images, dropout_rng)
+    dtype = _DTYPES[self.compute_dtype]
+    feats = layers.call_in_dtype(self.feature_extracter, dtype, images,
+                                 dropout_rng)
     if self.arch == 'cfbi':
-      scales = self.embedding(feats['decoder_s4'])
+      scales = layers.call_in_dtype(self.embedding, dtype,
+                                    feats['decoder_s4'])
     else:
-      scales = self.embedding(feats['decoder_s4'], feats['mid_s8'],
-                              feats['aspp_s16'])
-    return FrameEmbedding(low_s4=feats['low_s4'], scales=scales), feats
+      scales = layers.call_in_dtype(self.embedding, dtype,
+                                    feats['decoder_s4'], feats['mid_s8'],
+                                    feats['aspp_s16'])
+    f32 = lambda x: x.astype(jnp.float32)
+    return FrameEmbedding(low_s4=f32(feats['low_s4']),
+                          scales=tuple(f32(x) for x in scales)), feats
 
   # ---------------------------------------------------------------- segment
   def segment(self, ref_scales: Sequence[jnp.ndarray], ref_labels: jnp.ndarray,
@@ -249,10 +273,13 @@ class CFBI(nnx.Module):
       min_pixels = 0 if training else self.min_matching_pixels
       global_fn = lambda q, r, lab, ov: matching.global_matching(
           q, r, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
-          num_chunks=self.global_chunks[s], atrous=self.global_atrous[s],
+          num_chunks=self.global_chunks[s],
+          max_chunk_bytes=int(self.global_chunk_mb * 2**20),
+          atrous=self.global_atrous[s],
           min_pixels=min_pixels, matching_dtype=dtype)
-      global_fg = jax.vmap(global_fn)(cur_e[..., :md], ref_e[..., :md],
-                                      ref_lab, obj_valid)
+      with jax.named_scope('global_matching'):
+        global_fg = jax.vmap(global_fn)(cur_e[..., :md], ref_e[..., :md],
+                                        ref_lab, obj_valid)
       if self.local_downsample:
         local_impl = matching.local_matching_downsampled
       else:
@@ -263,9 +290,10 @@ class CFBI(nnx.Module):
           matching_dtype=dtype)
       # `lax.map`, not `vmap`, over the batch: the offset loop inside local
       # matching runs several times slower on CPU once batched.
-      local_fg = jax.lax.map(lambda args: local_fn(*args),
-                             (cur_e[..., :md], prev_e[..., :md], prev_lab,
-                              obj_valid))
+      with jax.named_scope('local_matching'):
+        local_fg = jax.lax.map(lambda args: local_fn(*args),
+                               (cur_e[..., :md], prev_e[..., :md], prev_lab,
+                                obj_valid))
       fg2bg = jax.vmap(matching.foreground_to_background)
       global_bg = fg2bg(global_fg, obj_valid)
       local_bg = fg2bg(local_fg, obj_valid)
@@ -279,18 +307,20 @@ class CFBI(nnx.Module):
                   f'local_fg_{name}': local_fg, f'local_bg_{name}': local_bg,
                   f'prev_onehot_{name}': prev_onehot})
       if s == 0:
-        att_lab = ref_lab
-        if (self.attention_uses_atrous_labels and self.global_atrous[0] > 1
-            and (training or self.min_matching_pixels > 0)):
-          att_lab = jax.vmap(lambda lab, ov: matching.atrous_reference_labels(
-              lab, ov, atrous=self.global_atrous[0], min_pixels=min_pixels))(
-                  ref_lab, obj_valid)
-        heads = jax.vmap(attention.attention_head,
-                         in_axes=(0, 0, 0, 0, 0, None))(
-                             ref_e, att_lab, ref_valid, prev_e, prev_lab,
-                             num_slots)                    # [B, K+1, 4C]
-        heads = _ablate_attention(heads, self.use_background,
-                                  self.use_attention)
+        with jax.named_scope('attention'):
+          att_lab = ref_lab
+          if (self.attention_uses_atrous_labels and self.global_atrous[0] > 1
+              and (training or self.min_matching_pixels > 0)):
+            att_lab = jax.vmap(
+                lambda lab, ov: matching.atrous_reference_labels(
+                    lab, ov, atrous=self.global_atrous[0],
+                    min_pixels=min_pixels))(ref_lab, obj_valid)
+          heads = jax.vmap(attention.attention_head,
+                           in_axes=(0, 0, 0, 0, 0, None))(
+                               ref_e, att_lab, ref_valid, prev_e, prev_lab,
+                               num_slots)                    # [B, K+1, 4C]
+          heads = _ablate_attention(heads, self.use_background,
+                                    self.use_attention)
         aux['attention_s4'] = heads
       maps = jnp.concatenate([
           global_fg[..., None], local_fg, prev_onehot[..., None], local_bg,
@@ -303,20 +333,25 @@ class CFBI(nnx.Module):
     fold = lambda x: x.reshape((batch * num_slots,) + x.shape[2:])
     low = jnp.repeat(current.low_s4, num_slots, axis=0)
     head = fold(heads)
-    if self.arch == 'cfbi':
-      maps, objs = per_scale_inputs[0]
-      pre = self.dynamic_prehead(fold(maps))
-      aux['prehead'] = pre.reshape((batch, num_slots) + pre.shape[1:])
-      x = jnp.concatenate([fold(objs), pre], axis=-1)
-      if self.head == 'feelvos':
-        fg = self.dynamic_seghead(x)
-        bg = jnp.zeros_like(fg)  # Background is slot 0's own logit.
+    with jax.named_scope('ensembler'):
+      dtype = _DTYPES[self.compute_dtype]
+      if self.arch == 'cfbi':
+        maps, objs = per_scale_inputs[0]
+        pre = layers.call_in_dtype(self.dynamic_prehead, dtype, fold(maps))
+        aux['prehead'] = pre.reshape((batch, num_slots) + pre.shape[1:])
+        x = jnp.concatenate([fold(objs).astype(pre.dtype), pre], axis=-1)
+        if self.head == 'feelvos':
+          fg = layers.call_in_dtype(self.dynamic_seghead, dtype, x)
+          bg = jnp.zeros_like(fg)  # Background is slot 0's own logit.
+        else:
+          fg, bg = layers.call_in_dtype(self.dynamic_seghead, dtype, x, low,
+                                        head)
       else:
-        fg, bg = self.dynamic_seghead(x, low, head)
-    else:
-      xs = [fold(jnp.concatenate([maps, objs], axis=-1))
-            for maps, objs in per_scale_inputs]
-      fg, bg = self.dynamic_seghead(xs, low, head)
+        xs = [fold(jnp.concatenate([maps, objs], axis=-1))
+              for maps, objs in per_scale_inputs]
+        fg, bg = layers.call_in_dtype(self.dynamic_seghead, dtype, xs, low,
+                                      head)
+    fg, bg = fg.astype(jnp.float32), bg.astype(jnp.float32)
     unfold = lambda x: x.reshape((batch, num_slots) + x.shape[1:])
     fg, bg = unfold(fg), unfold(bg)
     aux['fg_logit'], aux['bg_logit'] = fg, bg

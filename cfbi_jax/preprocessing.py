@@ -1,4 +1,4 @@
-"""Evaluation-time frame sizing of the official CFBI loaders, on the host.
+"""Evaluation-time frame sizing and resizing of the official CFBI loaders.
 
 Reproduces `dataloaders/custom_transforms.py::MultiRestrictSize` and the
 flip augmentation (`cfbi-official-notes.md` §3):
@@ -12,12 +12,15 @@ flip augmentation (`cfbi-official-notes.md` §3):
   1 minus the others, replicated borders, horizontal pass first), which the
   official loader applies to the [0, 255] float frame before normalising.
 
-Frames stay RGB here; the network's BGR quirk is applied in
-`model.preprocess_images`. Used by `inference.py`.
+Sizes are computed on the host; the resize is a `jnp` function (taps and
+weights computed in NumPy at trace time) that `frame_step.network_input`
+runs on the device. Frames stay RGB here; the network's BGR quirk is
+applied in `model.preprocess_images`.
 """
 
 from typing import Tuple
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -65,8 +68,12 @@ def _taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
   return index, weights
 
 
-def resize_cubic_cv2(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def resize_cubic_cv2(image: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
   """`cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)` for float32.
+
+  Each output pixel accumulates its four taps from zero in tap order, first
+  along the width, then along the height, as OpenCV does; the taps are
+  static gathers.
 
   Args:
     image: `[H, W, C]` float32 image (values in [0, 255], not clipped).
@@ -75,15 +82,15 @@ def resize_cubic_cv2(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
   Returns:
     `[height, width, C]` float32.
   """
-  image = np.asarray(image, np.float32)
+  image = jnp.asarray(image, jnp.float32)
   if image.shape[:2] == tuple(size):
     return image
   cols, wx = _taps(image.shape[1], size[1])
   rows, wy = _taps(image.shape[0], size[0])
-  tmp = np.zeros((image.shape[0], size[1], image.shape[2]), np.float32)
+  tmp = jnp.zeros((image.shape[0], size[1], image.shape[2]), jnp.float32)
   for k in range(4):
-    tmp += image[:, cols[:, k]] * wx[None, :, k, None]
-  out = np.zeros((size[0], size[1], image.shape[2]), np.float32)
+    tmp = tmp + jnp.take(image, cols[:, k], axis=1) * wx[None, :, k, None]
+  out = jnp.zeros((size[0], size[1], image.shape[2]), jnp.float32)
   for k in range(4):
-    out += tmp[rows[:, k]] * wy[:, k, None, None]
+    out = out + jnp.take(tmp, rows[:, k], axis=0) * wy[:, k, None, None]
   return out

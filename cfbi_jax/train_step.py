@@ -10,10 +10,10 @@ frames to segment. `clip_loss`:
 
 1. embeds all B*T frames in one batched call (DeepLab dropout keyed by the
    step);
-2. starts the `inference.PropagationState` carry from the reference and
-   moves it to frame 1 with its ground truth;
-3. unrolls the frames with `jax.lax.scan` over the same `model.segment` /
-   `inference.advance` pieces evaluation uses: logits are resized to the
+2. starts the `frame_step.PropagationState` carry from the reference
+   and moves it to frame 1 with its ground truth;
+3. unrolls the frames with `jax.lax.scan` over the same `model.segment`
+   / `frame_step.advance` pieces evaluation uses: logits are resized to the
    crop (align-corners bilinear), the bootstrapped cross-entropy is taken
    with the scheduled k, and the next previous mask is the hard argmax of
    the prediction (no gradient) when `use_own_predictions`, else the ground
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cfbi_jax import inference
+from cfbi_jax import frame_step
 from cfbi_jax import losses
 from cfbi_jax import model as model_lib
 from cfbi_jax import resize
@@ -85,8 +85,8 @@ def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
   emb, _ = module.embed(images, dropout_rng=rng)
   emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
-  state = inference.start(at(0), labels[:, 0], num_ref_slots=1)
-  state = inference.advance(state, at(1), labels[:, 1],
+  state = frame_step.start(at(0), labels[:, 0], num_ref_slots=1)
+  state = frame_step.advance(state, at(1), labels[:, 1],
                             jnp.zeros((b,), bool))
 
   def body(state, xs):
@@ -100,7 +100,7 @@ def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
         jnp.int32)
     fed = jnp.where(use_own_predictions, pred, labels_t)
-    state = inference.advance(state, emb_t, fed, jnp.zeros((b,), bool))
+    state = frame_step.advance(state, emb_t, fed, jnp.zeros((b,), bool))
     return state, (loss_t, pred, fed)
 
   time_major = lambda x: jnp.moveaxis(x[:, 2:], 1, 0)

@@ -46,6 +46,7 @@ from absl import logging
 from flax import nnx
 
 from cfbi_jax import attention
+from cfbi_jax import backend
 from cfbi_jax import checkpoint
 from cfbi_jax import losses
 from cfbi_jax import model as model_lib
@@ -239,6 +240,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
     `{'state', 'graphdef', 'metrics' (last logged values), 'steps',
     'history' (every logged dict, with its 'step')}`.
   """
+  backend.use_compilation_cache(config.get('compilation_cache_dir', ''))
   # Mesh.
   mesh = sharding.make_mesh()
   global_batch = config.train.batch_size

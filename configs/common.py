@@ -16,6 +16,8 @@ No side effects; imported by configs only.
 
 import ml_collections
 
+from cfbi_jax import backend
+
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
   """Parses 'k=v,k2=v2' (or 'flag' for booleans) against `defaults`."""
@@ -88,6 +90,8 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
                      f'got {variant!r}')
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # [ours] JAX's persistent compilation cache ('' turns it off).
+  config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
   preset = TRAIN_VARIANTS[variant]
   if runlocal:
     preset = 'tiny_cfbip' if variant == 'cfbip' else 'tiny_cfbi'

@@ -34,6 +34,7 @@ import os
 
 import ml_collections
 
+from cfbi_jax import backend
 from configs import common
 
 # The single test scale of dataset=synthetic. The synthetic recipe trains
@@ -93,10 +94,15 @@ def get_config(arg=None):
   config.max_long_edge = ml_collections.config_dict.placeholder(float)
   config.bgr = True  # Official BGR input quirk.
   config.max_objects = 10
+  # JAX's persistent compilation cache: a repeat run of the same model and
+  # frame sizes skips compilation ('' turns it off).
+  config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
   config.model = ml_collections.ConfigDict()
   config.model.matching_dtype = ml_collections.config_dict.placeholder(str)
   config.model.global_atrous = ml_collections.config_dict.placeholder(tuple)
   config.model.global_chunks = ml_collections.config_dict.placeholder(tuple)
+  config.model.global_chunk_mb = ml_collections.config_dict.placeholder(float)
+  config.model.compute_dtype = ml_collections.config_dict.placeholder(str)
   config.model.min_matching_pixels = ml_collections.config_dict.placeholder(
       int)
   config.model.attention_uses_atrous_labels = (

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cfbi_jax import frame_step
 from cfbi_jax import inference
 from cfbi_jax import model as model_lib
 from cfbi_jax import preprocessing
@@ -111,7 +112,8 @@ def test_new_objects_join_as_references():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(late_object=True)
   prop = inference.VideoPropagator(module)
-  outs = list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames)))
+  outs = list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames),
+                           with_probs=True))
   # Frame 2 predicts only the objects known before it (K = 1) ...
   assert outs[1][2].shape[-1] == 2 and outs[2][2].shape[-1] == 2
   # ... and its label map carries the pasted new object.
@@ -135,7 +137,7 @@ def test_tta_average_of_scales_and_flips():
   scales = (1.0, 1.3)
   prop = inference.VideoPropagator(module, scales=scales, flip=True,
                                    max_long_edge=40)
-  outs = list(prop.run(frames, {0: labels[0]}, 2))
+  outs = list(prop.run(frames, {0: labels[0]}, 2, with_probs=True))
   per_aug = []
   for scale in scales:
     size = preprocessing.input_size(40, 52, scale, 40)
@@ -155,9 +157,9 @@ def test_advance_fills_reference_slots_in_order():
   emb = lambda v: model_lib.FrameEmbedding(
       low_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
   labels = lambda v: jnp.full((1, 3, 3), v, jnp.int32)
-  state = inference.start(emb(1.0), labels(1), num_ref_slots=3)
-  state = inference.advance(state, emb(2.0), labels(2), jnp.asarray([False]))
-  state = inference.advance(state, emb(3.0), labels(3), jnp.asarray([True]))
+  state = frame_step.start(emb(1.0), labels(1), num_ref_slots=3)
+  state = frame_step.advance(state, emb(2.0), labels(2), jnp.asarray([False]))
+  state = frame_step.advance(state, emb(3.0), labels(3), jnp.asarray([True]))
   np.testing.assert_array_equal(state.ref_valid, [[True, True, False]])
   np.testing.assert_array_equal(state.ref_scales[0][0, :, 0, 0, 0],
                                 [1.0, 3.0, 0.0])

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfbi_jax import inference
+from cfbi_jax import frame_step
 from cfbi_jax import model as model_lib
 from cfbi_jax import resize
 from tests import parity_fixtures as pf
@@ -52,7 +52,7 @@ def _segment(module, state, current, obj_valid):
 def _run(variant: str, setting: str):
   """Embeds every frame and segments frames 1.. teacher-forced.
 
-  The frames run through the per-frame carry of `cfbi_jax.inference`
+  The frames run through the per-frame carry of `cfbi_jax.frame_step`
   (`start`, then `segment` and `advance` per frame), with the official
   labels fed back in place of our own: the previous mask, and the merged
   label of every frame that became a reference (where `n_refs` grows).
@@ -80,7 +80,7 @@ def _run(variant: str, setting: str):
     np.testing.assert_array_equal(seq['prev_mask_fed'], labels[:-1])
   ref_slots = int(n_refs[-1])
   num_slots = int(np.max(gt_ids)) + 1 + EXTRA_SLOTS
-  state = inference.start(embs[0], jnp.asarray(labels[:1]), ref_slots)
+  state = frame_step.start(embs[0], jnp.asarray(labels[:1]), ref_slots)
   outputs = {}
   for t in range(1, num_frames):
     assert int(np.sum(state.ref_valid)) == n_refs[t]
@@ -88,7 +88,7 @@ def _run(variant: str, setting: str):
     logits, aux = _segment(module, state, embs[t], jnp.asarray(obj_valid))
     outputs[t] = (np.asarray(logits[0]), jax.tree.map(np.asarray, aux))
     becomes_reference = t + 1 < num_frames and n_refs[t + 1] > n_refs[t]
-    state = inference.advance(state, embs[t], jnp.asarray(labels[t:t + 1]),
+    state = frame_step.advance(state, embs[t], jnp.asarray(labels[t:t + 1]),
                               jnp.asarray([becomes_reference]))
   return embs, feats, outputs
 

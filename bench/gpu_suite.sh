@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One device run: cfbi-jax beside the official CFBI code on one GPU, in one
+# table (bench/gpu_suite.py says what each column is). Fits one run of the
+# device tool (at most 8 minutes); every part has its own time limit and
+# writes to $OUT as it goes, so one failure costs only its part.
+#
+#   bench/gpu_suite.sh            # on the GPU machine (device tool)
+#   bench/gpu_suite.sh --smoke    # the same code on CPU, tiny models (tests)
+#   extra arguments go to bench/gpu_suite.py (--models, --settings, --trace)
+#
+# Carried along in git-ignored folders of the checkout (device tool `carry`):
+#   .official/  a copy of ../shared/bench (the official tree and
+#               official_cfbi_gpu.py); without it the official rows are
+#               skipped with a message;
+#   .whl/       wheels the GPU image lacks (flax 0.12.12 for its JAX 0.11,
+#               optax, orbax-checkpoint, ml-collections), installed with
+#               --no-deps into a private folder.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT=${OUT:-runs/gpu_suite}
+mkdir -p "$OUT"
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 ))s] $*" >&2; }
+PY=${PYTHON:-python3}
+
+if [ "${1:-}" = "--smoke" ]; then
+  shift
+  el "smoke: CPU, tiny models; official code skipped (it has no tiny model)"
+  JAX_PLATFORMS=cpu exec "$PY" bench/gpu_suite.py --smoke --out "$OUT" \
+      --models cfbi cfbip --settings default fast_bf16 --objects 2 5 "$@"
+fi
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --target /tmp/cfbi_site .whl/*.whl >/dev/null 2>&1
+  export PYTHONPATH=/tmp/cfbi_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+    > "$OUT/env.txt" 2>&1
+"$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', \
+flax.__version__, jax.devices())" >> "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" >&2
+
+OFFICIAL=""
+if [ -f .official/official_cfbi_gpu.py ]; then
+  el official
+  timeout 140 "$PY" .official/official_cfbi_gpu.py --size 481 849 \
+      --objects 2 5 --models cfbi cfbip --settings default f16 fast \
+      --repeats 10 --device cuda --out "$OUT/official.jsonl" \
+      > "$OUT/official.log" 2>&1
+  el "official rc=$?"
+  OFFICIAL="$OUT/official.jsonl"
+else
+  el "official code not carried (.official/ missing): official rows skipped"
+fi
+
+el cfbi-jax
+# float32 and the fastest reduced-precision setting by default (8 children,
+# each compiling its model); --settings default fast fast_bf16 adds more.
+timeout 420 "$PY" bench/gpu_suite.py --out "$OUT" --official "$OFFICIAL" \
+    --settings default fast_bf16 --child-timeout 150 "$@"
+el "cfbi-jax rc=$?"

@@ -1,0 +1,285 @@
+"""The per-frame step of propagation: one pure function over device arrays.
+
+This is the contract that evaluation (`inference.VideoPropagator`) runs and
+that training (`train_step`), streaming and export build on. It holds the
+carried state and the pure functions that move it; it imports no I/O, no
+TensorFlow and no configs.
+
+* `PropagationState`: what is carried from frame to frame (references,
+  previous frame). Its size is fixed by (object-free) shapes, so memory is
+  flat in video length.
+* `start` / `advance`: the state after the first frame, and the move to the
+  next frame (the previous frame becomes the new one; frames that introduce
+  objects also fill the next reference slot).
+* `first_frame(params, frame, labels, *, graphdef, spec)` and
+  `next_frame(params, states, frame, annotation, has_annotation, obj_valid,
+  *, graphdef, spec)`: the whole device side of one frame of the official
+  evaluation loop (notes §17) for every test-time augmentation at once:
+  uint8 RGB frame at its original size in; on-device resize (OpenCV cubic
+  rule), flip, BGR and normalisation; embedding; matching and ensembler;
+  logits upsampled to the original size, softmax, the average over
+  augmentations, argmax, new-object annotations pasted over the prediction;
+  every augmentation's state advanced with the merged labels. Out come the
+  new states, `uint8` labels and, only if `spec.with_probs`, the averaged
+  probabilities.
+
+Stages run under `jax.named_scope`s (`preprocess`, `embed`, `segment` with
+`global_matching` / `local_matching` / `attention` / `ensembler` inside,
+`postprocess`, `advance`), which profiles and `bench/gpu_suite.py` use to
+time them separately.
+
+Both are pure in `(params, state, frame)`, with the model structure
+(`graphdef`, from `nnx.split`) and the shapes (`StepSpec`) static, so the
+caller jits them once per (input sizes, object slots, reference slots) with
+plain `jax.jit` (no NNX graph traversal per call) and donates the state
+(`compile_steps`). Annotations arrive every frame as data (zeros and
+`has_annotation=False` on ordinary frames), so a video compiles one step per
+object-slot bucket, not one per annotated frame.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Dict, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cfbi_jax import model as model_lib
+from cfbi_jax import preprocessing
+from cfbi_jax import resize
+
+
+@flax.struct.dataclass
+class PropagationState:
+  """What is carried from frame to frame (batch B, R reference slots).
+
+  Attributes:
+    ref_scales: per scale `[B, R, h_s, w_s, C_s]` reference embeddings.
+    ref_labels: `[B, R, H, W]` int32 reference labels (mask resolution).
+    ref_valid: `[B, R]` bool, filled reference slots.
+    prev_scales: per scale `[B, h_s, w_s, C_s]` previous-frame embeddings.
+    prev_labels: `[B, H, W]` int32 previous-frame (hard) labels.
+  """
+  ref_scales: Tuple[jnp.ndarray, ...]
+  ref_labels: jnp.ndarray
+  ref_valid: jnp.ndarray
+  prev_scales: Tuple[jnp.ndarray, ...]
+  prev_labels: jnp.ndarray
+
+
+def start(emb: model_lib.FrameEmbedding, labels: jnp.ndarray,
+          num_ref_slots: int) -> PropagationState:
+  """The state after the first (annotated) frame.
+
+  Args:
+    emb: embedding of the first frame (batch B).
+    labels: `[B, H, W]` its annotation.
+    num_ref_slots: R, the number of reference slots (>= 1).
+
+  Returns:
+    A state whose reference slot 0 and previous frame are that frame.
+  """
+  pad = lambda x: jnp.concatenate(
+      [x[:, None], jnp.zeros((x.shape[0], num_ref_slots - 1) + x.shape[1:],
+                             x.dtype)], axis=1)
+  labels = labels.astype(jnp.int32)
+  valid = jnp.zeros((labels.shape[0], num_ref_slots), bool).at[:, 0].set(True)
+  return PropagationState(
+      ref_scales=tuple(pad(s) for s in emb.scales), ref_labels=pad(labels),
+      ref_valid=valid, prev_scales=tuple(emb.scales), prev_labels=labels)
+
+
+def advance(state: PropagationState, emb: model_lib.FrameEmbedding,
+            labels: jnp.ndarray, add_reference: jnp.ndarray
+            ) -> PropagationState:
+  """Moves the state to the next frame.
+
+  Args:
+    state: the current state.
+    emb: the frame just segmented.
+    labels: `[B, H, W]` its final labels (prediction merged with any
+      annotation).
+    add_reference: `[B]` bool; where True, (emb, labels) also fills the next
+      free reference slot (a frame that introduced objects). Does nothing
+      when every slot is used (callers size the slots in advance).
+
+  Returns:
+    The next state.
+  """
+  labels = labels.astype(jnp.int32)
+  num_slots = state.ref_valid.shape[1]
+  next_slot = jnp.sum(state.ref_valid, axis=1)                   # [B]
+  write = (jnp.arange(num_slots)[None] == next_slot[:, None]) \
+      & add_reference[:, None]                                     # [B, R]
+
+  def put(old, new):
+    w = write.reshape(write.shape + (1,) * (old.ndim - 2))
+    return jnp.where(w, new[:, None].astype(old.dtype), old)
+
+  return PropagationState(
+      ref_scales=tuple(put(o, n) for o, n in zip(state.ref_scales,
+                                                  emb.scales)),
+      ref_labels=put(state.ref_labels, labels),
+      ref_valid=state.ref_valid | write,
+      prev_scales=tuple(emb.scales), prev_labels=labels)
+
+
+def merge_annotation(labels: jnp.ndarray,
+                     annotation: Optional[jnp.ndarray]) -> jnp.ndarray:
+  """Pastes an annotation's objects over predicted labels (notes §17)."""
+  if annotation is None:
+    return labels
+  return jnp.where(annotation > 0, annotation.astype(labels.dtype), labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """The static part of one compiled step (hashable: a `jax.jit` static).
+
+  Attributes:
+    input_sizes: per augmentation, the network input `(height, width)`
+      (`preprocessing.input_size` of the frame's size and the scale).
+    flips: per augmentation, whether the frame is mirrored horizontally.
+    bgr: feed the official BGR channel order.
+    num_ref_slots: R, reference slots of the carried state.
+    with_probs: also return the averaged probabilities.
+  """
+  input_sizes: Tuple[Tuple[int, int], ...]
+  flips: Tuple[bool, ...]
+  bgr: bool = True
+  num_ref_slots: int = 1
+  with_probs: bool = False
+
+
+def network_input(frame: jnp.ndarray, size: Tuple[int, int], flip: bool,
+                  bgr: bool) -> jnp.ndarray:
+  """One augmentation's network input from a uint8 frame, on the device.
+
+  Args:
+    frame: `[H, W, 3]` uint8 RGB frame at its original size.
+    size: network input `(height, width)`.
+    flip: mirror horizontally (after resizing, as the official loader).
+    bgr: the official channel order.
+
+  Returns:
+    `[1, height, width, 3]` float32 normalised image.
+  """
+  image = preprocessing.resize_cubic_cv2(frame.astype(jnp.float32), size)
+  if flip:
+    image = image[:, ::-1]
+  return model_lib.preprocess_images(image[None], bgr=bgr)
+
+
+def _flip_labels(labels: jnp.ndarray, flip: bool) -> jnp.ndarray:
+  return labels[..., ::-1] if flip else labels
+
+
+def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
+                graphdef: Any, spec: StepSpec
+                ) -> Tuple[PropagationState, ...]:
+  """The states after the annotated first frame, one per augmentation.
+
+  Args:
+    params: the model state (`nnx.split(model)[1]`).
+    frame: `[H, W, 3]` uint8 RGB frame.
+    labels: `[H, W]` integer annotation (object ids).
+    graphdef: the model structure (`nnx.split(model)[0]`, static).
+    spec: the static shapes and switches.
+
+  Returns:
+    One `PropagationState` (batch 1) per augmentation.
+  """
+  model = nnx.merge(graphdef, params)
+  states = []
+  for size, flip in zip(spec.input_sizes, spec.flips):
+    emb, _ = model.embed(network_input(frame, size, flip, spec.bgr))
+    states.append(start(emb, _flip_labels(labels, flip)[None],
+                        spec.num_ref_slots))
+  return tuple(states)
+
+
+def next_frame(params: Any, states: Tuple[PropagationState, ...],
+               frame: jnp.ndarray, annotation: jnp.ndarray,
+               has_annotation: jnp.ndarray, obj_valid: jnp.ndarray, *,
+               graphdef: Any, spec: StepSpec
+               ) -> Tuple[Tuple[PropagationState, ...], Dict[str, jnp.ndarray]]:
+  """One propagated frame of the official evaluation loop, every TTA.
+
+  Args:
+    params: the model state (`nnx.split(model)[1]`).
+    states: per augmentation, the carried `PropagationState` (batch 1).
+    frame: `[H, W, 3]` uint8 RGB frame at its original size.
+    annotation: `[H, W]` integer labels given for this frame (objects that
+      appear here), zeros when there are none.
+    has_annotation: scalar bool; True makes the merged frame a reference.
+    obj_valid: `[K + 1]` bool, the object slots known before this frame.
+    graphdef: the model structure (static).
+    spec: the static shapes and switches.
+
+  Returns:
+    `(states, outputs)`: the next states, and `{'labels': [H, W] uint8}`
+    plus, with `spec.with_probs`, `'probs': [H, W, K + 1]` float32 (the
+    average over augmentations; exactly 0 on invalid slots).
+  """
+  model = nnx.merge(graphdef, params)
+  out_size = frame.shape[:2]
+  valid = obj_valid[None]
+  probs, embs = 0.0, []
+  for size, flip, state in zip(spec.input_sizes, spec.flips, states):
+    with jax.named_scope('preprocess'):
+      image = network_input(frame, size, flip, spec.bgr)
+    with jax.named_scope('embed'):
+      emb, _ = model.embed(image)
+    with jax.named_scope('segment'):
+      logits, _ = model.segment(state.ref_scales, state.ref_labels,
+                                state.ref_valid, state.prev_scales,
+                                state.prev_labels, emb, valid)
+    with jax.named_scope('postprocess'):
+      up = resize.resize_bilinear_ac(logits.astype(jnp.float32), out_size)
+      up = jnp.where(valid[:, None, None, :], up, -jnp.inf)
+      p = jax.nn.softmax(up, axis=-1)
+      probs = probs + (p[:, :, ::-1] if flip else p)
+    embs.append(emb)
+  with jax.named_scope('postprocess'):
+    probs = probs / len(states)
+    labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)     # [1, H, W]
+    pasted = jnp.where(has_annotation, annotation[None].astype(jnp.int32), 0)
+    labels = merge_annotation(labels, pasted)
+  with jax.named_scope('advance'):
+    add = jnp.reshape(has_annotation, (1,))
+    new_states = tuple(
+        advance(state, emb, _flip_labels(labels, flip), add)
+        for state, emb, flip in zip(states, embs, spec.flips))
+  outputs = {'labels': labels[0].astype(jnp.uint8)}
+  if spec.with_probs:
+    outputs['probs'] = probs[0]
+  return new_states, outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """`first_frame` and `next_frame` jitted for one model structure.
+
+  Attributes:
+    first: `(params, frame, labels, spec=...) -> states`.
+    next: `(params, states, frame, annotation, has_annotation, obj_valid,
+      spec=...) -> (states, outputs)`, with `states` donated.
+  """
+  first: Any
+  next: Any
+
+  def num_compiled(self) -> int:
+    """Distinct compiled signatures so far (both functions)."""
+    return self.first._cache_size() + self.next._cache_size()  # pylint: disable=protected-access
+
+
+def compile_steps(graphdef: Any) -> CompiledSteps:
+  """Plain `jax.jit` of both steps for `graphdef` (`spec` static; the
+  carried states of `next` donated, so their buffers are reused)."""
+  return CompiledSteps(
+      first=jax.jit(functools.partial(first_frame, graphdef=graphdef),
+                    static_argnames=('spec',)),
+      next=jax.jit(functools.partial(next_frame, graphdef=graphdef),
+                   static_argnames=('spec',), donate_argnames=('states',)))
