@@ -150,6 +150,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
   config = presets.model_config(model)
   config.update(setting_overrides(setting, config.arch))
@@ -157,11 +158,11 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   h, w = size
   video = [_disks(h, w, k, t) for t in range(frames)]
   prop = inference.VideoPropagator(module)
-  spec = prop.spec((h, w), 1)
+  spec = prop.session().spec((h, w), 1)
   first, labels0 = video[0]
   states = prop.steps.first(prop.params, first, labels0.astype(np.int32),
                             spec=spec)
-  num_slots = min(inference.bucket(k + 1, 2), prop.max_objects + 1)
+  num_slots = min(session_lib.bucket(k + 1, 2), 11)  # max_objects 10
   obj_valid = np.arange(num_slots) <= k
   no_annotation = jax.numpy.zeros((h, w), np.uint8)
   frame = jax.device_put(video[1][0])
@@ -253,6 +254,7 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
   from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
   from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
   config = presets.model_config(model)
   config.update(setting_overrides(setting, config.arch))
@@ -261,13 +263,13 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
   rows = []
   for h, w in sizes:
     for r in refs:
-      spec = prop.spec((h, w), r)
+      spec = prop.session().spec((h, w), r)
       frame = jax.ShapeDtypeStruct((h, w, 3), np.uint8)
       states = jax.eval_shape(
           prop.steps.first, prop.params, frame,
           jax.ShapeDtypeStruct((h, w), np.int32), spec=spec)
       for k in objects:
-        num_slots = min(inference.bucket(k + 1, 2), prop.max_objects + 1)
+        num_slots = min(session_lib.bucket(k + 1, 2), 11)  # max_objects 10
         t0 = time.perf_counter()
         compiled = prop.steps.next.lower(
             prop.params, states, frame, jax.ShapeDtypeStruct((h, w), np.uint8),

@@ -20,4 +20,14 @@ settings), `convert` (official weights), `checkpoint` (orbax model
 directories), `preprocessing` (official eval sizing), `inference` (the
 per-frame step and the eval loop), `datasets`, `outputs`, `evaluation`,
 `metrics` and `davis_eval` (DAVIS J&F).
+
+`Session` (`cfbi_jax.session`) segments a stream frame by frame.
 """
+
+
+def __getattr__(name):
+  # Imported on first use, so that `import cfbi_jax.<module>` stays light.
+  if name == 'Session':
+    from cfbi_jax.session import Session  # pylint: disable=g-import-not-at-top
+    return Session
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -10,7 +10,7 @@ TensorFlow and no configs.
   flat in video length.
 * `start` / `advance`: the state after the first frame, and the move to the
   next frame (the previous frame becomes the new one; frames that introduce
-  objects also fill the next reference slot).
+  objects also fill the next reference slot); `grow_references` adds slots.
 * `first_frame(params, frame, labels, *, graphdef, spec)` and
   `next_frame(params, states, frame, annotation, has_annotation, obj_valid,
   *, graphdef, spec)`: the whole device side of one frame of the official
@@ -124,6 +124,31 @@ def advance(state: PropagationState, emb: model_lib.FrameEmbedding,
       ref_labels=put(state.ref_labels, labels),
       ref_valid=state.ref_valid | write,
       prev_scales=tuple(emb.scales), prev_labels=labels)
+
+
+def grow_references(state: PropagationState,
+                    num_ref_slots: int) -> PropagationState:
+  """The same state with `num_ref_slots` reference slots (more, unused).
+
+  Unused slots are ignored by matching and attention (`ref_valid`), so the
+  outputs do not change; a stream that meets more annotated frames than it
+  has slots grows its state with this.
+
+  Args:
+    state: a state with R <= `num_ref_slots` slots.
+    num_ref_slots: the new slot count.
+
+  Returns:
+    The state, reference arrays zero-padded along the slot axis.
+  """
+  extra = num_ref_slots - state.ref_valid.shape[1]
+  if extra < 0:
+    raise ValueError(f'cannot shrink {state.ref_valid.shape[1]} reference '
+                     f'slots to {num_ref_slots}')
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+  return state.replace(ref_scales=tuple(pad(x) for x in state.ref_scales),
+                       ref_labels=pad(state.ref_labels),
+                       ref_valid=pad(state.ref_valid))
 
 
 def merge_annotation(labels: jnp.ndarray,

@@ -260,11 +260,16 @@ class GCT(nnx.Module):
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """Gates `x` of shape `[batch, height, width, channels]`."""
-    embedding = jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True)
-                         + GCT_EPSILON) * self.alpha[...]
-    norm = self.gamma[...] * jax.lax.rsqrt(
+    # Statistics in float32 whatever the compute dtype (`call_in_dtype`):
+    # a sum of squares over every pixel overflows or rounds away in half.
+    x32 = x.astype(jnp.float32)
+    embedding = jnp.sqrt(jnp.sum(jnp.square(x32), axis=(1, 2), keepdims=True)
+                         + GCT_EPSILON) * self.alpha[...].astype(jnp.float32)
+    norm = self.gamma[...].astype(jnp.float32) * jax.lax.rsqrt(
         jnp.mean(jnp.square(embedding), axis=-1, keepdims=True) + GCT_EPSILON)
-    return x * (1.0 + jnp.tanh(embedding * norm + self.beta[...]))
+    gate = 1.0 + jnp.tanh(embedding * norm
+                          + self.beta[...].astype(jnp.float32))
+    return x * gate.astype(x.dtype)
 
 
 def call_in_dtype(module: nnx.Module, dtype, *args: Any) -> Any:

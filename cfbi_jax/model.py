@@ -84,12 +84,12 @@ class CFBI(nnx.Module):
       matching's memory does not grow with either.
     min_matching_pixels: the official `TEST_GLOBAL_MATCHING_MIN_PIXEL`.
     matching_dtype: 'float32', 'float16' or 'bfloat16'.
-    compute_dtype: dtype of the convolutional parts (DeepLab, embedding
-      head / FPN, pre-head, ensembler): 'float32' (official), or
-      'bfloat16' / 'float16', which run them with their weights and inputs
-      cast (the weights stay float32; embeddings and logits come out
-      float32, and matching follows `matching_dtype`). A faster, less
-      exact setting for GPUs and TPUs.
+    compute_dtype: dtype of DeepLab and of the ensembler (with CFBI's
+      pre-head): 'float32' (official), or 'bfloat16' / 'float16', which run
+      them with their weights and inputs cast (the weights stay float32;
+      features and logits come out float32). The embedding head / FPN and
+      the matching stay float32 (matching follows `matching_dtype`). A
+      faster, less exact setting for GPUs and TPUs.
     attention_uses_atrous_labels: reproduce the official in-place label
       mutation that makes the /4 attention vector see lattice-masked
       reference labels (notes §8); False computes it from the full labels.
@@ -217,16 +217,16 @@ class CFBI(nnx.Module):
     dtype = _DTYPES[self.compute_dtype]
     feats = layers.call_in_dtype(self.feature_extracter, dtype, images,
                                  dropout_rng)
+    # The embedding head (CFBI) or FPN (CFBI+) stays float32: matching
+    # takes differences of squared norms, which bfloat16 inputs would drown.
+    feats = {k: v.astype(jnp.float32) if v is not None else None
+             for k, v in feats.items()}
     if self.arch == 'cfbi':
-      scales = layers.call_in_dtype(self.embedding, dtype,
-                                    feats['decoder_s4'])
+      scales = self.embedding(feats['decoder_s4'])
     else:
-      scales = layers.call_in_dtype(self.embedding, dtype,
-                                    feats['decoder_s4'], feats['mid_s8'],
-                                    feats['aspp_s16'])
-    f32 = lambda x: x.astype(jnp.float32)
-    return FrameEmbedding(low_s4=f32(feats['low_s4']),
-                          scales=tuple(f32(x) for x in scales)), feats
+      scales = self.embedding(feats['decoder_s4'], feats['mid_s8'],
+                              feats['aspp_s16'])
+    return FrameEmbedding(low_s4=feats['low_s4'], scales=tuple(scales)), feats
 
   # ---------------------------------------------------------------- segment
   def segment(self, ref_scales: Sequence[jnp.ndarray], ref_labels: jnp.ndarray,

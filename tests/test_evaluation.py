@@ -3,7 +3,8 @@
 * The real command line on the parity clip's PNG frames, with weights
   converted from the fixture manifest by the real converter: the first
   propagated frame's saved probabilities match the official ones (every
-  variant in `CFBI_PARITY_DIR`; skipped only when the folder is absent).
+  variant in `CFBI_PARITY_DIR`; skipped only when the folder is absent),
+  and the compiled steps land in the persistent compilation cache.
 * The default run (`python evaluate.py`, no arguments): the bundled model
   on held-out synthetic videos beats the copy-first-frame baseline by a
   wide margin and writes overlays.
@@ -31,6 +32,7 @@ from cfbi_jax import evaluation
 from cfbi_jax import model as model_lib
 from cfbi_jax import outputs
 from cfbi_jax import presets
+from cfbi_jax import Session
 from configs import eval as eval_config
 from configs import video as video_config
 from tests import parity_fixtures as pf
@@ -105,9 +107,14 @@ def test_command_line_on_parity_clip(variant, tmp_path):
        f'--config.video={pf.path("clip", "frames")}',
        f'--config.masks={pf.path("clip", "annotations", "00000.png")}',
        f'--config.checkpoint={ckpt}', f'--config.output_dir={out}',
-       '--config.save_probs=True', '--config.overlays=False'],
-      env=env, cwd=REPO, capture_output=True, text=True)
+       '--config.save_probs=True', '--config.overlays=False',
+       f'--config.compilation_cache_dir={tmp_path / "jax_cache"}'],
+      env={k: v for k, v in env.items() if k != 'JAX_COMPILATION_CACHE_DIR'},
+      cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
+  # The compiled steps went to the persistent compilation cache.
+  assert any('next_frame' in name
+             for name in os.listdir(tmp_path / 'jax_cache'))
   probs = np.load(os.path.join(out, 'frames', '00001.npz'))['probs']
   official = pf.load_npz(variant, 'frame1.npz')['probs'][0]
   diff = pf.max_abs_diff(probs, official)
@@ -185,6 +192,15 @@ def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
   pasted = np.asarray(Image.open(os.path.join(out, 'Annotations', 'vid',
                                               f'{names[2]}.png')))
   assert np.all(pasted[labels[2] == 2] == 2)
+  # A streaming Session on the same model directory, frames and masks gives
+  # exactly the labels evaluate.py wrote.
+  (seq,) = datasets.youtube_vos_sequences(str(tmp_path / 'ytvos'), 'valid')
+  stream = Session(tiny_ckpt)
+  for t, name, rgb in seq.iter_frames():
+    mask = seq.load_annotation(t) if t in seq.annotated else None
+    written = np.asarray(Image.open(os.path.join(out, 'Annotations', 'vid',
+                                                 f'{name}.png')))
+    np.testing.assert_array_equal(stream.push(rgb, mask), written)
 
 
 def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):

@@ -7,6 +7,8 @@ against the number of distinct shapes a video needs, donated buffers
 against `is_deleted`, and live device memory frame by frame.
 """
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,7 +101,7 @@ def test_state_is_donated_and_memory_is_flat_in_video_length():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=2)
   prop = inference.VideoPropagator(module)
-  spec = prop.spec(labels[0].shape, 1)
+  spec = prop.session().spec(labels[0].shape, 1)
   states = prop.steps.first(prop.params, frames[0],
                             labels[0].astype(np.int32), spec=spec)
   zeros = jnp.zeros(labels[0].shape, jnp.uint8)
@@ -140,10 +142,12 @@ def test_bfloat16_compute_runs_in_bfloat16_and_stays_close():
     probs[dtype] = list(prop.run(frames, {0: labels[0]}, 2,
                                  with_probs=True))[1][2]
     embs[dtype] = np.asarray(module.embed(images)[0].scales[0])
-    convs = [e for e in _equations(jax.make_jaxpr(module.embed)(images).jaxpr)
-             if e.primitive.name == 'conv_general_dilated']
-    assert convs and all(e.invars[0].aval.dtype == jnp.dtype(dtype)
-                         for e in convs), dtype
+    convs = collections.Counter(
+        str(e.invars[0].aval.dtype)
+        for e in _equations(jax.make_jaxpr(module.embed)(images).jaxpr)
+        if e.primitive.name == 'conv_general_dilated')
+    # DeepLab in the compute dtype; the embedding head always float32.
+    assert convs[dtype] >= 5 and convs['float32'] >= 1, convs
   # Embeddings within bfloat16 rounding (8 bits of mantissa, a few layers
   # deep), and the first propagated frame's probabilities close to float32.
   rel = np.max(np.abs(embs['bfloat16'] - embs['float32'])) / np.max(

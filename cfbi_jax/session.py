@@ -1,0 +1,230 @@
+"""Frame-by-frame segmentation of a stream: a camera, a long video, late
+objects.
+
+    from cfbi_jax import Session
+    session = Session('models/tiny_cfbi_synthetic')
+    for frame, mask in stream:          # HxWx3 uint8 RGB; None or HxW ids
+      labels = session.push(frame, mask)  # HxW uint8 labels
+
+A `Session` holds one stream's carried state on the device and feeds each
+frame to the pure per-frame step (`frame_step.next_frame`), so its memory
+is flat in the number of frames. The first frame needs a mask; a mask given
+later adds the objects it holds from that frame on (YouTube-VOS style), and
+that frame becomes a reference. Test-time augmentation (scales x flip) is
+inside the session, as in the official loop. `inference.VideoPropagator`,
+which `evaluate.py` runs, is a loop over sessions, so at the same settings a
+session's labels are what `evaluate.py` writes.
+
+`push` returns labels on the host (it waits for the device); `push_async`
+returns at once with a `Pending` frame whose `labels()` / `probs()` wait,
+so a caller can dispatch frame t + 1 before reading frame t.
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cfbi_jax import frame_step
+from cfbi_jax import preprocessing
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """One test-time augmentation: a scale and an optional horizontal flip."""
+  scale: float
+  flip: bool
+
+
+def augmentations(scales: Sequence[float], flip: bool) -> Tuple[
+    Augmentation, ...]:
+  """The official order: [s1, flip(s1), s2, flip(s2), ...]."""
+  out = []
+  for s in scales:
+    out.append(Augmentation(float(s), False))
+    if flip:
+      out.append(Augmentation(float(s), True))
+  return tuple(out)
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+  """Rounds up to a power of two (bounds the number of compiled shapes)."""
+  n = max(n, minimum)
+  return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass
+class Pending:
+  """One dispatched frame; its outputs are fetched on first use.
+
+  Attributes:
+    index: the frame's index in the stream.
+    known: K, the objects known before this frame (its probabilities cover
+      slots 0..K).
+  """
+  index: int
+  known: int
+  _outputs: Any
+
+  def labels(self) -> np.ndarray:
+    """`[H, W]` uint8 labels (waits for the device)."""
+    if isinstance(self._outputs, np.ndarray):
+      return self._outputs
+    return np.asarray(self._outputs['labels'])
+
+  def probs(self) -> Optional[np.ndarray]:
+    """`[H, W, K + 1]` float32 probabilities, or None (first frame, or not
+    asked for)."""
+    if isinstance(self._outputs, np.ndarray) or 'probs' not in self._outputs:
+      return None
+    return np.asarray(self._outputs['probs'])[..., :self.known + 1]
+
+
+class Session:
+  """Segments one stream of frames, one `push` at a time.
+
+  Args:
+    model: a model directory (written by `python -m cfbi_jax.convert` or
+      `train.py`), or an NNX model.
+    scales: test scales (1.0 is the official single-scale setting).
+    flip: add horizontally flipped copies of every scale.
+    max_long_edge: the long-edge cap before scaling; None for the official
+      rule (1040 single-scale, 800 with several scales).
+    bgr: the official BGR input order.
+    max_objects: the largest object id a mask may hold.
+    reference_slots: reference frames to allocate up front (first frame
+      plus frames with new objects); more are added when needed, at the cost
+      of one compilation each time the count passes a power of two.
+    with_probs: keep each frame's probabilities (`Pending.probs`).
+    steps, params: compiled steps (`frame_step.compile_steps`) and the
+      model state (`nnx.split(model)[1]`) to share, e.g. across the videos
+      of an evaluation; made from `model` if None.
+  """
+
+  def __init__(self, model: Union[str, nnx.Module, None], *,
+               scales: Sequence[float] = (1.0,), flip: bool = False,
+               max_long_edge: Optional[float] = None, bgr: bool = True,
+               max_objects: int = 10, reference_slots: int = 1,
+               with_probs: bool = False,
+               steps: Optional[frame_step.CompiledSteps] = None,
+               params: Any = None):
+    if isinstance(model, str):
+      from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
+      model, _ = checkpoint.load_model(model)
+    if steps is None or params is None:
+      if model is None:
+        raise ValueError('Session needs a model, or both steps and params')
+      graphdef, params = nnx.split(model)
+      steps = steps or frame_step.compile_steps(graphdef)
+    self.steps, self.params = steps, params
+    self.augs = augmentations(scales, flip)
+    if max_long_edge is None:  # The official rule (tools/eval_net.py).
+      max_long_edge = 1040 if list(scales) == [1.0] else 800
+    self.max_long_edge = max_long_edge
+    self.bgr = bgr
+    self.max_objects = max_objects
+    self.with_probs = with_probs
+    self._ref_slots = bucket(reference_slots)
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets the stream (the next push starts a new one)."""
+    self._states = None
+    self._index = 0
+    self._known = 0
+    self._used_refs = 0
+    self._size = None
+    self._no_annotation = None
+
+  @property
+  def num_objects(self) -> int:
+    """K, the largest object id seen so far."""
+    return self._known
+
+  def spec(self, frame_size: Tuple[int, int],
+           num_ref_slots: int) -> frame_step.StepSpec:
+    """The static step settings for frames of `frame_size` `(H, W)`."""
+    sizes = tuple(preprocessing.input_size(*frame_size, aug.scale,
+                                           self.max_long_edge)
+                  for aug in self.augs)
+    return frame_step.StepSpec(
+        input_sizes=sizes, flips=tuple(a.flip for a in self.augs),
+        bgr=self.bgr, num_ref_slots=num_ref_slots,
+        with_probs=self.with_probs)
+
+  def _check(self, frame: np.ndarray, mask: Optional[np.ndarray]):
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+      raise ValueError(f'frame {self._index}: expected an HxWx3 RGB frame, '
+                       f'got shape {frame.shape}')
+    if self._size is not None and frame.shape[:2] != self._size:
+      raise ValueError(f'frame {self._index} is {frame.shape[:2]}, but the '
+                       f'stream started at {self._size}; call reset() for a '
+                       'new stream')
+    if mask is None:
+      return None
+    mask = np.asarray(mask)
+    if mask.shape != frame.shape[:2]:
+      raise ValueError(f'mask of frame {self._index} is {mask.shape}, the '
+                       f'frame is {frame.shape[:2]}')
+    if mask.size and int(mask.max()) > self.max_objects:
+      raise ValueError(f'mask of frame {self._index} holds object id '
+                       f'{int(mask.max())} above max_objects='
+                       f'{self.max_objects}')
+    return mask.astype(np.uint8)
+
+  def push_async(self, frame: np.ndarray,
+                 mask: Optional[np.ndarray] = None) -> Pending:
+    """Dispatches one frame; returns before the device is done.
+
+    Args:
+      frame: `[H, W, 3]` uint8 RGB.
+      mask: None, or `[H, W]` object ids (0 background) of objects given in
+        this frame; required for the first frame.
+
+    Returns:
+      The frame's `Pending` outputs (the first frame's labels are its mask).
+    """
+    frame = np.asarray(frame, np.uint8)
+    mask = self._check(frame, mask)
+    index = self._index
+    if self._states is None:
+      if mask is None:
+        raise ValueError('the first frame of a stream needs a mask')
+      self._size = frame.shape[:2]
+      self._no_annotation = jnp.zeros(self._size, jnp.uint8)
+      self._states = self.steps.first(
+          self.params, jax.device_put(frame),
+          jax.device_put(mask.astype(np.int32)),
+          spec=self.spec(self._size, self._ref_slots))
+      self._known, self._used_refs, self._index = int(mask.max()), 1, 1
+      return Pending(index, self._known, mask)
+    if mask is not None and self._used_refs == self._ref_slots:
+      self._ref_slots *= 2
+      self._states = tuple(frame_step.grow_references(s, self._ref_slots)
+                           for s in self._states)
+    known = self._known
+    num_slots = min(bucket(known + 1, 2), self.max_objects + 1)
+    # Every argument has the same kind (device array) on every frame, so
+    # the jit's signature cache holds one entry per compiled shape.
+    self._states, outputs = self.steps.next(
+        self.params, self._states, jax.device_put(frame),
+        jax.device_put(mask) if mask is not None else self._no_annotation,
+        jax.device_put(np.asarray(mask is not None)),
+        jax.device_put(np.arange(num_slots) <= known),
+        spec=self.spec(self._size, self._ref_slots))
+    for value in outputs.values():
+      value.copy_to_host_async()
+    if mask is not None:
+      self._known = max(known, int(mask.max()))
+      self._used_refs += 1
+    self._index += 1
+    return Pending(index, known, outputs)
+
+  def push(self, frame: np.ndarray,
+           mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Segments one frame; returns its `[H, W]` uint8 labels (see
+    `push_async` for the arguments)."""
+    return self.push_async(frame, mask).labels()
