@@ -66,10 +66,10 @@ def backbone_init(args, ablation: str, seed: int, directory: str) -> None:
   extractor (backbone, ASPP, decoder) of `args.backbone_from`."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   config = synthetic_config.get_config(_config_arg(args, ablation))
   arrays = checkpoint.flat_state(
-      model_lib.from_config(config.model, rngs=nnx.Rngs(seed)))
+      models.build(config.model, rngs=nnx.Rngs(seed)))
   source, _ = checkpoint.load_model(args.backbone_from)
   source = checkpoint.flat_state(source)
   copied = 0

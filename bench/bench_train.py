@@ -61,13 +61,13 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
   from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
   from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
 
   config = common.training_model_config(variant)
-  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  module = models.build(config, rngs=nnx.Rngs(0))
   num_params = sum(x.size for x in jax.tree.leaves(nnx.state(module,
                                                              nnx.Param)))
   tx = optimizer.make_optimizer(common.optim_config(total_steps=100_000),

@@ -148,13 +148,12 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   from cfbi_jax import host_threads  # pylint: disable=g-import-not-at-top
   from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
   from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
-  config = presets.model_config(model)
+  config = models.model_config(model)
   config.update(setting_overrides(setting, config.arch))
-  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  module = models.build(config, rngs=nnx.Rngs(0))
   h, w = size
   video = [_disks(h, w, k, t) for t in range(frames)]
   prop = inference.VideoPropagator(module)
@@ -252,14 +251,12 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
-  config = presets.model_config(model)
+  config = models.model_config(model)
   config.update(setting_overrides(setting, config.arch))
-  prop = inference.VideoPropagator(model_lib.from_config(config,
-                                                         rngs=nnx.Rngs(0)))
+  prop = inference.VideoPropagator(models.build(config, rngs=nnx.Rngs(0)))
   rows = []
   for h, w in sizes:
     for r in refs:

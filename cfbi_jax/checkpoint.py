@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import outputs
 
 CONFIG_FILE = 'model_config.json'
@@ -32,12 +32,6 @@ CONFIG_FILE = 'model_config.json'
 # What a checkpoint holds: trainable parameters and frozen BN buffers.
 _STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
 
-# Fields that change how the model evaluates but not its parameters; a
-# caller may override them when loading.
-EVAL_FIELDS = ('global_atrous', 'global_chunks', 'global_chunk_mb',
-               'compute_dtype', 'min_matching_pixels',
-               'matching_dtype', 'attention_uses_atrous_labels',
-               'use_background', 'use_matching_bias', 'use_attention')
 
 
 def flat_state(module: nnx.Module) -> Dict[Tuple[Any, ...], Any]:
@@ -89,12 +83,13 @@ def read_model_config(directory: str) -> ml_collections.ConfigDict:
 
 def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
                step: Optional[int] = None
-               ) -> Tuple[model_lib.CFBI, ml_collections.ConfigDict]:
+               ) -> Tuple[nnx.Module, ml_collections.ConfigDict]:
   """Rebuilds the model stored in `directory` and restores its weights.
 
   Args:
     directory: a directory written by `save_model`.
-    overrides: evaluation-only model fields to change (`EVAL_FIELDS`).
+    overrides: evaluation-only model fields to change (the family's
+      `EVAL_FIELDS`, `models.eval_fields`).
     step: checkpoint step (latest if None).
 
   Returns:
@@ -107,11 +102,12 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   directory = os.path.abspath(directory)
   config = read_model_config(directory)
   for key, value in dict(overrides or {}).items():
-    if key not in EVAL_FIELDS:
+    if key not in models.eval_fields(config):
       raise ValueError(f'cannot override model field {key!r} when loading; '
-                       f'only {EVAL_FIELDS} change without new weights')
+                       f'only {models.eval_fields(config)} change without '
+                       'new weights')
     config[key] = value
-  abstract = nnx.eval_shape(lambda: model_lib.from_config(config))
+  abstract = nnx.eval_shape(lambda: models.build(config))
   expected = {path_str(k): v for k, v in flat_state(abstract).items()}
   with ocp.CheckpointManager(
       directory,
@@ -126,7 +122,7 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
               for k, v in expected.items()}
     restored = mngr.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(target)))['model']
-  module = nnx.eval_shape(lambda: model_lib.from_config(config))
+  module = nnx.eval_shape(lambda: models.build(config))
   set_state(module, {k: restored[path_str(k)] for k in flat_state(module)})
   return module, config
 

@@ -20,7 +20,8 @@ torchvision-layout ResNet-101, or the official `*-deeplabv3p` DeepLab
 weights) into the `feature_extracter` of a freshly initialised model
 (seeded), for training; it reports which parts stayed at their init.
 
-The name mapping is the rule table `_RULES` on dotted module paths, and
+The name mapping is the model family's rule table (`CHECKPOINT_RULES` in
+`models/<name>.py`) on dotted module paths, and
 layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 -> (in, out), (1, C, 1, 1) GCT/bias tensors -> (C,).
 """
@@ -28,72 +29,19 @@ layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 import argparse
 import re
 import sys
-from typing import Callable, Dict, List, Mapping, Tuple, Union
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 from flax import nnx
 
 from cfbi_jax import checkpoint
-from cfbi_jax import model as model_lib
-from cfbi_jax import presets
+from cfbi_jax import models
 
-_MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
-_MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,
-         'project_conv': 6, 'project_bn': 7}
-
-
-def _mnv2_block(m: re.Match) -> str:
-  index = int(m[1])
-  table = _MNV2_T1 if index == 0 else _MNV2
-  return f'.features.{index + 1}.conv.{table[m[2]]}.'
-
-
-Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
-
-# Applied in order to the dotted NNX path; the result is the PyTorch key.
-_RULES: List[Rule] = [
-    # DeepLab backbone.
-    (r'\.downsample_conv\.', '.downsample.0.'),
-    (r'\.downsample_(bn|gn)\.', '.downsample.1.'),
-    (r'\.features\.(\d+)\.(\w+)\.', _mnv2_block),
-    (r'\.backbone\.first_conv\.', '.backbone.features.0.0.'),
-    (r'\.backbone\.first_bn\.', '.backbone.features.0.1.'),
-    # ASPP (DeepLab and ensembler) branches and pooling.
-    (r'\.branches\.(\d+)\.', lambda m: f'.aspp{int(m[1]) + 1}.'),
-    (r'\.pool_conv\.', '.global_avg_pool.1.'),
-    (r'\.pool_bn\.', '.global_avg_pool.2.'),
-    # DeepLab decoder.
-    (r'\.last_conv1\.', '.last_conv.0.'), (r'\.last_bn1\.', '.last_conv.1.'),
-    (r'\.last_conv2\.', '.last_conv.4.'), (r'\.last_bn2\.', '.last_conv.5.'),
-    # Embedding heads: CFBI's are top-level modules, CFBI+'s FPN is `fpn`.
-    (r'^embedding\.(\w+)\.conv\.', r'fpn.\1.0.'),
-    (r'^embedding\.(\w+)\.gn\.', r'fpn.\1.1.'),
-    (r'^embedding\.', ''),
-    # CFBI ensembler stages and gates.
-    (r'^dynamic_seghead\.gates\.(\d+)\.',
-     lambda m: f'dynamic_seghead.IA{int(m[1]) + 1}.'),
-    (r'^dynamic_seghead\.stages\.(\d+)\.',
-     lambda m: f'dynamic_seghead.layer{int(m[1]) + 1}.'),
-    # Leaf names.
-    (r'\.kernel$', '.weight'), (r'\.scale$', '.weight'),
-]
-
-# Alias key patterns (same tensor registered twice) -> the canonical name.
-_ALIASES: List[Rule] = [
-    (r'^semantic_embedding\.0\.', 'seperate_conv.'),
-    (r'^semantic_embedding\.1\.', 'bn1.'),
-    (r'^semantic_embedding\.3\.', 'embedding_conv.'),
-    (r'^semantic_embedding\.4\.', 'bn2.'),
-    (r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
-     r'feautre_8x|feature_16x|feature_32x)\.', 'feature_extracter.backbone.'
-     'features.'),
-]
-
-
-def torch_key(path: Tuple) -> str:
-  """The PyTorch state-dict key of an NNX state path."""
+def torch_key(path: Tuple, model_config) -> str:
+  """The PyTorch state-dict key of an NNX state path (the model family's
+  `CHECKPOINT_RULES`, applied in order)."""
   key = '.'.join(str(p) for p in path)
-  for pattern, repl in _RULES:
+  for pattern, repl in models.family(model_config).CHECKPOINT_RULES:
     key = re.sub(pattern, repl, key)
   return key
 
@@ -138,12 +86,13 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
           for k, v in sd.items()}
 
 
-def resolve_aliases(sd: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def resolve_aliases(sd: Mapping[str, np.ndarray],
+                    model_config) -> Dict[str, np.ndarray]:
   """Drops alias keys after checking they equal their canonical key."""
   out, aliases = {}, {}
   for k, v in sd.items():
     canonical = k
-    for pattern, repl in _ALIASES:
+    for pattern, repl in models.family(model_config).CHECKPOINT_ALIASES:
       canonical = re.sub(pattern, repl, canonical)
     (aliases if canonical != k else out)[k] = (canonical, v)
   out = {k: v for k, (_, v) in out.items()}
@@ -170,10 +119,10 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_config,
   Raises:
     ValueError: naming missing keys, unexpected keys and shape mismatches.
   """
-  abstract = nnx.eval_shape(lambda: model_lib.from_config(model_config))
+  abstract = nnx.eval_shape(lambda: models.build(model_config))
   targets = {p: v for p, v in checkpoint.flat_state(abstract).items()
-             if torch_key(p).startswith(prefix)}
-  keys = {torch_key(p): p for p in targets}
+             if torch_key(p, model_config).startswith(prefix)}
+  keys = {torch_key(p, model_config): p for p in targets}
   if len(keys) != len(targets):
     raise AssertionError('the name table maps two model paths to one key')
   missing = sorted(set(keys) - set(sd))
@@ -223,10 +172,10 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
       canonical['feature_extracter.' + k] = v
     else:
       canonical['feature_extracter.backbone.' + k] = v
-  canonical = resolve_aliases(canonical)
-  module = model_lib.from_config(model_config, rngs=nnx.Rngs(seed))
+  canonical = resolve_aliases(canonical, model_config)
+  module = models.build(model_config, rngs=nnx.Rngs(seed))
   arrays = {p: np.asarray(v) for p, v in checkpoint.flat_state(module).items()}
-  keys = {torch_key(p): p for p in arrays}
+  keys = {torch_key(p, model_config): p for p in arrays}
   backbone_keys = {k for k in keys if k.startswith('feature_extracter.backbone.')}
   unexpected = sorted(set(canonical) - set(keys))
   missing = sorted(backbone_keys - set(canonical))
@@ -249,7 +198,7 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--variant', required=True,
-                      choices=[v for v in presets.VARIANTS
+                      choices=[v for v in models.VARIANTS
                                if not v.startswith('tiny')])
   parser.add_argument('--src', required=True)
   parser.add_argument('--dst', required=True)
@@ -257,7 +206,7 @@ def main(argv=None) -> None:
   parser.add_argument('--seed', type=int, default=0,
                       help='init seed of the parts --backbone_only leaves')
   args = parser.parse_args(argv)
-  config = presets.model_config(args.variant)
+  config = models.model_config(args.variant)
   sd = load_state_dict(args.src)
   if args.backbone_only:
     arrays, loaded, left = convert_backbone(sd, config, args.seed)
@@ -266,7 +215,7 @@ def main(argv=None) -> None:
     prefixes = sorted({'.'.join(k.split('.')[:2]) for k in left})
     print('  ' + '\n  '.join(prefixes))
   else:
-    arrays = convert_state_dict(resolve_aliases(sd), config)
+    arrays = convert_state_dict(resolve_aliases(sd, config), config)
     print(f'converted {len(arrays)} tensors '
           f'({sum(v.size for v in arrays.values()):,} values)')
   checkpoint.save_model(args.dst, config, arrays)

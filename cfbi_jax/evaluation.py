@@ -41,8 +41,8 @@ from cfbi_jax import datasets
 from cfbi_jax import host_threads
 from cfbi_jax import inference
 from cfbi_jax import memory
+from cfbi_jax import models
 from cfbi_jax import outputs
-from cfbi_jax import presets
 from cfbi_jax import synthetic
 
 DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
@@ -51,11 +51,10 @@ DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
 _DAVIS17_LAYOUT = ('davis2017', 'synthetic')
 
 
-def model_overrides(config, stored_variant: str) -> Dict[str, Any]:
-  """Evaluation-only model fields: official DAVIS flags, then the user's."""
-  overrides = {}
-  if config.dataset.startswith('davis'):
-    overrides.update(presets.davis_overrides(stored_variant))
+def model_overrides(config, stored) -> Dict[str, Any]:
+  """Evaluation-only model fields: the official flags of the stored model's
+  variant on this dataset, then the user's."""
+  overrides = models.dataset_overrides(stored, config.dataset)
   for key, value in config.model.items():
     if value is not None:
       overrides[key] = tuple(value) if isinstance(value, (list, tuple)) \
@@ -178,12 +177,12 @@ def run(config) -> Dict[str, Any]:
   if not config.output_dir:
     raise ValueError('--config.output_dir is required')
   stored = checkpoint.read_model_config(config.checkpoint)
-  if config.variant and config.variant != stored.variant:
+  if config.variant and config.variant != stored.get('variant'):
     raise ValueError(f'config variant {config.variant!r} but the checkpoint '
-                     f'{config.checkpoint} holds {stored.variant!r}')
+                     f'{config.checkpoint} holds {stored.get("variant")!r}')
   sequences = list_sequences(config)
   model, model_config = checkpoint.load_model(
-      config.checkpoint, model_overrides(config, stored.variant))
+      config.checkpoint, model_overrides(config, stored))
   propagator = inference.VideoPropagator(
       model, scales=tuple(config.tta.scales), flip=config.tta.flip,
       max_long_edge=config.max_long_edge, bgr=config.bgr,

@@ -29,14 +29,12 @@ runs the artifact where neither flax nor cfbi_jax can be imported).
 """
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cfbi_jax import frame_step

@@ -5,6 +5,9 @@ that training (`train_step`), streaming and export build on. It holds the
 carried state and the pure functions that move it; it imports no I/O, no
 TensorFlow and no configs.
 
+* `FrameEmbedding`, `VOSModel`: what a model gives per frame, and the two
+  stages (`embed`, `segment`) every model provides; `preprocess_images`:
+  uint8 frames to the network's input.
 * `PropagationState`: what is carried from frame to frame (references,
   previous frame). Its size is fixed by (object-free) shapes, so memory is
   flat in video length.
@@ -39,16 +42,82 @@ object-slot bucket, not one per annotated frame.
 
 import dataclasses
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfbi_jax import model as model_lib
 from cfbi_jax import preprocessing
 from cfbi_jax import resize
+
+# The logit of an invalid (padded) object slot.
+INVALID_LOGIT = -1e4
+
+
+@flax.struct.dataclass
+class FrameEmbedding:
+  """What the network keeps of a frame.
+
+  Attributes:
+    low_s4: `[B, h4, w4, C_low]` low-level backbone feature (ensembler
+      shortcut input).
+    scales: per matching scale `[B, h_s, w_s, C_s]` embeddings (CFBI: one at
+      stride 4; CFBI+: strides 4, 8 and 16).
+  """
+  low_s4: jnp.ndarray
+  scales: Tuple[jnp.ndarray, ...]
+
+
+class VOSModel(Protocol):
+  """What the per-frame step needs of a model (`models.build` makes one).
+
+  Arrays are NHWC; objects live in `K + 1` slots (slot 0 the background)
+  with an `obj_valid` `[B, K + 1]` mask.
+  """
+
+  def embed(self, images: jnp.ndarray,
+            dropout_rng: Optional[jax.Array] = None
+            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+    """`[B, H, W, 3]` normalised images -> (their embedding, features)."""
+
+  def segment(self, ref_scales: Sequence[jnp.ndarray],
+              ref_labels: jnp.ndarray, ref_valid: jnp.ndarray,
+              prev_scales: Sequence[jnp.ndarray], prev_labels: jnp.ndarray,
+              current: FrameEmbedding, obj_valid: jnp.ndarray,
+              training: bool = False
+              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """One frame against the state's references and previous frame ->
+    (`[B, h4, w4, K + 1]` stride-4 logits, named intermediates)."""
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_images(frames: jnp.ndarray, bgr: bool = True) -> jnp.ndarray:
+  """uint8 RGB frames -> the network's normalised input.
+
+  The official loaders read BGR with OpenCV and apply the RGB-ordered
+  ImageNet constants to the B, G, R channels in that order (notes §3); with
+  `bgr=True` (official) the channels are reversed before the same
+  normalisation. `bgr=False` feeds RGB (a documented deviation switch).
+
+  Args:
+    frames: `[..., H, W, 3]` uint8 or float RGB values in [0, 255].
+    bgr: reproduce the official channel order.
+
+  Returns:
+    `[..., H, W, 3]` float32.
+  """
+  x = frames.astype(jnp.float32)
+  if bgr:
+    x = x[..., ::-1]
+  x = x / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
 
 
 @flax.struct.dataclass
@@ -69,7 +138,7 @@ class PropagationState:
   prev_labels: jnp.ndarray
 
 
-def start(emb: model_lib.FrameEmbedding, labels: jnp.ndarray,
+def start(emb: FrameEmbedding, labels: jnp.ndarray,
           num_ref_slots: int) -> PropagationState:
   """The state after the first (annotated) frame.
 
@@ -91,7 +160,7 @@ def start(emb: model_lib.FrameEmbedding, labels: jnp.ndarray,
       ref_valid=valid, prev_scales=tuple(emb.scales), prev_labels=labels)
 
 
-def advance(state: PropagationState, emb: model_lib.FrameEmbedding,
+def advance(state: PropagationState, emb: FrameEmbedding,
             labels: jnp.ndarray, add_reference: jnp.ndarray
             ) -> PropagationState:
   """Moves the state to the next frame.
@@ -194,11 +263,41 @@ def network_input(frame: jnp.ndarray, size: Tuple[int, int], flip: bool,
   image = preprocessing.resize_cubic_cv2(frame.astype(jnp.float32), size)
   if flip:
     image = image[:, ::-1]
-  return model_lib.preprocess_images(image[None], bgr=bgr)
+  return preprocess_images(image[None], bgr=bgr)
 
 
 def _flip_labels(labels: jnp.ndarray, flip: bool) -> jnp.ndarray:
   return labels[..., ::-1] if flip else labels
+
+
+def frame_logits(model: VOSModel, state: PropagationState,
+                 emb: FrameEmbedding, obj_valid: jnp.ndarray,
+                 out_size: Tuple[int, int], training: bool = False
+                 ) -> jnp.ndarray:
+  """One frame's logits at `out_size`: the core that training (its
+  `lax.scan` body, `train_step.clip_loss`) and inference (`next_frame`)
+  share.
+
+  Args:
+    model: the network.
+    state: the carried state (batch B).
+    emb: the frame's embedding.
+    obj_valid: `[B, K + 1]` bool object slots.
+    out_size: `(H, W)` of the logits (the frame's original size in
+      inference, the crop in training).
+    training: the model's training path (`model.segment`).
+
+  Returns:
+    `[B, H, W, K + 1]` float32 logits (stride-4 logits resized with
+    align-corners bilinear; invalid slots hold `INVALID_LOGIT`).
+  """
+  with jax.named_scope('segment'):
+    logits, _ = model.segment(state.ref_scales, state.ref_labels,
+                              state.ref_valid, state.prev_scales,
+                              state.prev_labels, emb, obj_valid,
+                              training=training)
+  with jax.named_scope('postprocess'):
+    return resize.resize_bilinear_ac(logits.astype(jnp.float32), out_size)
 
 
 def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
@@ -257,12 +356,8 @@ def next_frame(params: Any, states: Tuple[PropagationState, ...],
       image = network_input(frame, size, flip, spec.bgr)
     with jax.named_scope('embed'):
       emb, _ = model.embed(image)
-    with jax.named_scope('segment'):
-      logits, _ = model.segment(state.ref_scales, state.ref_labels,
-                                state.ref_valid, state.prev_scales,
-                                state.prev_labels, emb, valid)
+    up = frame_logits(model, state, emb, valid, out_size)
     with jax.named_scope('postprocess'):
-      up = resize.resize_bilinear_ac(logits.astype(jnp.float32), out_size)
       up = jnp.where(valid[:, None, None, :], up, -jnp.inf)
       p = jax.nn.softmax(up, axis=-1)
       probs = probs + (p[:, :, ::-1] if flip else p)

@@ -24,7 +24,6 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import host_threads
-from cfbi_jax import model as model_lib
 from cfbi_jax import session as session_lib
 
 class VideoPropagator:
@@ -34,7 +33,7 @@ class VideoPropagator:
   bgr, max_objects).
   """
 
-  def __init__(self, model: model_lib.CFBI, *, scales: Sequence[float] = (1.0,),
+  def __init__(self, model: nnx.Module, *, scales: Sequence[float] = (1.0,),
                flip: bool = False, max_long_edge: Optional[float] = None,
                bgr: bool = True, max_objects: int = 10):
     graphdef, self.params = nnx.split(model)

@@ -12,12 +12,12 @@ frames to segment. `clip_loss`:
    step);
 2. starts the `frame_step.PropagationState` carry from the reference
    and moves it to frame 1 with its ground truth;
-3. unrolls the frames with `jax.lax.scan` over the same `model.segment`
-   / `frame_step.advance` pieces evaluation uses: logits are resized to the
-   crop (align-corners bilinear), the bootstrapped cross-entropy is taken
-   with the scheduled k, and the next previous mask is the hard argmax of
-   the prediction (no gradient) when `use_own_predictions`, else the ground
-   truth;
+3. unrolls the frames with `jax.lax.scan` over the same
+   `frame_step.frame_logits` / `frame_step.advance` pieces evaluation
+   uses: logits at the crop size (align-corners bilinear), the
+   bootstrapped cross-entropy with the scheduled k, and the next previous
+   mask is the hard argmax of the prediction (no gradient) when
+   `use_own_predictions`, else the ground truth;
 4. averages the per-sample losses over samples and frames.
 
 Schedule values (`num_hard_pixels`, `use_own_predictions`, the learning rate
@@ -34,8 +34,6 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import losses
-from cfbi_jax import model as model_lib
-from cfbi_jax import resize
 
 
 @flax.struct.dataclass
@@ -56,7 +54,7 @@ class TrainState:
   rng: jax.Array
 
 
-def create_train_state(module: model_lib.CFBI, tx: optax.GradientTransformation,
+def create_train_state(module: nnx.Module, tx: optax.GradientTransformation,
                        seed: int) -> Tuple[Any, TrainState]:
   """Splits `module` into (graphdef, TrainState) for training."""
   graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
@@ -65,7 +63,7 @@ def create_train_state(module: model_lib.CFBI, tx: optax.GradientTransformation,
       opt_state=tx.init(params), rng=jax.random.key(seed))
 
 
-def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
+def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
               rng: jax.Array, num_hard: jnp.ndarray,
               use_own_predictions: jnp.ndarray, bgr: bool = True
               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
@@ -80,8 +78,8 @@ def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
   obj_valid = batch['object_valid']
   b, t = frames.shape[:2]
   crop = frames.shape[2:4]
-  images = model_lib.preprocess_images(frames.reshape((b * t,) + frames.shape[2:]),
-                                       bgr=bgr)
+  images = frame_step.preprocess_images(
+      frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
   emb, _ = module.embed(images, dropout_rng=rng)
   emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
@@ -91,11 +89,8 @@ def clip_loss(module: model_lib.CFBI, batch: Dict[str, jnp.ndarray],
 
   def body(state, xs):
     emb_t, labels_t = xs
-    logits, _ = module.segment(state.ref_scales, state.ref_labels,
-                               state.ref_valid, state.prev_scales,
-                               state.prev_labels, emb_t, obj_valid,
-                               training=True)
-    logits = resize.resize_bilinear_ac(logits, crop)
+    logits = frame_step.frame_logits(module, state, emb_t, obj_valid, crop,
+                                     training=True)
     loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
         jnp.int32)

@@ -45,11 +45,10 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from cfbi_jax import attention
 from cfbi_jax import backend
 from cfbi_jax import checkpoint
 from cfbi_jax import losses
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import optimizer
 from cfbi_jax import outputs
 from cfbi_jax import sharding
@@ -79,7 +78,7 @@ def _init_module(config) -> nnx.Module:
       plain = lambda v: json.loads(json.dumps(v))  # Tuples -> lists.
       mismatched = sorted(k for k in stored
                           if k in wanted and k not in
-                          checkpoint.EVAL_FIELDS + ('variant',)
+                          models.eval_fields(wanted) + ('variant',)
                           and plain(stored[k]) != plain(wanted[k]))
       if mismatched:
         raise ValueError(f'{directory} was written for a different model: '
@@ -87,36 +86,22 @@ def _init_module(config) -> nnx.Module:
       # Evaluation-only fields (matching chunks, atrous rates...) follow the
       # training config.
       module, _ = checkpoint.load_model(directory, overrides={
-          k: wanted[k] for k in checkpoint.EVAL_FIELDS if k in wanted})
+          k: wanted[k] for k in models.eval_fields(wanted) if k in wanted})
       logging.warning('INIT: weights from %s (%s)', directory, key)
       return module
   logging.warning('INIT: no pretrained weights; training from scratch '
                   '(seed %d)', config.seed)
-  return model_lib.from_config(config.model, rngs=nnx.Rngs(config.seed))
-
-
-def zero_attention_gates(module: nnx.Module) -> int:
-  """Zeroes the linear layer of every `IAGate` (gates start at 1).
-
-  Returns:
-    How many gates were zeroed.
-  """
-  count = 0
-  for _, sub in nnx.iter_modules(module):
-    if isinstance(sub, attention.IAGate):
-      sub.IA.kernel[...] = jnp.zeros_like(sub.IA.kernel[...])
-      sub.IA.bias[...] = jnp.zeros_like(sub.IA.bias[...])
-      count += 1
-  return count
+  return models.build(config.model, rngs=nnx.Rngs(config.seed))
 
 
 def create_state(config):
   """Model, optimizer and TrainState (before any checkpoint restore)."""
   module = _init_module(config)
-  if config.init.get('zero_attention_gates') and not \
-      config.init.get('cfbi_checkpoint'):
-    logging.warning('INIT: %d instance-attention gates start at 1',
-                    zero_attention_gates(module))
+  if not config.init.get('cfbi_checkpoint'):
+    # The family's init switches (CFBI: `zero_attention_gates`).
+    for name, hook in models.init_hooks(config.model).items():
+      if config.init.get(name):
+        logging.warning('INIT: %s (%s)', name, hook(module))
   tx = optimizer.make_optimizer(config.optim, nnx.state(module, nnx.Param))
   graphdef, state = ts.create_train_state(module, tx, config.seed)
   return graphdef, tx, state

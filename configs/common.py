@@ -44,9 +44,9 @@ TRAIN_VARIANTS = {'cfbi': 'cfbi_resnet101', 'cfbip': 'cfbip_resnet101',
 
 
 def training_model_config(preset: str) -> ml_collections.ConfigDict:
-  """`presets.model_config(preset)` with the training matching chunks."""
-  from cfbi_jax import presets  # pylint: disable=g-import-not-at-top
-  model = presets.model_config(preset)
+  """`models.model_config(preset)` with the training matching chunks."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.model_config(preset)
   # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
   model.global_chunks = (20,) if len(model.global_chunks) == 1 \
       else (20, 10, 5)

@@ -20,8 +20,7 @@ from flax import nnx
 
 from cfbi_jax import checkpoint
 from cfbi_jax import convert
-from cfbi_jax import model as model_lib
-from cfbi_jax import presets
+from cfbi_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_DIR = os.environ.get(
@@ -84,7 +83,7 @@ def eval_overrides(variant: str, setting: str) -> Dict[str, object]:
   if setting == 'default':
     return {}
   args = json.loads(str(load_npz(variant, 'alt_setting.npz')['eval_args']))
-  config = presets.model_config(variant)
+  config = models.model_config(variant)
   out = {}
   for flag, value in args.items():
     flag = flag.lstrip('-')
@@ -102,13 +101,13 @@ def eval_overrides(variant: str, setting: str) -> Dict[str, object]:
   return out
 
 
-def build_model(variant: str, setting: str = 'default') -> model_lib.CFBI:
+def build_model(variant: str, setting: str = 'default') -> nnx.Module:
   """The variant with the fixture weights, converted by `cfbi_jax.convert`."""
-  config = presets.model_config(variant)
+  config = models.model_config(variant)
   config.update(eval_overrides(variant, setting))
   arrays = convert.convert_state_dict(
-      convert.resolve_aliases(state_dict(variant)), config)
-  module = nnx.eval_shape(lambda: model_lib.from_config(config))
+      convert.resolve_aliases(state_dict(variant), config), config)
+  module = nnx.eval_shape(lambda: models.build(config))
   checkpoint.set_state(module, arrays)
   return module
 

@@ -14,7 +14,7 @@ import pytest
 
 from cfbi_jax import checkpoint
 from cfbi_jax import convert
-from cfbi_jax import presets
+from cfbi_jax import models
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures',
                        'official_state_dict_keys.json')
@@ -41,14 +41,15 @@ def _index_state_dict(variant):
 @pytest.mark.parametrize('variant', OFFICIAL)
 def test_every_key_maps_exactly_once(variant):
   sd, index = _index_state_dict(variant)
-  config = presets.model_config(variant)
-  arrays = convert.convert_state_dict(convert.resolve_aliases(sd), config)
+  config = models.model_config(variant)
+  arrays = convert.convert_state_dict(convert.resolve_aliases(sd, config),
+                                      config)
   # One model path per non-alias key, and every array carries its key's id.
   assert len(arrays) == len(index)
   ids = sorted(int(np.asarray(v).flat[0]) for v in arrays.values())
   assert ids == sorted(index.values())
   for path, value in arrays.items():
-    key = convert.torch_key(path)
+    key = convert.torch_key(path, config)
     assert np.all(np.asarray(value) == index[key]), key
 
 
@@ -79,8 +80,7 @@ def test_every_key_maps_exactly_once(variant):
     ('cfbi_resnet101', ('embedding', 'bn2', 'scale'), 'bn2.weight'),
 ])
 def test_tricky_names(variant, path, key):
-  del variant
-  assert convert.torch_key(path) == key
+  assert convert.torch_key(path, models.model_config(variant)) == key
 
 
 def test_layout_transforms():
@@ -93,8 +93,9 @@ def test_layout_transforms():
   sd['seperate_conv.weight'] = sd['semantic_embedding.0.weight'] = conv
   sd['dynamic_seghead.IA2.IA.weight'] = linear
   sd['dynamic_seghead.layer1.GCT1.alpha'] = gct
-  arrays = convert.convert_state_dict(convert.resolve_aliases(sd),
-                                      presets.model_config('cfbi_resnet101'))
+  config = models.model_config('cfbi_resnet101')
+  arrays = convert.convert_state_dict(convert.resolve_aliases(sd, config),
+                                      config)
   np.testing.assert_array_equal(
       arrays[('embedding', 'seperate_conv', 'kernel')],
       conv.transpose(2, 3, 1, 0))
@@ -108,22 +109,24 @@ def test_layout_transforms():
 
 def test_missing_unexpected_and_alias_errors():
   sd, _ = _index_state_dict('cfbi_resnet101')
-  config = presets.model_config('cfbi_resnet101')
+  config = models.model_config('cfbi_resnet101')
   broken = dict(sd)
   del broken['dynamic_prehead.conv.bias']
   broken['dynamic_seghead.layer9.conv1.weight'] = np.zeros((1,), np.float32)
   with pytest.raises(ValueError) as err:
-    convert.convert_state_dict(convert.resolve_aliases(broken), config)
+    convert.convert_state_dict(convert.resolve_aliases(broken, config),
+                               config)
   assert 'dynamic_prehead.conv.bias' in str(err.value)
   assert 'dynamic_seghead.layer9.conv1.weight' in str(err.value)
   bad_alias = dict(sd)
   bad_alias['semantic_embedding.1.bias'] = np.ones(256, np.float32)
   with pytest.raises(ValueError, match='semantic_embedding.1.bias'):
-    convert.resolve_aliases(bad_alias)
+    convert.resolve_aliases(bad_alias, config)
   wrong_shape = dict(sd)
   wrong_shape['fg_bias'] = np.zeros((3, 1, 1, 1), np.float32)
   with pytest.raises(ValueError, match='fg_bias'):
-    convert.convert_state_dict(convert.resolve_aliases(wrong_shape), config)
+    convert.convert_state_dict(convert.resolve_aliases(wrong_shape, config),
+                               config)
 
 
 def _random_state_dict(variant, seed=0):
@@ -147,8 +150,8 @@ def test_cli_npz_with_module_prefix_roundtrip(tmp_path):
   module, config = checkpoint.load_model(dst)
   assert config.backbone == 'mobilenetv2'
   restored = checkpoint.flat_state(module)
-  expected = convert.convert_state_dict(convert.resolve_aliases(sd),
-                                        presets.model_config(variant))
+  expected = convert.convert_state_dict(
+      convert.resolve_aliases(sd, config), models.model_config(variant))
   assert set(restored) == set(expected)
   for path, value in expected.items():
     np.testing.assert_array_equal(np.asarray(restored[path]), value)
@@ -188,11 +191,11 @@ def test_backbone_only_from_torchvision_layout():
   sd['fc.weight'] = np.zeros((1000, 2048), np.float32)
   sd['fc.bias'] = np.zeros((1000,), np.float32)
   sd['bn1.num_batches_tracked'] = np.zeros((), np.int64)
-  config = presets.model_config('tiny_cfbi')
+  config = models.model_config('tiny_cfbi')
   with pytest.raises(ValueError, match='does not fit|does not match'):
     convert.convert_backbone(sd, config)
   arrays, loaded, left = convert.convert_backbone(
-      sd, presets.model_config(variant))
+      sd, models.model_config(variant))
   assert len(loaded) == sum(
       1 for e in _entries(variant)
       if e['key'].startswith('feature_extracter.backbone.'))
@@ -202,7 +205,7 @@ def test_backbone_only_from_torchvision_layout():
                         'running_var')] == 0.5)
   del sd['layer3.22.conv2.weight']
   with pytest.raises(ValueError, match='layer3.22.conv2.weight'):
-    convert.convert_backbone(sd, presets.model_config(variant))
+    convert.convert_backbone(sd, models.model_config(variant))
 
 
 def test_pth_through_torch(tmp_path):

@@ -29,9 +29,8 @@ from PIL import Image
 from cfbi_jax import checkpoint
 from cfbi_jax import datasets
 from cfbi_jax import evaluation
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import outputs
-from cfbi_jax import presets
 from cfbi_jax import Session
 from configs import eval as eval_config
 from configs import video as video_config
@@ -42,8 +41,8 @@ REPO = pf.REPO
 
 
 def _tiny_checkpoint(directory):
-  config = presets.model_config('tiny_cfbi')
-  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  config = models.model_config('tiny_cfbi')
+  module = models.build(config, rngs=nnx.Rngs(0))
   checkpoint.save_model(directory, config, checkpoint.flat_state(module))
   return directory
 

@@ -16,17 +16,16 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import inference
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import preprocessing
-from cfbi_jax import presets
 from cfbi_jax import resize
 from tests import synthetic_clips
 
 
 def _tiny(**fields):
-  config = presets.model_config('tiny_cfbi')
+  config = models.model_config('tiny_cfbi')
   config.update(fields)
-  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  module = models.build(config, rngs=nnx.Rngs(0))
   module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
   module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
   return module
@@ -41,8 +40,8 @@ def test_network_input_is_the_official_loader_order():
   # RGB-ordered ImageNet constants on the B, G, R channels (notes §3).
   image = np.asarray(preprocessing.resize_cubic_cv2(
       frame.astype(np.float32), (17, 33)))[:, ::-1, ::-1] / 255.0
-  expected = (image - np.array(model_lib.IMAGENET_MEAN)) / np.array(
-      model_lib.IMAGENET_STD)
+  expected = (image - np.array(frame_step.IMAGENET_MEAN)) / np.array(
+      frame_step.IMAGENET_STD)
   np.testing.assert_allclose(ours[0], expected, atol=1e-5)
 
 
@@ -55,7 +54,7 @@ def test_loop_equals_the_step_pieces_with_host_preprocessing():
   outs = list(prop.run(frames, {0: labels[0]}, 3, with_probs=True))
   size = preprocessing.input_size(40, 52, 1.3, 52)
   assert size != (40, 52)
-  host = lambda f: model_lib.preprocess_images(jnp.asarray(np.asarray(
+  host = lambda f: frame_step.preprocess_images(jnp.asarray(np.asarray(
       preprocessing.resize_cubic_cv2(f.astype(np.float32), size)))[None])
   emb0, _ = module.embed(host(frames[0]))
   emb1, _ = module.embed(host(frames[1]))
@@ -134,7 +133,7 @@ def _equations(jaxpr):
 
 def test_bfloat16_compute_runs_in_bfloat16_and_stays_close():
   frames, labels = synthetic_clips.two_squares(num_frames=2)
-  images = model_lib.preprocess_images(jnp.asarray(frames[1][None]))
+  images = frame_step.preprocess_images(jnp.asarray(frames[1][None]))
   probs, embs = {}, {}
   for dtype in ('float32', 'bfloat16'):
     module = _tiny(compute_dtype=dtype)

@@ -15,9 +15,8 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import inference
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import preprocessing
-from cfbi_jax import presets
 from cfbi_jax import resize
 from tests import synthetic_clips
 
@@ -78,8 +77,8 @@ def test_cv2_cubic_matches_definition(src, dst):
 
 
 def _tiny():
-  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(0))
+  module = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(0))
   module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
   module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
   return module
@@ -89,7 +88,7 @@ def _tiny():
 def _segment_jit(module, ref_frames, ref_labels, prev_frame, prev_labels,
                  frame, num_objects, out_size):
   """`model.segment` called directly with explicit reference lists."""
-  emb = lambda f: module.embed(model_lib.preprocess_images(f))[0]
+  emb = lambda f: module.embed(frame_step.preprocess_images(f))[0]
   refs = emb(ref_frames)                                  # batch = references
   ref_scales = tuple(s[None] for s in refs.scales)
   logits, _ = module.segment(
@@ -154,7 +153,7 @@ def test_tta_average_of_scales_and_flips():
 
 
 def test_advance_fills_reference_slots_in_order():
-  emb = lambda v: model_lib.FrameEmbedding(
+  emb = lambda v: frame_step.FrameEmbedding(
       low_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
   labels = lambda v: jnp.full((1, 3, 3), v, jnp.int32)
   state = frame_step.start(emb(1.0), labels(1), num_ref_slots=3)

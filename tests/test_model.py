@@ -14,17 +14,17 @@ from flax import nnx
 
 from cfbi_jax import attention
 from cfbi_jax import matching
-from cfbi_jax import model as model_lib
-from cfbi_jax import presets
+from cfbi_jax import models
+from cfbi_jax import frame_step
 from cfbi_jax import resize
 
 H, W = 65, 81
 
 
 def _model(variant, **overrides):
-  config = presets.model_config(variant)
+  config = models.model_config(variant)
   config.update(overrides)
-  module = model_lib.from_config(config, rngs=nnx.Rngs(0))
+  module = models.build(config, rngs=nnx.Rngs(0))
   # Non-zero biases so that background and foreground are told apart.
   module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
   module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
@@ -57,9 +57,9 @@ def _inputs(module, rng, batch=1, num_objects=2, num_slots=None, refs=1):
   num_slots = num_slots or num_objects + 1
   images = jnp.asarray(rng.normal(size=(batch * 2, H, W, 3)), jnp.float32)
   emb = _embed(module, images)
-  ref = model_lib.FrameEmbedding(
+  ref = frame_step.FrameEmbedding(
       low_s4=emb.low_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
-  cur = model_lib.FrameEmbedding(
+  cur = frame_step.FrameEmbedding(
       low_s4=emb.low_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
   ref_scales = tuple(jnp.repeat(s[:, None], refs, axis=1) for s in ref.scales)
   labels = np.stack([_labels(rng, num_objects) for _ in range(batch)])
@@ -85,7 +85,7 @@ def test_shapes_and_padded_slots(variant):
   padded = dict(x, obj_valid=jnp.asarray([[True] * 3 + [False] * 2]))
   logits_p, _ = _segment(module, **padded)
   np.testing.assert_allclose(logits_p[..., :3], logits, atol=1e-5)
-  assert np.all(np.asarray(logits_p[..., 3:]) == model_lib.INVALID_LOGIT)
+  assert np.all(np.asarray(logits_p[..., 3:]) == frame_step.INVALID_LOGIT)
 
 
 def test_unused_reference_slots_are_ignored():
@@ -141,31 +141,31 @@ def test_preprocess_images_is_official_bgr_normalisation():
   bgr = rgb[..., ::-1].astype(np.float64)
   expected = (bgr / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
       [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(model_lib.preprocess_images(rgb), expected,
+  np.testing.assert_allclose(frame_step.preprocess_images(rgb), expected,
                              atol=1e-6)
   rgb_expected = (rgb / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
       [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(model_lib.preprocess_images(rgb, bgr=False),
+  np.testing.assert_allclose(frame_step.preprocess_images(rgb, bgr=False),
                              rgb_expected, atol=1e-6)
 
 
 def test_config_validation():
-  config = presets.model_config('tiny_cfbi')
+  config = models.model_config('tiny_cfbi')
   bad = dict(config, not_a_field=1)
   with pytest.raises(ValueError, match='not_a_field'):
-    model_lib.from_config(bad)
+    models.build(bad)
   with pytest.raises(ValueError, match='local_windows'):
-    model_lib.from_config(dict(config, local_windows=((2,), (4,))))
+    models.build(dict(config, local_windows=((2,), (4,))))
   with pytest.raises(ValueError, match='ResNet'):
-    model_lib.from_config(presets.model_config('tiny_cfbip').to_dict() | {
+    models.build(models.model_config('tiny_cfbip').to_dict() | {
         'backbone': 'mobilenetv2'})
   with pytest.raises(ValueError, match='unknown variant'):
-    presets.model_config('cfbi_resnet50')
+    models.model_config('cfbi_resnet50')
 
 
 def test_tiny_is_small():
   module = nnx.eval_shape(
-      lambda: model_lib.from_config(presets.model_config('tiny_cfbi')))
+      lambda: models.build(models.model_config('tiny_cfbi')))
   count = sum(np.prod(v.shape) for v in jax.tree.leaves(
       nnx.state(module, nnx.Param)))
   assert count < 1_200_000, count

@@ -26,7 +26,6 @@ import pytest
 from flax import nnx
 
 from cfbi_jax import frame_step
-from cfbi_jax import model as model_lib
 from cfbi_jax import resize
 from tests import parity_fixtures as pf
 
@@ -186,7 +185,7 @@ def test_frame1(variant):
   _check(variant, 'ensembler_logits', pf.nchw(logits[..., :k1]),
          f1['ensembler_logits'][0])
   # Padded slots never win.
-  assert np.all(logits[..., k1:] == model_lib.INVALID_LOGIT)
+  assert np.all(logits[..., k1:] == frame_step.INVALID_LOGIT)
   orig = tuple(int(v) for v in pf.load_npz('clip', 'inputs.npz')['orig_size'])
   probs = jax.nn.softmax(resize.resize_bilinear_ac(
       jnp.asarray(logits[None, ..., :k1]), orig), axis=-1)[0]

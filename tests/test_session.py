@@ -13,15 +13,14 @@ import pytest
 from flax import nnx
 
 from cfbi_jax import inference
-from cfbi_jax import model as model_lib
-from cfbi_jax import presets
+from cfbi_jax import models
 from cfbi_jax import Session
 from tests import synthetic_clips
 
 
 def _tiny():
-  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(0))
+  module = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(0))
   module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
   module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
   return module

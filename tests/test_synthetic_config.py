@@ -13,7 +13,7 @@ import os
 import pytest
 from flax import nnx
 
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from configs import synthetic
 
 
@@ -56,7 +56,7 @@ def test_each_ablation_changes_only_its_fields(recipe):
   for name, fields in EXPECTED.items():
     config = synthetic.get_config(f'recipe={recipe},ablation={name}')
     assert _diff(full, config) == fields, name
-    model_lib.from_config(config.model, rngs=nnx.Rngs(0))
+    models.build(config.model, rngs=nnx.Rngs(0))
   single = synthetic.get_config(f'recipe={recipe},ablation=single_window')
   assert [list(w) for w in single.model.local_windows] == [[4]]
   gt = synthetic.get_config(f'recipe={recipe},ablation=gt_masks')

@@ -26,9 +26,8 @@ import optax
 import pytest
 from flax import nnx
 
-from cfbi_jax import model as model_lib
+from cfbi_jax import models
 from cfbi_jax import optimizer
-from cfbi_jax import presets
 from cfbi_jax import train_step as ts
 from tests import synthetic_clips
 
@@ -54,8 +53,8 @@ def tiny_batch(batch_size=2, num_frames=4, size=33):
 
 @pytest.fixture(scope='module')
 def setup():
-  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(0))
+  module = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(0))
   params = nnx.state(module, nnx.Param)
   tx = optimizer.make_optimizer(optim_config(), params)
   graphdef, state = ts.create_train_state(module, tx, seed=0)
@@ -106,8 +105,8 @@ def test_gradient_accumulation_matches_mean_of_micro_batch_grads(setup):
   batch = tiny_batch(batch_size=4, num_frames=3)
   # Make the samples differ, so the split matters.
   batch['frames'] = batch['frames'].at[1:3].set(255 - batch['frames'][1:3])
-  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(0))
+  module = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(0))
   # No warm-up: the step-0 learning rate is not zero, so updates are seen.
   tx = optimizer.make_optimizer(optim_config(warmup_steps=0),
                                 nnx.state(module, nnx.Param))
@@ -199,7 +198,6 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 sys.path.insert(0, sys.argv[1])
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from cfbi_jax import model as model_lib, optimizer, presets, sharding
 from cfbi_jax import train_step as ts
 from tests import test_train_step as t
 assert jax.device_count() == 8
@@ -207,8 +205,8 @@ batch = t.tiny_batch(batch_size=8)
 sched = t._schedule()
 results = []
 for n in (1, 8):
-  module = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(0))
+  module = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(0))
   tx = optimizer.make_optimizer(t.optim_config(), nnx.state(module, nnx.Param))
   graphdef, state = ts.create_train_state(module, tx, seed=0)
   mesh = sharding.make_mesh(n)

@@ -31,8 +31,7 @@ from flax import nnx
 
 from cfbi_jax import attention
 from cfbi_jax import checkpoint
-from cfbi_jax import model as model_lib
-from cfbi_jax import presets
+from cfbi_jax import models
 from cfbi_jax import trainer
 from configs import ytvos as ytvos_config
 from tests import synthetic_layouts
@@ -148,10 +147,10 @@ def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
 
 
 def test_init_from_converted_weights_and_mismatch(tmp_path, davis_root):
-  source = model_lib.from_config(presets.model_config('tiny_cfbi'),
-                                 rngs=nnx.Rngs(123))
+  source = models.build(models.model_config('tiny_cfbi'),
+                        rngs=nnx.Rngs(123))
   directory = str(tmp_path / 'cfbi')
-  checkpoint.save_model(directory, presets.model_config('tiny_cfbi'),
+  checkpoint.save_model(directory, models.model_config('tiny_cfbi'),
                         checkpoint.flat_state(source))
   config = tiny_config(davis_root, '', 1)
   config.init.cfbi_checkpoint = directory
@@ -160,10 +159,10 @@ def test_init_from_converted_weights_and_mismatch(tmp_path, davis_root):
                   _leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   # A CFBI+ checkpoint for a CFBI config: refused, naming the fields.
-  other = model_lib.from_config(presets.model_config('tiny_cfbip'),
-                                rngs=nnx.Rngs(0))
+  other = models.build(models.model_config('tiny_cfbip'),
+                       rngs=nnx.Rngs(0))
   checkpoint.save_model(str(tmp_path / 'cfbip'),
-                        presets.model_config('tiny_cfbip'),
+                        models.model_config('tiny_cfbip'),
                         checkpoint.flat_state(other))
   config.init.cfbi_checkpoint = str(tmp_path / 'cfbip')
   with pytest.raises(ValueError, match='arch'):
@@ -193,4 +192,4 @@ def test_train_py_end_to_end(ytb_root, tmp_path):
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   module, model_config = checkpoint.load_model(os.path.join(workdir, 'model'))
   assert model_config['arch'] == 'cfbi'
-  assert isinstance(module, model_lib.CFBI)
+  assert isinstance(module, models.cfbi.CFBI)

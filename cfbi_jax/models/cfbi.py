@@ -1,31 +1,48 @@
-"""The CFBI / CFBI+ network: embedding of frames and per-frame segmentation.
+"""CFBI and CFBI+: everything the project knows about this model family.
 
-One NNX module, `CFBI`, covers both papers; `from_config(config.model)` is
-the only place where a config meets the model. The module has two stages
-that training and inference share:
-
-* `embed(images)` -> `FrameEmbedding`: backbone + embedding head (CFBI) or
-  FPN (CFBI+), for a batch of frames (training embeds all frames of a clip in
-  one call).
-* `segment(...)` -> `(logits_s4, aux)`: matching against the references and
-  the previous frame, attention vectors and the collaborative ensembler for
-  one frame. Objects are padded to a fixed number of slots (slot 0 is the
-  background) with an `obj_valid` mask; the object axis is vmapped in the
-  matching functions and folded into the batch axis of the ensembler, never
-  looped over in Python.
-
-Label maps enter at mask resolution (the original frame size at evaluation,
-the crop size in training) and are resized to every feature grid with the
-official legacy-nearest rule. Logits come out at stride 4, NHWC with the
-object slot last; invalid slots hold `INVALID_LOGIT`.
+* `CFBI`: one NNX module for both papers (`arch='cfbi'` or `'cfbip'`), the
+  composition of the shared blocks (`backbone`, `embedding`, `matching`,
+  `attention`, `ensembler`). Its two stages, shared by training and
+  inference, are the `frame_step.VOSModel` protocol:
+  - `embed(images)` -> `FrameEmbedding`: backbone + embedding head (CFBI) or
+    FPN (CFBI+), for a batch of frames (training embeds all frames of a clip
+    in one call);
+  - `segment(...)` -> `(logits_s4, aux)`: matching against the references
+    and the previous frame, attention vectors and the collaborative
+    ensembler for one frame. Objects are padded to a fixed number of slots
+    (slot 0 is the background) with an `obj_valid` mask; the object axis is
+    vmapped in the matching functions and folded into the batch axis of the
+    ensembler, never looped over in Python.
+  Label maps enter at mask resolution (the original frame size at
+  evaluation, the crop size in training) and are resized to every feature
+  grid with the official legacy-nearest rule. Logits come out at stride 4,
+  NHWC with the object slot last; invalid slots hold `INVALID_LOGIT`.
+* `from_config(config.model)`: the only place where a config meets the
+  model.
+* `VARIANTS` / `model_config(variant)`: the released variants and the tiny
+  test models. The defaults are the constructor's, written once; a variant
+  lists only what it changes. The official variants carry the evaluation
+  flags of their official scripts (`cfbi-official-notes.md` §20.1):
+  `cfbi_resnet101` and `cfbi_mobilenetv2` as `ytb_eval.sh` /
+  `davis_eval.sh` run them (float32 matching, global atrous 1, 4 global
+  chunks), `cfbip_resnet101` as `ytb_eval_cfbip.sh` (global atrous 2 at /4,
+  chunks 4/1/1); `dataset_overrides` gives the DAVIS-script flags (CFBI+:
+  `min_matching_pixels=100`).
+* `EVAL_FIELDS`: fields that change how the model evaluates, not its
+  weights.
+* `CHECKPOINT_RULES` / `CHECKPOINT_ALIASES`: the official state-dict names
+  (`convert.py` applies them).
+* `INIT_HOOKS`: the `config.init` switches of this family
+  (`zero_attention_gates`).
 """
 
 import inspect
-from typing import Dict, Optional, Sequence, Tuple
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from cfbi_jax import attention
@@ -35,25 +52,13 @@ from cfbi_jax import ensembler as ensembler_lib
 from cfbi_jax import layers
 from cfbi_jax import matching
 from cfbi_jax import resize
+from cfbi_jax.frame_step import FrameEmbedding
+from cfbi_jax.frame_step import INVALID_LOGIT
 
-INVALID_LOGIT = -1e4
+NAME = 'cfbi'
 
 _DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
            'bfloat16': jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class FrameEmbedding:
-  """What the network keeps of a frame.
-
-  Attributes:
-    low_s4: `[B, h4, w4, C_low]` low-level backbone feature (ensembler
-      shortcut input).
-    scales: per matching scale `[B, h_s, w_s, C_s]` embeddings (CFBI: one at
-      stride 4; CFBI+: strides 4, 8 and 16).
-  """
-  low_s4: jnp.ndarray
-  scales: Tuple[jnp.ndarray, ...]
 
 
 class CFBI(nnx.Module):
@@ -395,32 +400,6 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
   return jnp.concatenate([cur, prev[:, None] * m, bg], axis=-1)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def preprocess_images(frames: jnp.ndarray, bgr: bool = True) -> jnp.ndarray:
-  """uint8 RGB frames -> the network's normalised input.
-
-  The official loaders read BGR with OpenCV and apply the RGB-ordered
-  ImageNet constants to the B, G, R channels in that order (notes §3); with
-  `bgr=True` (official) the channels are reversed before the same
-  normalisation. `bgr=False` feeds RGB (a documented deviation switch).
-
-  Args:
-    frames: `[..., H, W, 3]` uint8 or float RGB values in [0, 255].
-    bgr: reproduce the official channel order.
-
-  Returns:
-    `[..., H, W, 3]` float32.
-  """
-  x = frames.astype(jnp.float32)
-  if bgr:
-    x = x[..., ::-1]
-  x = x / 255.0
-  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-
-
 def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
   """Builds `CFBI` from `config.model` (the one config-to-model place).
 
@@ -433,6 +412,7 @@ def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
     The module.
   """
   fields = dict(model_config)
+  fields.pop('name', None)
   fields.pop('variant', None)
   fields.pop('max_objects', None)
   allowed = set(inspect.signature(CFBI.__init__).parameters) - {'self', 'rngs'}
@@ -447,3 +427,133 @@ def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
   if 'local_windows' in fields:
     fields['local_windows'] = tuple(tuple(w) for w in fields['local_windows'])
   return CFBI(**fields, rngs=rngs or nnx.Rngs(0))
+
+
+VARIANTS = ('cfbi_resnet101', 'cfbi_mobilenetv2', 'cfbip_resnet101',
+            'tiny_cfbi', 'tiny_cfbip')
+
+_CFBI_WINDOWS = (2, 4, 6, 8, 10, 12)
+
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """The `config.model` block of `variant` (one of `VARIANTS`): the
+  constructor's defaults (the official `cfbi_resnet101`), then the
+  variant's changes."""
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; expected one of {VARIANTS}')
+  c = {name: p.default for name, p in
+       inspect.signature(CFBI.__init__).parameters.items()
+       if p.default is not inspect.Parameter.empty}
+  c.update(name=NAME, variant=variant)
+  if variant == 'cfbi_mobilenetv2':
+    c.update(backbone='mobilenetv2')
+  elif variant == 'cfbip_resnet101':
+    c.update(arch='cfbip', embedding_dim=256, matching_dims=(32, 64, 128),
+             local_windows=((4, 8, 12, 16, 20, 24), _CFBI_WINDOWS,
+                            (2, 4, 6, 8, 10)),
+             local_atrous=(2, 1, 1), local_downsample=False,
+             global_atrous=(2, 1, 1), global_chunks=(4, 1, 1))
+  elif variant.startswith('tiny'):
+    # About 1M parameters: ResNet with one block per stage, width 8.
+    c.update(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
+             decoder_channels=32, embedding_dim=16, matching_dims=(16,),
+             gn_groups=4, gn_embedding_groups=4, gn_groups_refine=4,
+             prehead_dim=16, ensembler_dim=32, refine_dim=16,
+             local_windows=((2, 4),), global_chunks=(1,))
+    if variant == 'tiny_cfbip':
+      c.update(arch='cfbip', embedding_dim=16, matching_dims=(8, 8, 16),
+               local_windows=((2, 4), (2, 4), (2,)), local_atrous=(2, 1, 1),
+               local_downsample=False, global_atrous=(2, 1, 1),
+               global_chunks=(2, 1, 1))
+  return ml_collections.ConfigDict(c)
+
+
+def dataset_overrides(variant: str, dataset: str) -> dict:
+  """Model fields that the official evaluation scripts of `dataset` set
+  differently from the variant's own (`davis_eval_cfbip.sh`)."""
+  if dataset.startswith('davis') and variant == 'cfbip_resnet101':
+    return {'min_matching_pixels': 100}
+  return {}
+
+
+# Fields that change how the model evaluates but not its parameters; a
+# caller may override them when loading.
+EVAL_FIELDS = ('global_atrous', 'global_chunks', 'global_chunk_mb',
+               'compute_dtype', 'min_matching_pixels',
+               'matching_dtype', 'attention_uses_atrous_labels',
+               'use_background', 'use_matching_bias', 'use_attention')
+
+
+# ---- The official checkpoint's names (applied by `convert.py`).
+_MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
+_MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,
+         'project_conv': 6, 'project_bn': 7}
+
+
+def _mnv2_block(m: re.Match) -> str:
+  index = int(m[1])
+  table = _MNV2_T1 if index == 0 else _MNV2
+  return f'.features.{index + 1}.conv.{table[m[2]]}.'
+
+
+Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
+
+# Applied in order to the dotted NNX path; the result is the PyTorch key.
+CHECKPOINT_RULES: List[Rule] = [
+    # DeepLab backbone.
+    (r'\.downsample_conv\.', '.downsample.0.'),
+    (r'\.downsample_(bn|gn)\.', '.downsample.1.'),
+    (r'\.features\.(\d+)\.(\w+)\.', _mnv2_block),
+    (r'\.backbone\.first_conv\.', '.backbone.features.0.0.'),
+    (r'\.backbone\.first_bn\.', '.backbone.features.0.1.'),
+    # ASPP (DeepLab and ensembler) branches and pooling.
+    (r'\.branches\.(\d+)\.', lambda m: f'.aspp{int(m[1]) + 1}.'),
+    (r'\.pool_conv\.', '.global_avg_pool.1.'),
+    (r'\.pool_bn\.', '.global_avg_pool.2.'),
+    # DeepLab decoder.
+    (r'\.last_conv1\.', '.last_conv.0.'), (r'\.last_bn1\.', '.last_conv.1.'),
+    (r'\.last_conv2\.', '.last_conv.4.'), (r'\.last_bn2\.', '.last_conv.5.'),
+    # Embedding heads: CFBI's are top-level modules, CFBI+'s FPN is `fpn`.
+    (r'^embedding\.(\w+)\.conv\.', r'fpn.\1.0.'),
+    (r'^embedding\.(\w+)\.gn\.', r'fpn.\1.1.'),
+    (r'^embedding\.', ''),
+    # CFBI ensembler stages and gates.
+    (r'^dynamic_seghead\.gates\.(\d+)\.',
+     lambda m: f'dynamic_seghead.IA{int(m[1]) + 1}.'),
+    (r'^dynamic_seghead\.stages\.(\d+)\.',
+     lambda m: f'dynamic_seghead.layer{int(m[1]) + 1}.'),
+    # Leaf names.
+    (r'\.kernel$', '.weight'), (r'\.scale$', '.weight'),
+]
+
+# Alias key patterns (same tensor registered twice) -> the canonical name.
+CHECKPOINT_ALIASES: List[Rule] = [
+    (r'^semantic_embedding\.0\.', 'seperate_conv.'),
+    (r'^semantic_embedding\.1\.', 'bn1.'),
+    (r'^semantic_embedding\.3\.', 'embedding_conv.'),
+    (r'^semantic_embedding\.4\.', 'bn2.'),
+    (r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
+     r'feautre_8x|feature_16x|feature_32x)\.', 'feature_extracter.backbone.'
+     'features.'),
+]
+
+
+def zero_attention_gates(module: nnx.Module) -> int:
+  """Zeroes the linear layer of every `IAGate` (gates start at 1).
+
+  Returns:
+    How many gates were zeroed.
+  """
+  count = 0
+  for _, sub in nnx.iter_modules(module):
+    if isinstance(sub, attention.IAGate):
+      sub.IA.kernel[...] = jnp.zeros_like(sub.IA.kernel[...])
+      sub.IA.bias[...] = jnp.zeros_like(sub.IA.bias[...])
+      count += 1
+  return count
+
+
+# `config.init` switch -> hook applied to a freshly initialised module.
+INIT_HOOKS: Dict[str, Callable[[nnx.Module], int]] = {
+    'zero_attention_gates': zero_attention_gates,
+}
