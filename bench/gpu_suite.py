@@ -159,7 +159,9 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   prop = inference.VideoPropagator(module)
   spec = prop.session().spec((h, w), 1)
   first, labels0 = video[0]
-  states = prop.steps.first(prop.params, first, labels0.astype(np.int32),
+  # Device arrays, as the loop's session passes them (one signature).
+  states = prop.steps.first(prop.params, jax.device_put(first),
+                            jax.device_put(labels0.astype(np.int32)),
                             spec=spec)
   num_slots = min(session_lib.bucket(k + 1, 2), 11)  # max_objects 10
   obj_valid = np.arange(num_slots) <= k

@@ -13,13 +13,30 @@ Conventions used throughout the package:
 * Parity with the official PyTorch code (github.com/z-x-yang/CFBI @ 91fc6a31)
   is the reference; deliberate deviations are config switches.
 
-Modules: `resize` (official resizing rules), `layers`, `backbone` (DeepLabV3+),
-`embedding` (CFBI head, CFBI+ FPN), `matching` (pure matching functions),
-`attention`, `ensembler`, `model` (the `CFBI` module), `presets` (variant
-settings), `convert` (official weights), `checkpoint` (orbax model
-directories), `preprocessing` (official eval sizing), `inference` (the
-per-frame step and the eval loop), `datasets`, `outputs`, `evaluation`,
-`metrics` and `davis_eval` (DAVIS J&F).
+Which file to open for what:
+
+* a model family (its network, variants, evaluation flags, checkpoint
+  names): `models/<name>.py`, registered in `models/__init__.py`
+  (`models.build(config.model)`); CFBI and CFBI+ are `models/cfbi.py`;
+* the blocks models are built from: `backbone` (DeepLabV3+), `embedding`
+  (CFBI head, CFBI+ FPN), `matching` (pure matching functions),
+  `attention`, `ensembler`, `layers`, `resize` (the official resizing
+  rules);
+* the per-frame contract every caller shares (carried state, the `embed` /
+  `segment` protocol, the pure jitted step): `frame_step`;
+* frame by frame on a stream: `session` (`cfbi_jax.Session`); the official
+  evaluation loop over videos: `inference`; datasets, outputs and scores:
+  `evaluation` (what `evaluate.py` runs), `datasets`, `outputs`,
+  `preprocessing` (the official frame sizing), `metrics`, `davis_eval`;
+* training: `trainer` (what `train.py` runs), `train_step` (the pure
+  jitted step), `losses`, `optimizer`, `input_pipeline` / `preprocess`
+  (tf.data, the only TensorFlow users), `sharding`;
+* weights and artifacts: `convert` (official PyTorch weights), `checkpoint`
+  (orbax model directories), `export` (the step as a `jax.export`
+  artifact);
+* the machine: `backend` (the one CPU/GPU branch, the compilation cache),
+  `host_threads` (read-ahead, write-behind), `memory`; `synthetic` (the
+  synthetic benchmark).
 
 `Session` (`cfbi_jax.session`) segments a stream frame by frame.
 """

@@ -1,5 +1,8 @@
 """Seeded random weights for module tests, without JAX initialisers.
 
+`tiny_cfbi(**fields)` is the tiny CFBI of the loop tests: JAX's init (seed
+0) with non-zero matching biases, so background and objects differ.
+
 `random_model(make, seed)` builds `make()` abstractly and fills every
 variable from NumPy by its name. Random (not initial) values make tests
 stronger: the init GCT gamma = 0 turns GCT into the identity, and init
@@ -12,6 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from cfbi_jax import models
+
+
+def tiny_cfbi(**fields):
+  """`tiny_cfbi` with `fields` changed, seed 0, biases -0.3 (bg), 0.2 (fg)."""
+  config = models.model_config('tiny_cfbi')
+  config.update(fields)
+  module = models.build(config, rngs=nnx.Rngs(0))
+  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
+  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
+  return module
 
 
 def randn(rng, *shape, scale=1.0):

@@ -12,23 +12,16 @@ import collections
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import inference
-from cfbi_jax import models
 from cfbi_jax import preprocessing
 from cfbi_jax import resize
+from tests import random_weights
 from tests import synthetic_clips
 
 
-def _tiny(**fields):
-  config = models.model_config('tiny_cfbi')
-  config.update(fields)
-  module = models.build(config, rngs=nnx.Rngs(0))
-  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
-  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
-  return module
+_tiny = random_weights.tiny_cfbi
 
 
 def test_network_input_is_the_official_loader_order():

@@ -15,9 +15,9 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import inference
-from cfbi_jax import models
 from cfbi_jax import preprocessing
 from cfbi_jax import resize
+from tests import random_weights
 from tests import synthetic_clips
 
 
@@ -76,12 +76,7 @@ def test_cv2_cubic_matches_definition(src, dst):
                              atol=2e-3)
 
 
-def _tiny():
-  module = models.build(models.model_config('tiny_cfbi'),
-                        rngs=nnx.Rngs(0))
-  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
-  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
-  return module
+_tiny = random_weights.tiny_cfbi
 
 
 @nnx.jit(static_argnames=('num_objects', 'out_size'))

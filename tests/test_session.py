@@ -7,23 +7,16 @@ when their masks arrive and grows its reference slots; the labels
 `evaluate.py` writes are compared in `test_evaluation.py`.
 """
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from cfbi_jax import inference
-from cfbi_jax import models
 from cfbi_jax import Session
+from tests import random_weights
 from tests import synthetic_clips
 
 
-def _tiny():
-  module = models.build(models.model_config('tiny_cfbi'),
-                        rngs=nnx.Rngs(0))
-  module.bg_bias[...] = jnp.full_like(module.bg_bias[...], -0.3)
-  module.fg_bias[...] = jnp.full_like(module.fg_bias[...], 0.2)
-  return module
+_tiny = random_weights.tiny_cfbi
 
 
 def test_late_objects_grow_the_references_and_match_the_eval_loop():

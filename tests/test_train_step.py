@@ -198,6 +198,7 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 sys.path.insert(0, sys.argv[1])
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
+from cfbi_jax import models, optimizer, sharding
 from cfbi_jax import train_step as ts
 from tests import test_train_step as t
 assert jax.device_count() == 8
