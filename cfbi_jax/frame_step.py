@@ -1,9 +1,10 @@
 """The per-frame step of propagation: one pure function over device arrays.
 
-This is the contract that evaluation (`inference.VideoPropagator`) runs and
-that training (`train_step`), streaming and export build on. It holds the
-carried state and the pure functions that move it; it imports no I/O, no
-TensorFlow and no configs.
+This is the contract below training and inference: `session.Session` (and
+through it `evaluate.py`) and `export` run its step, and the training
+`lax.scan` body (`train_step`) shares `frame_logits` and `advance`. It
+holds the carried state and the pure functions that move it; it imports no
+I/O, no TensorFlow and no configs.
 
 * `FrameEmbedding`, `VOSModel`: what a model gives per frame, and the two
   stages (`embed`, `segment`) every model provides; `preprocess_images`:
@@ -14,6 +15,8 @@ TensorFlow and no configs.
 * `start` / `advance`: the state after the first frame, and the move to the
   next frame (the previous frame becomes the new one; frames that introduce
   objects also fill the next reference slot); `grow_references` adds slots.
+* `frame_logits(model, state, emb, obj_valid, out_size)`: one frame's
+  logits at a given size (segment, then align-corners bilinear).
 * `first_frame(params, frame, labels, *, graphdef, spec)` and
   `next_frame(params, states, frame, annotation, has_annotation, obj_valid,
   *, graphdef, spec)`: the whole device side of one frame of the official
