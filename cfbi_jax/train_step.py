@@ -63,11 +63,30 @@ def create_train_state(module: nnx.Module, tx: optax.GradientTransformation,
       opt_state=tx.init(params), rng=jax.random.key(seed))
 
 
+# What `remat` may name: 'backbone' recomputes DeepLab and the embedding
+# of all clip frames in the backward pass instead of keeping their
+# activations; 'frame' does the same for each frame's matching and
+# ensembler inside the `lax.scan`.
+REMAT_PARTS = ('backbone', 'frame')
+
+
+def _rematerialised(module: nnx.Module, fn, *args):
+  """`fn(module, *args)` under `jax.checkpoint` (nothing inside is saved
+  for the backward pass; it is recomputed there)."""
+  graphdef, state = nnx.split(module)
+  return jax.checkpoint(
+      lambda st, *a: fn(nnx.merge(graphdef, st), *a))(state, *args)
+
+
 def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
               rng: jax.Array, num_hard: jnp.ndarray,
-              use_own_predictions: jnp.ndarray, bgr: bool = True
+              use_own_predictions: jnp.ndarray, bgr: bool = True,
+              remat: Tuple[str, ...] = ()
               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Sequential-training loss of one batch of clips (module docstring).
+
+  `remat` names the parts recomputed in the backward pass (`REMAT_PARTS`):
+  less memory for more compute, with the same loss and gradients.
 
   Returns:
     `(loss, aux)` with aux `{'per_frame_loss': [T-2, B], 'predictions':
@@ -80,7 +99,15 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
   crop = frames.shape[2:4]
   images = frame_step.preprocess_images(
       frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
-  emb, _ = module.embed(images, dropout_rng=rng)
+  unknown = sorted(set(remat) - set(REMAT_PARTS))
+  if unknown:
+    raise ValueError(f'train.remat parts {unknown} unknown; expected some '
+                     f'of {REMAT_PARTS}')
+  embed = lambda m, x, key: m.embed(x, dropout_rng=key)[0]
+  if 'backbone' in remat:
+    emb = _rematerialised(module, embed, images, rng)
+  else:
+    emb = embed(module, images, rng)
   emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
   state = frame_step.start(at(0), labels[:, 0], num_ref_slots=1)
@@ -89,8 +116,12 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
 
   def body(state, xs):
     emb_t, labels_t = xs
-    logits = frame_step.frame_logits(module, state, emb_t, obj_valid, crop,
-                                     training=True)
+    logits_of = lambda m, st, e, ov: frame_step.frame_logits(
+        m, st, e, ov, crop, training=True)
+    if 'frame' in remat:
+      logits = _rematerialised(module, logits_of, state, emb_t, obj_valid)
+    else:
+      logits = logits_of(module, state, emb_t, obj_valid)
     loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
         jnp.int32)
@@ -128,8 +159,11 @@ def foreground_iou(preds: jnp.ndarray, labels: jnp.ndarray,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    bgr: bool = True, accumulate_steps: int = 1):
+                    bgr: bool = True, accumulate_steps: int = 1,
+                    remat: Tuple[str, ...] = ()):
   """Returns `train_step(state, batch, schedule) -> (state, metrics)`.
+
+  `remat` is `clip_loss`'s (`config.train.remat`).
 
   `schedule` is `{'num_hard': int32 scalar, 'use_own_predictions': bool
   scalar}`, computed on the host from the step. The returned function is
@@ -150,7 +184,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     def loss_fn(p):
       module = nnx.merge(graphdef, p, frozen)
       return clip_loss(module, batch, rng, schedule['num_hard'],
-                       schedule['use_own_predictions'], bgr)
+                       schedule['use_own_predictions'], bgr, tuple(remat))
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   def train_step(state: TrainState, batch, schedule):

@@ -107,7 +107,7 @@ def create_state(config):
   return graphdef, tx, state
 
 
-# Jitted steps by (model, optimizer, input order, accumulation, devices):
+# Jitted steps by (model, optimizer, input order, remat, devices):
 # a second run in the same process (a resumed run, a notebook cell run
 # again) reuses the compiled step instead of compiling it again.
 _STEP_FUNCTIONS: Dict[str, Any] = {}
@@ -116,13 +116,15 @@ _STEP_FUNCTIONS: Dict[str, Any] = {}
 def _step_function(config, graphdef, tx, mesh):
   key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
                     bool(config.model_bgr),
+                    list(config.train.get('remat', ())),
                     [d.id for d in mesh.devices.flat]], sort_keys=True,
                    default=str)
   if key not in _STEP_FUNCTIONS:
     replicated = sharding.replicated(mesh)
     _STEP_FUNCTIONS[key] = jax.jit(
         ts.make_train_step(graphdef, tx, bgr=config.model_bgr,
-                           accumulate_steps=config.optim.accumulate_steps),
+                           accumulate_steps=config.optim.accumulate_steps,
+                           remat=tuple(config.train.get('remat', ()))),
         out_shardings=(replicated, replicated), donate_argnums=(0,))
   return _STEP_FUNCTIONS[key]
 

@@ -106,6 +106,10 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.train.hard_mining_step = 50_000           # [official] steps / 2
   config.train.own_predictions_from_step = 50_001  # [official] GT while
   # step <= TRAIN_START_SEQ_TRAINING_STEPS (50k), own predictions after.
+  # [ours] Parts recomputed in the backward pass instead of stored
+  # (`train_step.REMAT_PARTS`: 'backbone', 'frame'): less device memory for
+  # more compute, same gradients. Off by default (the fastest).
+  config.train.remat = ()
   config.train.log_every = 50           # [ours]
   config.train.image_every = 1000       # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]

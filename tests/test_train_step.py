@@ -231,3 +231,24 @@ def test_eight_devices_equal_one():
   assert out.returncode == 0, out.stderr[-3000:]
   worst = float(out.stdout.split('MAXDIFF')[-1])
   assert worst < 1e-5, worst
+
+
+def test_remat_keeps_the_loss_and_gradients():
+  module = models.build(models.model_config('tiny_cfbi'), rngs=nnx.Rngs(0))
+  graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
+  batch, rng = tiny_batch(size=49), jax.random.key(0)
+
+  def loss_of(remat):
+    def loss(p):
+      return ts.clip_loss(nnx.merge(graphdef, p, frozen), batch, rng,
+                          jnp.int32(500), jnp.bool_(True), remat=remat)[0]
+    return jax.jit(jax.value_and_grad(loss))
+
+  loss0, grads0 = loss_of(())(params)
+  for remat in (('backbone',), ('frame',), ('backbone', 'frame')):
+    loss1, grads1 = loss_of(remat)(params)
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-6), grads1, grads0)
+  with pytest.raises(ValueError, match='remat parts'):
+    loss_of(('ensembler_typo',))(params)
