@@ -163,8 +163,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   states = prop.steps.first(prop.params, jax.device_put(first),
                             jax.device_put(labels0.astype(np.int32)),
                             spec=spec)
-  num_slots = min(session_lib.bucket(k + 1, 2), 11)  # max_objects 10
-  obj_valid = np.arange(num_slots) <= k
+  obj_valid = session_lib.object_valid(k)
   no_annotation = jax.numpy.zeros((h, w), np.uint8)
   frame = jax.device_put(video[1][0])
   args = (prop.params, states, frame, no_annotation, np.asarray(False),
@@ -268,7 +267,7 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
           prop.steps.first, prop.params, frame,
           jax.ShapeDtypeStruct((h, w), np.int32), spec=spec)
       for k in objects:
-        num_slots = min(session_lib.bucket(k + 1, 2), 11)  # max_objects 10
+        num_slots = len(session_lib.object_valid(k))
         t0 = time.perf_counter()
         compiled = prop.steps.next.lower(
             prop.params, states, frame, jax.ShapeDtypeStruct((h, w), np.uint8),

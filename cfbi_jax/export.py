@@ -72,14 +72,14 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
                                max_long_edge=max_long_edge,
                                max_objects=max(num_objects, 1))
   spec = stream.spec((height, width), 1)
-  num_slots = min(session_lib.bucket(num_objects + 1, 2),
-                  stream.max_objects + 1)
-  obj_valid = jnp.arange(num_slots) <= num_objects
+  obj_valid = jnp.asarray(session_lib.object_valid(num_objects,
+                                                   stream.max_objects))
   frame_aval = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
   mask_aval = jax.ShapeDtypeStruct((height, width), jnp.uint8)
   first = lambda frame, mask: frame_step.first_frame(
       params, frame, mask.astype(jnp.int32), graphdef=graphdef, spec=spec)
-  treedef = jax.tree.structure(jax.eval_shape(first, frame_aval, mask_aval))
+  state_shapes = jax.eval_shape(first, frame_aval, mask_aval)
+  treedef = jax.tree.structure(state_shapes)
 
   def init(frame, mask):
     return tuple(jax.tree.leaves(first(frame, mask)))
@@ -98,8 +98,7 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
       tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state_avals),
       frame_aval)
   names = [jax.tree_util.keystr(path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(
-               jax.eval_shape(first, frame_aval, mask_aval))[0]]
+           jax.tree_util.tree_flatten_with_path(state_shapes)[0]]
   signature = {
       'height': height, 'width': width, 'objects': num_objects,
       'platforms': list(exported_step.platforms),

@@ -121,8 +121,6 @@ def preprocess_images(frames: jnp.ndarray, bgr: bool = True) -> jnp.ndarray:
   return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-
-
 @flax.struct.dataclass
 class PropagationState:
   """What is carried from frame to frame (batch B, R reference slots).
@@ -224,10 +222,9 @@ def grow_references(state: PropagationState,
 
 
 def merge_annotation(labels: jnp.ndarray,
-                     annotation: Optional[jnp.ndarray]) -> jnp.ndarray:
-  """Pastes an annotation's objects over predicted labels (notes §17)."""
-  if annotation is None:
-    return labels
+                     annotation: jnp.ndarray) -> jnp.ndarray:
+  """Pastes an annotation's objects (ids > 0) over predicted labels (notes
+  §17)."""
   return jnp.where(annotation > 0, annotation.astype(labels.dtype), labels)
 
 

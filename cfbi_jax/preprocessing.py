@@ -15,7 +15,7 @@ flip augmentation (`cfbi-official-notes.md` §3):
 Sizes are computed on the host; the resize is a `jnp` function (taps and
 weights computed in NumPy at trace time) that `frame_step.network_input`
 runs on the device. Frames stay RGB here; the network's BGR quirk is
-applied in `model.preprocess_images`.
+applied in `frame_step.preprocess_images`.
 """
 
 from typing import Tuple

@@ -56,6 +56,25 @@ def bucket(n: int, minimum: int = 1) -> int:
   return 1 << (n - 1).bit_length()
 
 
+# The largest object id a mask may hold unless told otherwise.
+MAX_OBJECTS = 10
+
+
+def object_valid(num_objects: int,
+                 max_objects: int = MAX_OBJECTS) -> np.ndarray:
+  """The `obj_valid` mask of a frame with objects 1..K known before it.
+
+  The slot count (background included) is K + 1 rounded up to a power of
+  two (at least 2, at most `max_objects` + 1), so a stream compiles one
+  step per bucket rather than one per object count.
+
+  Returns:
+    `[slots]` bool, True for slots 0..K.
+  """
+  num_slots = min(bucket(num_objects + 1, 2), max_objects + 1)
+  return np.arange(num_slots) <= num_objects
+
+
 @dataclasses.dataclass
 class Pending:
   """One dispatched frame; its outputs are fetched on first use.
@@ -107,7 +126,7 @@ class Session:
   def __init__(self, model: Union[str, nnx.Module, None], *,
                scales: Sequence[float] = (1.0,), flip: bool = False,
                max_long_edge: Optional[float] = None, bgr: bool = True,
-               max_objects: int = 10, reference_slots: int = 1,
+               max_objects: int = MAX_OBJECTS, reference_slots: int = 1,
                with_probs: bool = False,
                steps: Optional[frame_step.CompiledSteps] = None,
                params: Any = None):
@@ -206,14 +225,13 @@ class Session:
       self._states = tuple(frame_step.grow_references(s, self._ref_slots)
                            for s in self._states)
     known = self._known
-    num_slots = min(bucket(known + 1, 2), self.max_objects + 1)
     # Every argument has the same kind (device array) on every frame, so
     # the jit's signature cache holds one entry per compiled shape.
     self._states, outputs = self.steps.next(
         self.params, self._states, jax.device_put(frame),
         jax.device_put(mask) if mask is not None else self._no_annotation,
         jax.device_put(np.asarray(mask is not None)),
-        jax.device_put(np.arange(num_slots) <= known),
+        jax.device_put(object_valid(known, self.max_objects)),
         spec=self.spec(self._size, self._ref_slots))
     for value in outputs.values():
       value.copy_to_host_async()
