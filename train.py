@@ -26,6 +26,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'and process ids come from the TPU / SLURM / Open MPI environment or '
     'the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID '
     'variables; see the README).')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100,
+    'With --distributed: seconds after which a process that stopped '
+    'answering counts as dead and the others exit with an error.')
 
 
 def main(argv):
@@ -33,10 +37,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+    backend.initialize_distributed(_HEARTBEAT.value)
   config = _CONFIG.value
-  if not config.data.root:
+  if not config.data.root and config.data.source != 'tfds':
     raise app.UsageError('--config.data.root (the dataset folder) is required')
   result = trainer.train(config, _WORKDIR.value)
   if result['steps'] == config.train.steps:

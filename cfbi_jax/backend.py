@@ -8,11 +8,14 @@
   which `evaluate.py` and `train.py` turn on by default (config field
   `compilation_cache_dir`), so a repeat run of the same model and shapes
   skips XLA compilation.
+* `initialize_distributed(heartbeat_timeout_s)`: joins a multi-process run
+  (`train.py --distributed`), with cross-process CPU collectives.
 """
 
 import os
 
 import jax
+from absl import logging
 
 # Where compiled programs are kept unless the config says otherwise.
 DEFAULT_COMPILATION_CACHE_DIR = os.path.join('~', '.cache', 'cfbi_jax',
@@ -28,7 +31,8 @@ def use_compilation_cache(directory: str) -> str:
   """Turns on JAX's persistent compilation cache in `directory`.
 
   Call it before the first compilation of the process (the entry points
-  do): JAX fixes the cache at its first compile. An explicit
+  do): JAX fixes the cache at its first compile. A multi-process run on
+  CPU keeps it off (see the comment in the body). An explicit
   `JAX_COMPILATION_CACHE_DIR` in the environment wins over `directory`.
 
   Args:
@@ -41,6 +45,45 @@ def use_compilation_cache(directory: str) -> str:
     return os.environ['JAX_COMPILATION_CACHE_DIR']
   if not directory:
     return ''
+  if jax.process_count() > 1 and is_cpu():
+    # Measured with jax 0.10.2: a CPU step read back from the cache hung in
+    # its first collective across processes (gloo), while the same step
+    # compiled afresh ran. GPU and TPU runs keep the cache.
+    logging.warning('compilation cache off: a multi-process CPU run')
+    return ''
   directory = os.path.abspath(os.path.expanduser(directory))
   jax.config.update('jax_compilation_cache_dir', directory)
   return directory
+
+
+def initialize_distributed(heartbeat_timeout_s: int = 100) -> None:
+  """Joins a multi-process run; call it before anything touches a device.
+
+  The coordinator and this process's id come from the TPU / SLURM / Open
+  MPI environment (JAX's cluster detection) or, on hosts without a
+  scheduler, from `JAX_COORDINATOR_ADDRESS` (`host:port` of process 0),
+  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`. JAX itself reads only the first
+  of these three; the other two are read here.
+  The CPU client's collectives across processes are set to JAX's gloo
+  implementation: without it a CPU step that reduces over devices of
+  several processes cannot run. It touches only the CPU client, so GPU and
+  TPU runs take the same code path and their own collectives.
+
+  Args:
+    heartbeat_timeout_s: seconds without a heartbeat after which the
+      coordination service declares a process dead; every other process
+      then ends with "Terminating process because the JAX distributed
+      service detected fatal errors" instead of waiting forever in a
+      collective. JAX's default is 100.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  ids = {}
+  for key, variable in (('num_processes', 'JAX_NUM_PROCESSES'),
+                        ('process_id', 'JAX_PROCESS_ID')):
+    value = os.environ.get(variable, '')
+    if value:
+      if not value.isdigit():
+        raise ValueError(f'{variable}={value!r}: expected a whole number')
+      ids[key] = int(value)
+  jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s,
+                             **ids)

@@ -65,6 +65,8 @@ def save_model(directory: str, model_config: Mapping[str, Any],
     mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree)),
               force=True)
     mngr.wait_until_finished()
+  if jax.process_index() > 0:  # Orbax wrote the arrays from process 0.
+    return
   config = dict(ml_collections.ConfigDict(dict(model_config)).to_dict())
   outputs.write_json(os.path.join(directory, CONFIG_FILE), config, indent=2,
                      sort_keys=True)

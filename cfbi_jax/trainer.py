@@ -25,6 +25,13 @@ Checkpoints (`_Checkpoints`): orbax `CheckpointManager`s (async) in
 `workdir/best`, saved every `config.train.checkpoint_every` steps, at the end
 and on SIGTERM (the loop finishes the step in flight, saves, then exits).
 
+Data audit: with `config.train.log_examples`, each process appends one
+JSON line per step to `workdir/examples/process_<i>.jsonl`,
+`{"step": s, "index": [...]}`, the element indices of the clips it fed to
+step s (1-based, as in the logs). A resumed run appends to the same file;
+steps done after the last checkpoint of an interrupted run appear twice,
+and the later line is the one that counts.
+
 Logging: clu metric writers (TensorBoard event files in `workdir`) with the
 loss, learning rate, hard-pixel ratio, training IoU, gradient norm, steps/s
 and examples/s averaged over each `log_every` window, an overlay image of
@@ -56,13 +63,13 @@ from cfbi_jax import train_step as ts
 
 
 def schedule_values(step: int, train_config, num_pixels: int
-                    ) -> Dict[str, jnp.ndarray]:
+                    ) -> Dict[str, np.ndarray]:
   """Host-side schedule scalars for `step` (they enter the step as data)."""
   return {
-      'num_hard': jnp.int32(losses.num_hard_pixels(
+      'num_hard': np.int32(losses.num_hard_pixels(
           step, num_pixels, train_config.top_k_percent,
           train_config.hard_mining_step)),
-      'use_own_predictions': jnp.bool_(
+      'use_own_predictions': np.bool_(
           step >= train_config.own_predictions_from_step),
   }
 
@@ -239,8 +246,9 @@ def train(config, workdir: str) -> Dict[str, Any]:
         f'({accumulate})')
   local_batch = global_batch // jax.process_count()
 
-  # Model, optimizer, restore.
+  # Model and optimizer, replicated over the mesh; then restore into it.
   graphdef, tx, state = create_state(config)
+  state = sharding.replicate(state, mesh)
   ckpt = _Checkpoints(workdir, config.train.keep_checkpoints)
   state, data_state = ckpt.restore(state)
   start_step, best_iou = 0, -1.0
@@ -251,10 +259,6 @@ def train(config, workdir: str) -> Dict[str, Any]:
     start_step = int(data_state['step'])
     best_iou = float(data_state.get('best_iou', -1.0))
     logging.warning('INIT: resumed from %s at step %d', workdir, start_step)
-
-  # Shardings.
-  replicated = sharding.replicated(mesh)
-  state = jax.device_put(state, replicated)
 
   # Data: a pure function of (seed, element index), so resuming is exact.
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -275,6 +279,13 @@ def train(config, workdir: str) -> Dict[str, Any]:
   previous = signal.signal(signal.SIGTERM,
                            lambda *_: stop.__setitem__('flag', True))
 
+  example_log = None
+  if config.train.get('log_examples', False):
+    os.makedirs(os.path.join(workdir, 'examples'), exist_ok=True)
+    example_log = open(os.path.join(  # pylint: disable=consider-using-with
+        workdir, 'examples', f'process_{jax.process_index()}.jsonl'), 'a',
+                       buffering=1, encoding='utf-8')  # Line by line.
+
   history, window, values = [], [], {}
   step = start_step
   window_started = time.perf_counter()
@@ -283,14 +294,18 @@ def train(config, workdir: str) -> Dict[str, Any]:
                    desc='train', unit='step', dynamic_ncols=True) as bar:
       while step < config.train.steps:
         local = next(batches)
+        indices = local.pop('index')
         schedule = schedule_values(step, config.train, num_pixels)
         state, metrics = step_fn(state, sharding.global_array(local, mesh),
                                  schedule)
         step += 1
         bar.update(1)
+        if example_log is not None:
+          example_log.write(json.dumps({'step': step,
+                                        'index': indices.tolist()}) + '\n')
         window.append({k: v for k, v in metrics.items() if k != 'preview'})
         if step % config.train.log_every == 0 or step == config.train.steps:
-          fetched = jax.device_get(window)
+          fetched = sharding.host_value(window)
           values = {k: float(np.mean([m[k] for m in fetched]))
                     for k in fetched[0]}
           values['learning_rate'] = float(lr_fn(step - 1))
@@ -311,7 +326,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
                                      preview_image(
                                          local['frames'][0],
                                          local['labels'][0],
-                                         jax.device_get(metrics['preview']))
+                                         sharding.host_value(
+                                             metrics['preview']))
                                      [None]})
         if (step % config.train.checkpoint_every == 0 or stop['flag']
             or step == config.train.steps):
@@ -326,6 +342,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
   finally:
     signal.signal(signal.SIGTERM, previous)
     ckpt.close()
+    if example_log is not None:
+      example_log.close()
     if writer is not None:
       writer.flush()
   return {'state': state, 'graphdef': graphdef, 'metrics': values,
@@ -344,6 +362,7 @@ def export_model(result: Dict[str, Any], model_config, directory: str
     return
   module = nnx.merge(result['graphdef'], result['state'].params,
                      result['state'].frozen)
-  checkpoint.save_model(directory, model_config, checkpoint.flat_state(module),
+  checkpoint.save_model(directory, model_config,
+                        sharding.host_value(checkpoint.flat_state(module)),
                         step=int(result['steps']))
 

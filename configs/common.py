@@ -114,6 +114,9 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.train.image_every = 1000       # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]
   config.train.keep_checkpoints = 3     # [ours] plus the best one
+  # [ours] True: each process appends the element indices of the clips it
+  # fed to every step to workdir/examples/process_<i>.jsonl (trainer.py).
+  config.train.log_examples = False
   config.optim = optim_config(config.train.steps)
   config.init = ml_collections.ConfigDict()
   config.init.cfbi_checkpoint = ''      # converted official CFBI weights

@@ -10,6 +10,7 @@ hold moving boxes.
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -200,16 +201,19 @@ def test_determinism_seeds_and_resume(ytb_root):
 
 def test_shards_split_the_global_batch(ytb_root):
   config = small_config(ytb_root)
-  single = take(config, 2)
-  hosts = [take(config, 2, batch_size=1, shard_index=h, num_shards=2)
+  single = take(config, 2, batch_size=4)
+  hosts = [take(config, 2, batch_size=2, shard_index=h, num_shards=2)
            for h in range(2)]
   for j, batch in enumerate(single):
+    # Each host reads a contiguous block of the global batch, in order.
+    np.testing.assert_array_equal(batch['index'], 4 * j + np.arange(4))
+    np.testing.assert_array_equal(hosts[1][j]['index'], 4 * j + 2 + np.arange(2))
     for k in batch:
       np.testing.assert_array_equal(
           batch[k], np.concatenate([hosts[0][j][k], hosts[1][j][k]]))
   # A resumed host sees its own continuation.
-  resumed = take(config, 1, batch_size=1, shard_index=1, num_shards=2,
-                 start_index=1 * 2)
+  resumed = take(config, 1, batch_size=2, shard_index=1, num_shards=2,
+                 start_index=1 * 4)
   assert_batches_equal(hosts[1][1:], resumed)
 
 
@@ -248,11 +252,18 @@ def test_bad_arguments(ytb_root):
 
 
 def load_builder(folder, module_name):
-  """Imports a `data/` builder module by path (it registers its builder)."""
+  """Imports a `data/` builder module by path (it registers its builder).
+
+  TFDS refuses a second registration of a name, so each module is loaded
+  once per process (under `module_name`) and then reused.
+  """
+  if module_name in sys.modules:
+    return sys.modules[module_name]
   spec = importlib.util.spec_from_file_location(
       module_name, os.path.join(REPO, 'data', folder, folder + '.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  sys.modules[module_name] = module
   return module
 
 
