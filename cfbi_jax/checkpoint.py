@@ -72,6 +72,16 @@ def save_model(directory: str, model_config: Mapping[str, Any],
                      sort_keys=True)
 
 
+class CheckpointError(ValueError):
+  """A model directory that cannot be read: the folder and why are named."""
+
+
+def _cause(error: BaseException) -> str:
+  """The first line of an error's message, shortened."""
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  return lines[0][:160]
+
+
 def read_model_config(directory: str) -> ml_collections.ConfigDict:
   """The `config.model` block stored beside a checkpoint."""
   path = os.path.join(directory, CONFIG_FILE)
@@ -79,8 +89,13 @@ def read_model_config(directory: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f'{directory} is not a cfbi-jax model directory: {CONFIG_FILE} is '
         'missing (convert official weights with python -m cfbi_jax.convert)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{path} is not valid JSON ({e}); the model '
+                          'directory is truncated or incomplete: copy or '
+                          'convert it again') from e
 
 
 def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
@@ -100,6 +115,9 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   Raises:
     ValueError: if an override is not an evaluation field, or if the stored
       arrays do not match the model (names and shapes are listed).
+    CheckpointError: the directory is truncated or incomplete (a file cut
+      short or missing), or was written for a model this version does not
+      build.
   """
   directory = os.path.abspath(directory)
   config = read_model_config(directory)
@@ -109,7 +127,13 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
                        f'only {models.eval_fields(config)} change without '
                        'new weights')
     config[key] = value
-  abstract = nnx.eval_shape(lambda: models.build(config))
+  try:
+    abstract = nnx.eval_shape(lambda: models.build(config))
+  except (TypeError, KeyError) as e:
+    raise CheckpointError(
+        f'{directory}: {CONFIG_FILE} describes a model this version of '
+        f'cfbi-jax does not build ({_cause(e)}); was it written by another '
+        'version?') from e
   expected = {path_str(k): v for k, v in flat_state(abstract).items()}
   with ocp.CheckpointManager(
       directory,
@@ -117,13 +141,28 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint step in {directory}')
-    meta = mngr.item_metadata(step)['model']
+    try:
+      meta = mngr.item_metadata(step)['model']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'{directory}: the metadata of step {step} cannot be read '
+          f'({_cause(e)}); the copy is incomplete: copy or convert it '
+          'again') from e
+    if meta is None:
+      raise CheckpointError(f'{directory}: step {step} holds no model '
+                            'arrays; copy or convert it again')
     stored_shapes = {k: tuple(v.shape) for k, v in meta.items()}
     check_match(expected, stored_shapes, what=directory)
     target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
               for k, v in expected.items()}
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(target)))['model']
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(target)))['model']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'{directory}: the arrays of step {step} cannot be read '
+          f'({_cause(e)}); a file is truncated or missing: copy or convert '
+          'it again') from e
   module = nnx.eval_shape(lambda: models.build(config))
   set_state(module, {k: restored[path_str(k)] for k in flat_state(module)})
   return module, config

@@ -223,4 +223,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  from cfbi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda: main(sys.argv[1:]))

@@ -153,4 +153,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  from cfbi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

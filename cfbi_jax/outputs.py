@@ -32,7 +32,8 @@ def atomic_path(path: str) -> Iterator[str]:
 
   The temporary name is hidden ('.'-prefixed) and keeps the extension, so
   writers that infer the format from it still work. On error it is removed
-  and `path` is left as it was.
+  and `path` is left as it was; an `OSError` that names no file (a full
+  disk) is raised again naming `path`.
 
   Args:
     path: final file name.
@@ -48,9 +49,12 @@ def atomic_path(path: str) -> Iterator[str]:
   try:
     yield tmp
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno is not None and not e.filename:
+      # A write error (full disk...) names no file: name the output.
+      raise OSError(e.errno, os.strerror(e.errno), path) from e
     raise
 
 

@@ -74,8 +74,14 @@ def schedule_values(step: int, train_config, num_pixels: int
   }
 
 
-def _init_module(config) -> nnx.Module:
-  """Steps 2-4 of the init order (module docstring)."""
+def _init_module(config, resuming: bool) -> nnx.Module:
+  """Steps 2-4 of the init order (module docstring).
+
+  A resuming run only needs the structure: its weights come from the
+  checkpoint, so nothing is loaded and nothing is logged here.
+  """
+  if resuming:
+    return models.build(config.model, rngs=nnx.Rngs(config.seed))
   init = config.init
   for key in ('cfbi_checkpoint', 'backbone_checkpoint'):
     directory = init.get(key)
@@ -101,10 +107,10 @@ def _init_module(config) -> nnx.Module:
   return models.build(config.model, rngs=nnx.Rngs(config.seed))
 
 
-def create_state(config):
+def create_state(config, resuming: bool = False):
   """Model, optimizer and TrainState (before any checkpoint restore)."""
-  module = _init_module(config)
-  if not config.init.get('cfbi_checkpoint'):
+  module = _init_module(config, resuming)
+  if not config.init.get('cfbi_checkpoint') and not resuming:
     # The family's init switches (CFBI: `zero_attention_gates`).
     for name, hook in models.init_hooks(config.model).items():
       if config.init.get(name):
@@ -247,9 +253,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
   local_batch = global_batch // jax.process_count()
 
   # Model and optimizer, replicated over the mesh; then restore into it.
-  graphdef, tx, state = create_state(config)
-  state = sharding.replicate(state, mesh)
   ckpt = _Checkpoints(workdir, config.train.keep_checkpoints)
+  graphdef, tx, state = create_state(
+      config, resuming=ckpt.last.latest_step() is not None)
+  state = sharding.replicate(state, mesh)
   state, data_state = ckpt.restore(state)
   start_step, best_iou = 0, -1.0
   if data_state is not None:

@@ -1,0 +1,174 @@
+"""What every command line shares: user errors as one line, exit code 2.
+
+`train.py`, `evaluate.py`, `python -m cfbi_jax.convert` and
+`python -m cfbi_jax.export` run their work through `run`:
+
+* an error of the user's making (bad data, mask, config field or value,
+  unreadable or mismatched checkpoint, unwritable output, full disk) ends
+  the command with `error: <what is wrong, the file or field, what to do>`
+  on stderr and exit code 2, without a traceback. The process ends there
+  (`os._exit`): outputs are written atomically, so nothing half-written
+  is left, and background threads print nothing more;
+* `--verbose` on the command line (or `CFBI_VERBOSE=1`) shows the
+  traceback instead;
+* `prepare_config_flag` checks `--config.<field>` overrides against the
+  config file before absl parses them, and names an unknown field with the
+  closest valid one (ml_collections would print three chained
+  tracebacks); a relative config path is also found from the repository,
+  so the entry points run from any folder.
+
+What counts as a user error: `ValueError` (our own checks raise it and its
+subclasses, `datasets.DatasetError`, `CheckpointError`...), a missing file
+or folder, a permission refusal, and an `OSError` while writing (full disk,
+file too large). Anything else is a bug and keeps its traceback.
+"""
+
+import difflib
+import errno
+import importlib.util
+import os
+import sys
+import threading
+from typing import Callable, List, Optional, Sequence
+
+VERBOSE_FLAG = '--verbose'
+USER_EXIT_CODE = 2
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS,
+                 errno.EACCES, errno.EPERM)
+
+
+def is_user_error(error: BaseException) -> bool:
+  """True for the errors `run` reports in one line (module docstring)."""
+  if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError,
+                        IsADirectoryError, PermissionError)):
+    return True
+  return isinstance(error, OSError) and error.errno in _WRITE_ERRNOS
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line, with the file named when known."""
+  text = ' '.join(str(error).split()) or type(error).__name__
+  if isinstance(error, OSError) and error.errno is not None:
+    text = os.strerror(error.errno)
+    if error.filename:
+      text = f'{error.filename}: {text}'
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      text += ' (free space there or choose another output folder)'
+  return text
+
+
+def _config_overrides(argv: Sequence[str], flag: str) -> List[str]:
+  """Field paths given as `--<flag>.a.b=v` or `--<flag>.a.b v`."""
+  prefix = f'--{flag}.'
+  return [arg[len(prefix):].split('=', 1)[0] for arg in argv
+          if arg.startswith(prefix)]
+
+
+def _config_file(argv: Sequence[str], flag: str, default: str) -> str:
+  for arg in argv:
+    if arg.startswith(f'--{flag}='):
+      return arg.split('=', 1)[1]
+  return default
+
+
+def load_config_file(spec: str):
+  """`path.py[:arg]` -> the file's `get_config(arg)` (as config_flags does).
+
+  A relative path is looked up from the working folder, then from the
+  repository.
+
+  Raises:
+    FileNotFoundError: no such config file.
+  """
+  path, _, arg = spec.partition(':')
+  candidates = [path, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), path)]
+  found = next((p for p in candidates if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f'config file {path} not found (give a path to '
+                            'a .py file with get_config(), e.g. '
+                            'configs/eval.py)')
+  module_spec = importlib.util.spec_from_file_location('_cfbi_config', found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _field_paths(config, prefix: str = '') -> List[str]:
+  paths = []
+  for key, value in config.items():
+    path = prefix + key
+    paths.append(path)
+    if hasattr(value, 'items'):
+      paths.extend(_field_paths(value, path + '.'))
+  return paths
+
+
+def prepare_config_flag(argv: List[str], flag: str,
+                        default_file: str) -> str:
+  """Checks `--<flag>` and its overrides before absl parses them.
+
+  A relative config path that is not found from the working folder but is
+  in the repository is rewritten (in `argv`) to its absolute path, so the
+  entry points run from any folder.
+
+  Args:
+    argv: the command line (changed in place).
+    flag: the config flag's name (`config`).
+    default_file: the flag's default config file, relative to the
+      repository.
+
+  Returns:
+    The default config file as an absolute path.
+
+  Raises:
+    FileNotFoundError: the config file does not exist.
+    ValueError: an override names an unknown field (with the closest one).
+  """
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  default = os.path.join(repo, default_file)
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{flag}='):
+      path, colon, rest = arg.split('=', 1)[1].partition(':')
+      if not os.path.isfile(path) and os.path.isfile(os.path.join(repo, path)):
+        argv[i] = f'--{flag}={os.path.join(repo, path)}{colon}{rest}'
+  fields = _config_overrides(argv, flag)
+  spec = _config_file(argv, flag, default)
+  config = load_config_file(spec)  # Also checks that the file exists.
+  known = _field_paths(config)
+  for field in fields:
+    if field not in known:
+      close = difflib.get_close_matches(field, known, n=1, cutoff=0.5)
+      hint = (f'; did you mean --{flag}.{close[0]}?' if close else
+              '; the fields are listed in the config file')
+      raise ValueError(f'unknown config field --{flag}.{field}{hint}')
+  return default
+
+
+def run(main: Callable[[], None], argv: Optional[List[str]] = None) -> None:
+  """Runs `main()`, reporting user errors in one line (module docstring).
+
+  Args:
+    main: the command's work (absl flag parsing included).
+    argv: the command line (`sys.argv`, from which `--verbose` is removed).
+  """
+  argv = sys.argv if argv is None else argv
+  verbose = VERBOSE_FLAG in argv or os.environ.get('CFBI_VERBOSE') == '1'
+  while VERBOSE_FLAG in argv:
+    argv.remove(VERBOSE_FLAG)
+  try:
+    main()
+  except Exception as error:  # pylint: disable=broad-except
+    if verbose or not is_user_error(error):
+      raise
+    # Reads still in flight when a checkpoint failed (tensorstore callbacks
+    # into orbax's closed event loop) print tracebacks of their own on
+    # their threads: from here on nothing but the message is printed.
+    sys.excepthook = lambda *args: None
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+    print(f'error: {one_line(error)}\n'
+          f'(run again with {VERBOSE_FLAG} for the traceback)',
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(USER_EXIT_CODE)  # pylint: disable=protected-access
