@@ -43,9 +43,53 @@ FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
 
 # A grayscale ('L') mask is accepted only when its values look like object
-# ids; 0/255 binary or anti-aliased masks exceed this and are rejected
-# (unless binarised, as for DAVIS 2016).
+# ids (void 255 aside); anti-aliased masks exceed this and are rejected. A
+# 0/255 binary mask is one object (`with_binary_object`).
 MAX_GRAYSCALE_ID = 100
+# Void pixels, as the DAVIS tools and many VOS datasets write them: not an
+# object, left out of the reference features and of J&F.
+VOID_ID = 255
+
+
+def with_binary_object(labels: np.ndarray) -> np.ndarray:
+  """A 0/255 binary mask -> one object (1); any other mask unchanged.
+
+  Args:
+    labels: `[H, W]` integer mask.
+
+  Returns:
+    `[H, W]` uint8: `labels == 255` as 0/1 when the mask holds only 0 and
+    255 (and some 255), else `labels` (where 255 is then void).
+  """
+  labels = np.asarray(labels)
+  if labels.size and labels.max() == VOID_ID and not np.any(
+      (labels != 0) & (labels != VOID_ID)):
+    return (labels == VOID_ID).astype(np.uint8)
+  return labels.astype(np.uint8)
+
+
+def largest_object_id(labels: np.ndarray) -> int:
+  """The largest object id of a mask, void (255) left out; 0 if none."""
+  labels = np.asarray(labels)
+  ids = labels[labels != VOID_ID]
+  return int(ids.max()) if ids.size else 0
+
+
+def ids_above(labels: np.ndarray, max_objects: int, where: str) -> None:
+  """Raises `DatasetError` if `labels` holds object ids above `max_objects`.
+
+  Args:
+    labels: `[H, W]` mask (void 255 allowed).
+    max_objects: the run's object capacity.
+    where: what the mask is, for the message (a path, 'mask of frame 3').
+  """
+  if largest_object_id(labels) <= max_objects:
+    return
+  ids = sorted(int(v) for v in np.unique(labels)
+               if max_objects < v != VOID_ID)
+  raise DatasetError(f'{where} has object ids {ids} above max_objects='
+                     f'{max_objects}; raise it with --config.max_objects='
+                     f'{ids[-1]} (or max_objects={ids[-1]} in Python)')
 
 
 class DatasetError(ValueError):
@@ -113,8 +157,9 @@ def read_mask(path: str,
   """Reads and validates an annotation PNG as object ids.
 
   Args:
-    path: palette ('P') PNG whose indices are object ids (0 = background),
-      or a grayscale ('L') / bilevel ('1') PNG whose values are ids.
+    path: palette ('P') PNG whose indices are object ids (0 = background,
+      255 = void), or a grayscale ('L') / bilevel ('1') PNG whose values
+      are ids. A mask of only 0 and 255 is one object (id 1).
     expected_size: `(height, width)` of the frame the mask belongs to.
     max_objects: largest object id allowed; None for no limit.
     binarize: map every id > 0 to 1 (DAVIS 2016, single object). Grayscale
@@ -122,7 +167,7 @@ def read_mask(path: str,
     require_object: raise if the mask holds no object (first frames).
 
   Returns:
-    `[height, width]` uint8 label map.
+    `[height, width]` uint8 label map; void pixels stay 255.
 
   Raises:
     DatasetError: the file is missing or unreadable, is colour (RGB/RGBA),
@@ -147,24 +192,24 @@ def read_mask(path: str,
     raise DatasetError(f'annotation {path} has unsupported image mode {mode!r};'
                        ' save it as a palette (mode "P") PNG of object ids')
   labels = labels.astype(np.uint8)
-  top = int(labels.max()) if labels.size else 0
+  if not binarize:
+    labels = with_binary_object(labels)
+  top = largest_object_id(labels)
   if mode == 'L' and not binarize and top > MAX_GRAYSCALE_ID:
     raise DatasetError(
         f'annotation {path} is a grayscale image with values up to '
         f'{top}; pixel values must be object ids (0 = background, '
-        '1..N). A 0/255 binary mask should be saved with the object as '
-        '1 (ideally as a palette PNG); for DAVIS 2016 use single_object=True.')
+        '1..N, 255 = void), or 0/255 for one object. Anti-aliased masks '
+        'must be thresholded first.')
   if expected_size is not None and labels.shape != tuple(expected_size):
     raise DatasetError(
         f'annotation {path} is {labels.shape[1]}x{labels.shape[0]} (WxH) but '
         f'its frame is {expected_size[1]}x{expected_size[0]}')
   if binarize:
     labels = (labels > 0).astype(np.uint8)
-  if max_objects is not None and labels.size and labels.max() > max_objects:
-    ids = sorted(int(v) for v in np.unique(labels) if v > max_objects)
-    raise DatasetError(f'annotation {path} has object ids {ids} above '
-                       f'max_objects={max_objects}')
-  if require_object and not labels.any():
+  if max_objects is not None:
+    ids_above(labels, max_objects, f'annotation {path}')
+  if require_object and not largest_object_id(labels):
     raise DatasetError(f'first-frame annotation {path} contains no object '
                        '(all pixels are 0)')
   return labels

@@ -54,6 +54,7 @@ from flax import nnx
 
 from cfbi_jax import preprocessing
 from cfbi_jax import resize
+from cfbi_jax.datasets import VOID_ID
 
 # The logit of an invalid (padded) object slot.
 INVALID_LOGIT = -1e4
@@ -224,8 +225,9 @@ def grow_references(state: PropagationState,
 def merge_annotation(labels: jnp.ndarray,
                      annotation: jnp.ndarray) -> jnp.ndarray:
   """Pastes an annotation's objects (ids > 0) over predicted labels (notes
-  §17)."""
-  return jnp.where(annotation > 0, annotation.astype(labels.dtype), labels)
+  §17); void pixels (255) keep the prediction."""
+  objects = (annotation > 0) & (annotation != VOID_ID)
+  return jnp.where(objects, annotation.astype(labels.dtype), labels)
 
 
 @dataclasses.dataclass(frozen=True)

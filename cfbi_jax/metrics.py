@@ -253,10 +253,11 @@ def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
 
   Follows the official semi-supervised protocol: the first and last frames
   are not evaluated (frames 1..T-2 are), K is the largest label of the first
-  ground-truth frame (255 there and elsewhere counts as background), object
-  k is `label == k` in both maps (ground-truth labels above K are
-  background), and an object the prediction never contains is scored as an
-  empty prediction.
+  ground-truth frame (void, 255, aside), object k is `label == k` in both
+  maps (ground-truth labels above K are background), void pixels of the
+  ground truth are left out of both masks (J and F), as the official
+  evaluator does, and an object the prediction never contains is scored as
+  an empty prediction.
 
   Args:
     gt_masks: `[T, H, W]` integer ground-truth label maps, T >= 3.
@@ -295,7 +296,8 @@ def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
   if t < 3:
     raise ValueError(f'{sequence}: {t} frames; the first and last frames are '
                      'not evaluated, so at least 3 are needed')
-  gt_masks = np.where(gt_masks == 255, 0, gt_masks)
+  void = gt_masks == 255
+  gt_masks = np.where(void, 0, gt_masks)
   num_objects = int(gt_masks[0].max())
   if num_objects == 0:
     raise ValueError(f'{sequence}: the first ground-truth frame '
@@ -315,7 +317,8 @@ def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
   for i in range(n):
     gt, pred = gt_masks[i + 1], pred_masks[i + 1]
     for k in range(num_objects):
-      g, p = gt == k + 1, pred == k + 1
+      g = gt == k + 1
+      p = (pred == k + 1) & ~void[i + 1]
       j[k, i] = region_similarity(p, g)
       f[k, i] = _f_from_boundaries(boundary_map(p), boundary_map(g), radius)
 

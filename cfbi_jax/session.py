@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cfbi_jax import datasets
 from cfbi_jax import frame_step
 from cfbi_jax import preprocessing
 
@@ -188,11 +189,9 @@ class Session:
     if mask.shape != frame.shape[:2]:
       raise ValueError(f'mask of frame {self._index} is {mask.shape}, the '
                        f'frame is {frame.shape[:2]}')
-    if mask.size and int(mask.max()) > self.max_objects:
-      raise ValueError(f'mask of frame {self._index} holds object id '
-                       f'{int(mask.max())} above max_objects='
-                       f'{self.max_objects}')
-    return mask.astype(np.uint8)
+    mask = datasets.with_binary_object(mask)
+    datasets.ids_above(mask, self.max_objects, f'mask of frame {self._index}')
+    return mask
 
   def push_async(self, frame: np.ndarray,
                  mask: Optional[np.ndarray] = None) -> Pending:
@@ -218,7 +217,8 @@ class Session:
           self.params, jax.device_put(frame),
           jax.device_put(mask.astype(np.int32)),
           spec=self.spec(self._size, self._ref_slots))
-      self._known, self._used_refs, self._index = int(mask.max()), 1, 1
+      self._known = datasets.largest_object_id(mask)
+      self._used_refs, self._index = 1, 1
       return Pending(index, self._known, mask)
     if mask is not None and self._used_refs == self._ref_slots:
       self._ref_slots *= 2
@@ -236,7 +236,7 @@ class Session:
     for value in outputs.values():
       value.copy_to_host_async()
     if mask is not None:
-      self._known = max(known, int(mask.max()))
+      self._known = max(known, datasets.largest_object_id(mask))
       self._used_refs += 1
     self._index += 1
     return Pending(index, known, outputs)

@@ -360,10 +360,29 @@ def test_grayscale_masks(tmp_path):
   save_mask(str(ids), box_mask(2), mode='L')
   seq = datasets.own_video_sequence(str(frames), str(ids))
   np.testing.assert_array_equal(seq.load_annotation(0), box_mask(2))
-  binary = tmp_path / 'binary.png'
-  save_mask(str(binary), box_mask(255), mode='L')
-  with pytest.raises(DatasetError, match='binary.png is a grayscale'):
-    datasets.own_video_sequence(str(frames), str(binary))
+  # A 0/255 binary mask (grayscale or palette) is one object.
+  for mode in ('L', 'P'):
+    binary = tmp_path / f'binary_{mode}.png'
+    save_mask(str(binary), box_mask(255), mode=mode)
+    seq = datasets.own_video_sequence(str(frames), str(binary))
+    np.testing.assert_array_equal(seq.load_annotation(0), box_mask(1))
+  # Anti-aliased (other large values) is still refused.
+  blurred = tmp_path / 'blurred.png'
+  save_mask(str(blurred), box_mask(255) - box_mask(127, size=4), mode='L')
+  with pytest.raises(DatasetError, match='blurred.png is a grayscale'):
+    datasets.own_video_sequence(str(frames), str(blurred))
+
+
+def test_void_pixels_are_kept_as_void(tmp_path):
+  frames = tmp_path / 'frames'
+  save_frame(str(frames / '00000.jpg'))
+  labels = box_mask(2) + box_mask(1, top=14, left=20, size=6)
+  labels[0, :] = labels[-1, :] = 255  # A void border, as other tools write.
+  path = tmp_path / 'void.png'
+  save_mask(str(path), labels)
+  seq = datasets.own_video_sequence(str(frames), str(path), max_objects=2)
+  np.testing.assert_array_equal(seq.load_annotation(0), labels)
+  assert datasets.largest_object_id(labels) == 2
 
 
 def test_mask_size_empty_and_max_objects(tmp_path):
@@ -383,7 +402,8 @@ def test_mask_size_empty_and_max_objects(tmp_path):
     datasets.own_video_sequence(str(frames), str(empty))
   many = tmp_path / 'many.png'
   save_mask(str(many), box_mask(1) + box_mask(5, top=14, left=20, size=6))
-  with pytest.raises(DatasetError, match=r'many.png has object ids \[5\].*=4'):
+  with pytest.raises(DatasetError, match=r'many.png has object ids \[5\] above '
+                     r'max_objects=4; raise it with --config.max_objects=5'):
     datasets.own_video_sequence(str(frames), str(many), max_objects=4)
   seq = datasets.own_video_sequence(str(frames), str(many), max_objects=5)
   assert seq.load_annotation(0).max() == 5

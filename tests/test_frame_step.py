@@ -147,3 +147,10 @@ def test_bfloat16_compute_runs_in_bfloat16_and_stays_close():
   assert 0 < rel < 0.03, rel
   diff = np.max(np.abs(probs['bfloat16'] - probs['float32']))
   assert 0 < diff < 0.1, diff
+
+
+def test_merge_annotation_pastes_objects_and_keeps_void():
+  predicted = np.array([[1, 1, 2], [0, 2, 2]], np.uint8)
+  annotation = np.array([[0, 3, 255], [255, 0, 1]], np.uint8)
+  merged = frame_step.merge_annotation(predicted, annotation)
+  np.testing.assert_array_equal(merged, [[1, 3, 2], [0, 2, 1]])

@@ -233,6 +233,22 @@ def test_global_matching_matches_naive(case):
   assert np.all(out[1] == 1.0)  # object absent from the references
 
 
+def test_void_reference_pixels_are_ignored():
+  """Void (255) reference pixels match no object and no background: their
+  embeddings can be anything without changing the matching."""
+  case = sorted(GLOBAL_CASES)[0]
+  (query, ref, labels, valid), static = global_inputs(case)
+  labels = labels.copy()
+  void = np.random.default_rng(1).random(labels.shape) < 0.3
+  labels[void] = 255
+  out = run('global_matching', query, ref, labels, valid, **static)
+  moved = np.where(void[..., None], ref + 7.0, ref).astype(np.float32)
+  np.testing.assert_array_equal(
+      out, run('global_matching', query, moved, labels, valid, **static))
+  np.testing.assert_allclose(
+      out, naive_global(query, ref, labels, valid, **static), atol=1e-5)
+
+
 def test_global_min_pixels_decided_per_reference_frame():
   rng = np.random.default_rng(2)
   labels = np.zeros((2, 7, 9), np.int32)

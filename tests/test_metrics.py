@@ -348,3 +348,23 @@ def test_evaluate_sequence_rejects_bad_shapes():
     metrics.evaluate_sequence(gt, pred[:, :-1])
   with pytest.raises(ValueError, match='at least 3'):
     metrics.evaluate_sequence(gt[:2], pred[:2])
+
+
+def test_evaluate_sequence_leaves_void_pixels_out():
+  """Void (255) ground-truth pixels count for neither mask, as in the
+  official evaluator: here the prediction's spill into a void band costs
+  nothing, and J is the hand-computed IoU of the rest."""
+  gt, pred = _toy_sequence()
+  gt[:, :, 12:14] = 255  # A void band between the two objects.
+  pred[:, 2:8, 12:14] = 1  # Object 1 spills into it.
+  res = metrics.evaluate_sequence(gt, pred, sequence='void')
+  assert res['num_objects'] == 2
+  for i, t in enumerate(range(1, 4)):
+    keep = gt[t] != 255
+    g, p = (gt[t] == 1) & keep, (pred[t] == 1) & keep
+    want = (g & p).sum() / (g | p).sum()
+    assert res['J'][0, i] == pytest.approx(want)
+    assert res['F'][0, i] == metrics.boundary_f_measure(p, g)
+  # Counted as background instead, the spill would lower J.
+  plain = metrics.evaluate_sequence(np.where(gt == 255, 0, gt), pred)
+  assert np.all(plain['J'][0] < res['J'][0])
