@@ -7,13 +7,15 @@
    flags for DAVIS runs and any `config.model` overrides;
 2. lists the sequences (`datasets.davis_sequences`,
    `datasets.youtube_vos_sequences` or `datasets.own_video_sequence`);
-3. segments each with `inference.VideoPropagator` (official loop, TTA),
-   skipping sequences whose outputs are complete (resume), and writes palette
+3. says where outputs go and which finished sequences it reuses, then
+   segments each other sequence with `inference.VideoPropagator` (official
+   loop, TTA; a per-frame bar with frames/s and an ETA), and writes palette
    PNGs, optional per-frame probabilities and, for own videos, overlays;
 4. packages the YouTube-VOS submission zip, or scores a DAVIS run with
    `davis_eval` when the split has annotations;
 5. writes `summary.json` (per-sequence frames per second, total time, peak
-   memory, number of compilations) and prints it.
+   memory, number of compilations) and prints it; the per-sequence rows of
+   an earlier run in the same folder are kept for the sequences it reused.
 
 Output layout under `config.output_dir`:
 * DAVIS, synthetic and own videos: `<seq>/<frame>.png`;
@@ -138,10 +140,14 @@ def segment_sequence(propagator: inference.VideoPropagator,
       overlay_frames.append(blended)
 
   start, first_done = time.perf_counter(), None
-  with host_threads.BackgroundWriter() as writer:
+  # Frames inside the sequences bar, with frames/s and an ETA.
+  with host_threads.BackgroundWriter() as writer, tqdm.tqdm(
+      total=len(seq), desc=seq.name, unit='frame', leave=False,
+      position=1, dynamic_ncols=True) as bar:
     for t, labels, probs in propagator.run(
         frames(), annotations, len(seq), with_probs=config.save_probs):
       writer.submit(write, t, labels, probs, current.pop(t, None))
+      bar.update(1)
       if t == 0:
         first_done = time.perf_counter()
   total = time.perf_counter() - start
@@ -189,19 +195,21 @@ def run(config) -> Dict[str, Any]:
       max_objects=config.max_objects)
   os.makedirs(config.output_dir, exist_ok=True)
   _claim_output_dir(config)
+  done = {seq.name for seq in sequences if _sequence_done(config, seq)}
+  print(f'outputs: {os.path.abspath(config.output_dir)}; '
+        f'{len(done)} of {len(sequences)} sequences already complete there '
+        'are reused' + (f" ({', '.join(sorted(done)[:5])}"
+                        f"{', ...' if len(done) > 5 else ''})" if done else ''),
+        flush=True)
   rows, skipped = [], []
   start = time.perf_counter()
   for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq'):
-    done = outputs.sequence_done(_label_dir(config, seq.name),
-                                 seq.frame_names)
-    if done and config.save_probs:
-      probs_dir = os.path.join(config.output_dir, seq.name)
-      done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))
-                 for n in seq.frame_names[1:])
-    if done:
+    if seq.name in done:
       skipped.append(seq.name)
       continue
     rows.append(segment_sequence(propagator, seq, config))
+  path = os.path.join(config.output_dir, 'summary.json')
+  rows = _merge_rows(path, rows)
   summary = {
       'variant': model_config.variant, 'dataset': config.dataset,
       'tta': {'scales': list(config.tta.scales), 'flip': config.tta.flip},
@@ -227,7 +235,6 @@ def run(config) -> Dict[str, Any]:
     if config.copy_first_frame_baseline:
       summary['copy_first_frame'] = copy_first_frame_baseline(
           config, sequences)
-  path = os.path.join(config.output_dir, 'summary.json')
   outputs.write_json(path, summary, indent=2, default=float)
   _print_summary(summary)
   return summary
@@ -307,6 +314,34 @@ def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
   print('copy-first-frame baseline: J&F {:.1f}, J {:.1f}, F {:.1f}'.format(
       *(100 * scores['global'][k] for k in ('J&F-Mean', 'J-Mean', 'F-Mean'))))
   return scores['global']
+
+
+def _sequence_done(config, seq: datasets.VideoSequence) -> bool:
+  """Whether a finished run already wrote every output of `seq`."""
+  done = outputs.sequence_done(_label_dir(config, seq.name), seq.frame_names)
+  if done and config.save_probs:
+    probs_dir = os.path.join(config.output_dir, seq.name)
+    done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))
+               for n in seq.frame_names[1:])
+  return done
+
+
+def _merge_rows(path: str, rows: List[Dict[str, Any]]
+                ) -> List[Dict[str, Any]]:
+  """This run's per-sequence rows over those of an earlier `summary.json`.
+
+  A re-run that reuses finished sequences keeps their earlier timings; a
+  sequence segmented again takes its new row. An unreadable earlier file
+  is ignored (it is rewritten).
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      earlier = json.load(f).get('sequences', [])
+  except (OSError, ValueError, AttributeError):
+    earlier = []
+  new = {row['sequence'] for row in rows}
+  return [row for row in earlier
+          if isinstance(row, dict) and row.get('sequence') not in new] + rows
 
 
 def _print_summary(summary: Dict[str, Any]) -> None:

@@ -153,10 +153,19 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
   again = evaluation.run(config)
   assert again['skipped_complete'] == ['alpha', 'beta']
   assert os.path.getmtime(os.path.join(out, 'beta', '00003.png')) == stamp
-  # A missing frame makes that sequence incomplete again.
+  # ... and keeps the first run's timings in summary.json.
+  assert again['sequences'] == summary['sequences']
+  # A missing frame makes that sequence incomplete again; its row is new,
+  # alpha's is the first run's.
   os.remove(os.path.join(out, 'beta', '00002.png'))
   third = evaluation.run(config)
   assert third['skipped_complete'] == ['alpha']
+  assert [r['sequence'] for r in third['sequences']] == ['alpha', 'beta']
+  assert third['sequences'][0] == summary['sequences'][0]
+  assert third['sequences'][1] != summary['sequences'][1]
+  with open(os.path.join(out, 'summary.json'), encoding='utf-8') as f:
+    assert json.load(f)['sequences'] == json.loads(json.dumps(
+        third['sequences']))
 
 
 def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
