@@ -34,12 +34,18 @@ Which file to open for what:
 * weights and artifacts: `convert` (official PyTorch weights), `checkpoint`
   (orbax model directories), `export` (the step as a `jax.export`
   artifact);
+* the command lines: `cli`, `project_files`;
 * the machine: `backend` (the one CPU/GPU branch, the compilation cache),
   `host_threads` (read-ahead, write-behind), `memory`; `synthetic` (the
   synthetic benchmark).
 
-`Session` (`cfbi_jax.session`) segments a stream frame by frame.
+`Session` (`cfbi_jax.session`) segments a stream frame by frame. The
+command lines (`train.py`, `evaluate.py`, the `cfbi-*` scripts of an
+installed package) are `cli`; where their config files and the bundled
+model are, in a checkout or installed: `project_files`.
 """
+
+__version__ = '0.1.0'
 
 
 def __getattr__(name):

@@ -31,6 +31,8 @@ import sys
 import threading
 from typing import Callable, List, Optional, Sequence
 
+from cfbi_jax import project_files
+
 VERBOSE_FLAG = '--verbose'
 USER_EXIT_CODE = 2
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS,
@@ -74,21 +76,16 @@ def _config_file(argv: Sequence[str], flag: str, default: str) -> str:
 def load_config_file(spec: str):
   """`path.py[:arg]` -> the file's `get_config(arg)` (as config_flags does).
 
-  A relative path is looked up from the working folder, then from the
-  repository.
-
   Raises:
     FileNotFoundError: no such config file.
   """
   path, _, arg = spec.partition(':')
-  candidates = [path, os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), path)]
-  found = next((p for p in candidates if os.path.isfile(p)), None)
-  if found is None:
+  if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path} not found (give a path to '
                             'a .py file with get_config(), e.g. '
                             'configs/eval.py)')
-  module_spec = importlib.util.spec_from_file_location('_cfbi_config', found)
+  project_files.make_configs_importable()
+  module_spec = importlib.util.spec_from_file_location('_cfbi_config', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -109,14 +106,15 @@ def prepare_config_flag(argv: List[str], flag: str,
   """Checks `--<flag>` and its overrides before absl parses them.
 
   A relative config path that is not found from the working folder but is
-  in the repository is rewritten (in `argv`) to its absolute path, so the
-  entry points run from any folder.
+  a project file (`project_files.find`: the checkout's or the installed
+  copy) is rewritten (in `argv`) to its absolute path, so the entry points
+  run from any folder.
 
   Args:
     argv: the command line (changed in place).
     flag: the config flag's name (`config`).
     default_file: the flag's default config file, relative to the
-      repository.
+      repository (`configs/eval.py`).
 
   Returns:
     The default config file as an absolute path.
@@ -125,13 +123,12 @@ def prepare_config_flag(argv: List[str], flag: str,
     FileNotFoundError: the config file does not exist.
     ValueError: an override names an unknown field (with the closest one).
   """
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  default = os.path.join(repo, default_file)
+  default = project_files.find(default_file)
   for i, arg in enumerate(argv):
     if arg.startswith(f'--{flag}='):
       path, colon, rest = arg.split('=', 1)[1].partition(':')
-      if not os.path.isfile(path) and os.path.isfile(os.path.join(repo, path)):
-        argv[i] = f'--{flag}={os.path.join(repo, path)}{colon}{rest}'
+      if not os.path.isfile(path) and os.path.isfile(project_files.find(path)):
+        argv[i] = f'--{flag}={project_files.find(path)}{colon}{rest}'
   fields = _config_overrides(argv, flag)
   spec = _config_file(argv, flag, default)
   config = load_config_file(spec)  # Also checks that the file exists.

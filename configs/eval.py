@@ -30,11 +30,10 @@ CFBI+ add `min_matching_pixels=100` like `davis_eval_cfbip.sh`. Fields under
 `config.model` left at None keep those settings.
 """
 
-import os
-
 import ml_collections
 
 from cfbi_jax import backend
+from cfbi_jax import project_files
 from configs import common
 
 # The single test scale of dataset=synthetic. The synthetic recipe trains
@@ -47,8 +46,7 @@ from configs import common
 # (models/README.md). `--config.tta.scales='(1.0,)'` gives the plain size.
 SYNTHETIC_SCALE = 1.5
 
-BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'models', 'tiny_cfbi_synthetic')
+BUNDLED_MODEL = project_files.find('models/tiny_cfbi_synthetic')
 
 
 def get_config(arg=None):
