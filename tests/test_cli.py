@@ -9,21 +9,26 @@
   from orbax's background reads either), the output folder untouched;
   `--verbose` shows the traceback;
 * a write that fails without naming a file (a full disk) is raised again
-  naming the output, and reported in one line.
+  naming the output, and reported in one line; through `evaluate.py`
+  under a file-size limit too, with exit code 2 and no half-written file.
 """
 
 import errno
 import glob
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from cfbi_jax import checkpoint
 from cfbi_jax import cli
 from cfbi_jax import outputs
+from tests import synthetic_clips
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = os.path.join(REPO, 'models', 'tiny_cfbi_synthetic')
@@ -112,3 +117,37 @@ def test_full_disk_names_the_output(tmp_path):
   line = cli.one_line(raised.value)
   assert path in line and 'No space left' in line and 'free space' in line
   assert not cli.is_user_error(RuntimeError('a bug keeps its traceback'))
+
+
+def test_evaluate_on_a_full_disk_names_the_file(tmp_path):
+  """A file-size limit stands in for a full disk: the first output write
+  that crosses it fails, and evaluate.py names that file in one line."""
+  frames, labels = synthetic_clips.two_squares(num_frames=3)
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for t, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f'{t:05d}.png')
+  Image.fromarray(labels[0]).save(tmp_path / 'first.png')
+  output = tmp_path / 'out'
+
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'evaluate.py'),
+       '--config=configs/video.py', f'--config.video={folder}',
+       f'--config.masks={tmp_path / "first.png"}',
+       f'--config.checkpoint={BUNDLED}', f'--config.output_dir={output}',
+       '--config.compilation_cache_dir='],
+      cwd=str(tmp_path), capture_output=True, text=True, check=False,
+      env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=limit_file_size)
+  text = out.stdout + out.stderr
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert out.returncode == cli.USER_EXIT_CODE, text[-2000:]
+  assert 'Traceback' not in text and len(errors) == 1, text[-2000:]
+  assert str(output) in errors[0] and 'File too large' in errors[0]
+  assert 'free space' in errors[0]
+  # Outputs are atomic: no half-written file is left behind.
+  written = [f for _, _, files in os.walk(output) for f in files]
+  assert written and not [f for f in written if '.tmp' in f], written
