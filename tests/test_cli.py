@@ -77,21 +77,24 @@ def test_damaged_checkpoints_are_named(tmp_path):
     assert directory in message and 'again' in message, (case, message)
 
 
-def test_evaluate_reports_a_damaged_checkpoint_in_one_line(tmp_path):
-  directory = broken_copies(tmp_path)['truncated array file']
+@pytest.mark.parametrize('case', ['truncated array file', 'deleted array file',
+                                  'truncated _METADATA',
+                                  'truncated model_config.json'])
+def test_evaluate_reports_a_damaged_checkpoint_in_one_line(case, tmp_path):
+  directory = broken_copies(tmp_path)[case]
   output = tmp_path / 'out'
   output.mkdir()
-  (output / 'keep.txt').write_text('earlier results')
   args = (f'--config.checkpoint={directory}', f'--config.output_dir={output}')
   rc, text = command('evaluate.py', *args, cwd=str(tmp_path))
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert rc == cli.USER_EXIT_CODE, text[-2000:]
   assert 'Traceback' not in text, text[-2000:]
   assert len(errors) == 1 and directory in errors[0]
-  assert 'truncated or missing' in errors[0]
-  assert os.listdir(output) == ['keep.txt']
-  rc, text = command('evaluate.py', *args, '--verbose', cwd=str(tmp_path))
-  assert rc != 0 and 'Traceback' in text and 'CheckpointError' in text
+  assert 'truncated' in errors[0] or 'incomplete' in errors[0]
+  assert not os.listdir(output)  # Refused before anything is written.
+  if case == 'truncated array file':
+    rc, text = command('evaluate.py', *args, '--verbose', cwd=str(tmp_path))
+    assert rc != 0 and 'Traceback' in text and 'CheckpointError' in text
 
 
 @pytest.mark.parametrize('script', ['evaluate.py', 'train.py'])

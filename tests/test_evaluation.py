@@ -129,7 +129,7 @@ def tiny_ckpt(tmp_path_factory):
   return _tiny_checkpoint(str(tmp_path_factory.mktemp('ckpt')))
 
 
-def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
+def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   root = _davis_root(str(tmp_path / 'DAVIS'))
   out = str(tmp_path / 'out')
   config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
@@ -150,8 +150,11 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path):
       first, synthetic_clips.two_squares(seed=0)[1][0])
   # A re-run skips both finished sequences and rewrites nothing.
   stamp = os.path.getmtime(os.path.join(out, 'beta', '00003.png'))
+  capsys.readouterr()
   again = evaluation.run(config)
   assert again['skipped_complete'] == ['alpha', 'beta']
+  assert (f'outputs: {out}; 2 of 2 sequences already complete there are '
+          'reused (alpha, beta)') in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(out, 'beta', '00003.png')) == stamp
   # ... and keeps the first run's timings in summary.json.
   assert again['sequences'] == summary['sequences']

@@ -111,7 +111,7 @@ def _leaves(tree):
 
 def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
                                                   ytb_root, tmp_path,
-                                                  monkeypatch):
+                                                  monkeypatch, caplog):
   config = tiny_config(davis_root, ytb_root, STEPS)
   # SIGTERM arrives during step 33 (0-based 32): the loop finishes it,
   # saves step 33 and stops. The resumed run does steps 34..STEPS.
@@ -129,8 +129,11 @@ def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
   assert first['steps'] == 33
   assert sorted(int(n) for n in os.listdir(
       os.path.join(workdir, 'checkpoints'))) == [20, 30, 33]  # Keeps 3.
+  caplog.clear()
   resumed = trainer.train(config, workdir)
   assert resumed['steps'] == STEPS
+  # The resumed run says so, and not that it trains from scratch.
+  assert 'resumed from' in caplog.text and 'from scratch' not in caplog.text
   assert [h['step'] for h in resumed['history']] == list(range(34, STEPS + 1))
 
   for a, b in zip(_leaves(straight['state'].params),
