@@ -129,7 +129,7 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
     config[key] = value
   try:
     abstract = nnx.eval_shape(lambda: models.build(config))
-  except (TypeError, KeyError) as e:
+  except (TypeError, KeyError, ValueError) as e:
     raise CheckpointError(
         f'{directory}: {CONFIG_FILE} describes a model this version of '
         f'cfbi-jax does not build ({_cause(e)}); was it written by another '

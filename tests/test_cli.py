@@ -3,8 +3,8 @@
 * `evaluate.py` / `train.py` with an unknown `--config.<field>` name it and
   the closest valid field, from another working folder too;
 * a model directory cut short (a truncated array file, a deleted one, a
-  truncated `_METADATA`, a truncated `model_config.json`) gives a
-  `CheckpointError` naming the folder and what to do; through
+  truncated `_METADATA`, a truncated `model_config.json`) or of another
+  version gives a `CheckpointError` naming the folder and what to do; through
   `evaluate.py` it is one line with exit code 2 and no traceback (none
   from orbax's background reads either), the output folder untouched;
   `--verbose` shows the traceback;
@@ -15,6 +15,7 @@
 
 import errno
 import glob
+import json
 import os
 import resource
 import shutil
@@ -75,6 +76,17 @@ def test_damaged_checkpoints_are_named(tmp_path):
       checkpoint.load_model(directory)
     message = str(raised.value)
     assert directory in message and 'again' in message, (case, message)
+  # A model directory of another version (a field this one does not know).
+  newer = str(tmp_path / 'newer')
+  shutil.copytree(BUNDLED, newer)
+  path = os.path.join(newer, checkpoint.CONFIG_FILE)
+  with open(path, encoding='utf-8') as f:
+    stored = json.load(f)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(dict(stored, field_of_a_later_version=1), f)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='field_of_a_later_version.*another version'):
+    checkpoint.load_model(newer)
 
 
 @pytest.mark.parametrize('case', ['truncated array file', 'deleted array file',
