@@ -66,13 +66,6 @@ def _config_overrides(argv: Sequence[str], flag: str) -> List[str]:
           if arg.startswith(prefix)]
 
 
-def _config_file(argv: Sequence[str], flag: str, default: str) -> str:
-  for arg in argv:
-    if arg.startswith(f'--{flag}='):
-      return arg.split('=', 1)[1]
-  return default
-
-
 def load_config_file(spec: str):
   """`path.py[:arg]` -> the file's `get_config(arg)` (as config_flags does).
 
@@ -123,14 +116,16 @@ def prepare_config_flag(argv: List[str], flag: str,
     FileNotFoundError: the config file does not exist.
     ValueError: an override names an unknown field (with the closest one).
   """
-  default = project_files.find(default_file)
+  default = spec = project_files.find(default_file)
   for i, arg in enumerate(argv):
     if arg.startswith(f'--{flag}='):
-      path, colon, rest = arg.split('=', 1)[1].partition(':')
-      if not os.path.isfile(path) and os.path.isfile(project_files.find(path)):
-        argv[i] = f'--{flag}={project_files.find(path)}{colon}{rest}'
+      spec = arg.split('=', 1)[1]
+      path, colon, rest = spec.partition(':')
+      found = project_files.find(path)
+      if not os.path.isfile(path) and os.path.isfile(found):
+        spec = f'{found}{colon}{rest}'
+        argv[i] = f'--{flag}={spec}'
   fields = _config_overrides(argv, flag)
-  spec = _config_file(argv, flag, default)
   config = load_config_file(spec)  # Also checks that the file exists.
   known = _field_paths(config)
   for field in fields:

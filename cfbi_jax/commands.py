@@ -10,6 +10,7 @@ in one line, exit code 2; `--verbose` for the traceback).
 
 import os
 import sys
+from typing import Any, Callable, Dict
 
 from absl import app
 from absl import flags
@@ -43,68 +44,82 @@ def _usage(text: str) -> None:
     main.__doc__ = text
 
 
-def evaluate() -> None:
-  """Evaluates a model (see `configs/eval.py` and `configs/video.py`)."""
-  _usage(_EVALUATE_USAGE)
+def _config_command(usage: str, config_file: str, config_help: str,
+                    body: Callable[[Any, Dict[str, Any]], None],
+                    define_flags: Callable[[], Dict[str, Any]] = dict
+                    ) -> None:
+  """Runs a command whose work is `body(config, flag values)`.
+
+  Args:
+    usage: the `--help` text of a console script (`_usage`).
+    config_file: the default config file, relative to the repository.
+    config_help: the config flag's help.
+    body: the work, given the config and `{name: value}` of the flags
+      `define_flags` returned.
+    define_flags: defines the command's other absl flags; returns them by
+      name.
+  """
+  _usage(usage)
 
   def work():
-    from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
-    default = cli.prepare_config_flag(sys.argv, 'config', 'configs/eval.py')
+    default = cli.prepare_config_flag(sys.argv, 'config', config_file)
     config = config_flags.DEFINE_config_file(
-        'config', default, 'Evaluation config file.', lock_config=True)
+        'config', default, config_help, lock_config=True)
+    extra = define_flags()
 
     def main(argv):
       if len(argv) > 1:
         raise ValueError(f'unexpected arguments: {argv[1:]}')
       logging.set_verbosity(logging.WARNING)  # Orbax logs every restore.
-      evaluation.run(config.value)
+      body(config.value, {name: flag.value for name, flag in extra.items()})
 
     app.run(main)
 
   cli.run(work)
+
+
+def evaluate() -> None:
+  """Evaluates a model (see `configs/eval.py` and `configs/video.py`)."""
+  def body(config, _):
+    from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.run(config)
+
+  _config_command(_EVALUATE_USAGE, 'configs/eval.py',
+                  'Evaluation config file.', body)
 
 
 def train() -> None:
   """Trains a model (see `configs/ytvos.py` and the other training configs)."""
-  _usage(_TRAIN_USAGE)
+  def define_flags():
+    return {
+        'workdir': flags.DEFINE_string('workdir', None, 'Run directory.',
+                                       required=True),
+        'distributed': flags.DEFINE_bool(
+            'distributed', False,
+            'Multi-host run: join JAX\'s distributed runtime first '
+            '(coordinator and process ids come from the TPU / SLURM / Open '
+            'MPI environment or the JAX_COORDINATOR_ADDRESS, '
+            'JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; see the README).'),
+        'heartbeat_timeout_s': flags.DEFINE_integer(
+            'heartbeat_timeout_s', 100,
+            'With --distributed: seconds after which a process that stopped '
+            'answering counts as dead and the others exit with an error.'),
+    }
 
-  def work():
-    default = cli.prepare_config_flag(sys.argv, 'config', 'configs/ytvos.py')
-    config = config_flags.DEFINE_config_file(
-        'config', default, 'Training config file.', lock_config=True)
-    workdir = flags.DEFINE_string('workdir', None, 'Run directory.',
-                                  required=True)
-    distributed = flags.DEFINE_bool(
-        'distributed', False,
-        'Multi-host run: join JAX\'s distributed runtime first (coordinator '
-        'and process ids come from the TPU / SLURM / Open MPI environment '
-        'or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID '
-        'variables; see the README).')
-    heartbeat = flags.DEFINE_integer(
-        'heartbeat_timeout_s', 100,
-        'With --distributed: seconds after which a process that stopped '
-        'answering counts as dead and the others exit with an error.')
+  def body(config, values):
+    if values['distributed']:
+      from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+      backend.initialize_distributed(values['heartbeat_timeout_s'])
+    from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
+    if not config.data.root and config.data.source != 'tfds':
+      raise ValueError('--config.data.root (the dataset folder) is required')
+    result = trainer.train(config, values['workdir'])
+    if result['steps'] == config.train.steps:
+      trainer.export_model(result, config.model,
+                           os.path.join(values['workdir'], 'model'))
 
-    def main(argv):
-      if len(argv) > 1:
-        raise ValueError(f'unexpected arguments: {argv[1:]}')
-      logging.set_verbosity(logging.WARNING)
-      if distributed.value:
-        from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
-        backend.initialize_distributed(heartbeat.value)
-      from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
-      c = config.value
-      if not c.data.root and c.data.source != 'tfds':
-        raise ValueError('--config.data.root (the dataset folder) is '
-                         'required')
-      result = trainer.train(c, workdir.value)
-      if result['steps'] == c.train.steps:
-        trainer.export_model(result, c.model,
-                             os.path.join(workdir.value, 'model'))
-
-    app.run(main)
-
-  cli.run(work)
+  _config_command(_TRAIN_USAGE, 'configs/ytvos.py', 'Training config file.',
+                  body, define_flags)
 
 
 def convert() -> None:

@@ -28,7 +28,6 @@ layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 
 import argparse
 import re
-import sys
 from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
@@ -223,5 +222,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  from cfbi_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(lambda: main(sys.argv[1:]))
+  from cfbi_jax import commands  # pylint: disable=g-import-not-at-top
+  commands.convert()

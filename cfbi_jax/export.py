@@ -153,5 +153,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-  from cfbi_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(main)
+  from cfbi_jax import commands  # pylint: disable=g-import-not-at-top
+  commands.export()
