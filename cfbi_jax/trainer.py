@@ -70,7 +70,8 @@ def schedule_values(step: int, train_config, num_pixels: int
           step, num_pixels, train_config.top_k_percent,
           train_config.hard_mining_step)),
       'use_own_predictions': np.bool_(
-          step >= train_config.own_predictions_from_step),
+          train_config.get('own_predictions', True)
+          and step >= train_config.own_predictions_from_step),
   }
 
 
@@ -198,15 +199,21 @@ class _Checkpoints:
   """
 
   def __init__(self, workdir: str, keep: int):
-    options = lambda n: ocp.CheckpointManagerOptions(
-        max_to_keep=n, create=True, enable_async_checkpointing=True)
+    # Each manager names its cross-process barriers with its own prefix:
+    # by default both would wait at `_async_write_complete.<step>` when
+    # they save the same step, and the processes of a multi-host run then
+    # failed ("barrier ... is already ongoing") or hung.
+    options = lambda n, prefix: ocp.CheckpointManagerOptions(
+        max_to_keep=n, create=True, enable_async_checkpointing=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=prefix))
     root = os.path.abspath(workdir)
     self.last = ocp.CheckpointManager(os.path.join(root, 'checkpoints'),
                                       item_names=('state', 'data'),
-                                      options=options(keep))
+                                      options=options(keep, 'last'))
     self.best = ocp.CheckpointManager(os.path.join(root, 'best'),
                                       item_names=('state', 'data'),
-                                      options=options(1))
+                                      options=options(1, 'best'))
 
   def restore(self, state: ts.TrainState):
     """(state, data dict) from the latest checkpoint, or (state, None)."""

@@ -135,12 +135,24 @@ def examples(workdir, process):
     return [json.loads(line) for line in f]
 
 
+def tail(log, size=3000):
+  with open(log, encoding='utf-8', errors='replace') as f:
+    return f.read()[-size:]
+
+
 def wait_for(launched, timeout=600):
-  """Waits for processes; asserts they succeeded."""
+  """Waits for processes; asserts they succeeded. On a timeout every
+  process is killed and the failure shows each one's log."""
+  deadline = time.time() + timeout
   for process, log in launched:
-    rc = process.wait(timeout=timeout)
-    with open(log, encoding='utf-8') as f:
-      assert rc == 0, f.read()[-3000:]
+    try:
+      rc = process.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for other, _ in launched:
+        other.kill()
+      pytest.fail(f'still running after {timeout} s:\n' + '\n'.join(
+          f'--- {path}\n{tail(path, 1500)}' for _, path in launched))
+    assert rc == 0, tail(log)
 
 
 @pytest.mark.slow
