@@ -32,98 +32,31 @@ three or more seeds and read the paired deltas.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def _run(cmd, log_path):
-  with open(log_path, 'w') as log:
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          check=False)
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}); see '
-                       f'{log_path}')
 
 
 def _config_arg(args, ablation: str) -> str:
   return f'steps={args.steps},ablation={ablation},recipe={args.recipe}'
 
 
-def backbone_init(args, ablation: str, seed: int, directory: str) -> None:
-  """Writes a model directory for `init.backbone_checkpoint`: the
-  ablation's model initialised from `seed`, with the DeepLab feature
-  extractor (backbone, ASPP, decoder) of `args.backbone_from`."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  config = synthetic_config.get_config(_config_arg(args, ablation))
-  arrays = checkpoint.flat_state(
-      models.build(config.model, rngs=nnx.Rngs(seed)))
-  source, _ = checkpoint.load_model(args.backbone_from)
-  source = checkpoint.flat_state(source)
-  copied = 0
-  for path in arrays:
-    if path[0] == 'feature_extracter':
-      arrays[path] = source[path]
-      copied += 1
-  if not copied:
-    raise ValueError(f'no feature_extracter weights in {args.backbone_from}')
-  checkpoint.save_model(directory, config.model, arrays)
-
-
 def run_one(args, ablation: str, seed: int) -> dict:
   """Trains and scores one (ablation, seed); returns its summary."""
-  run_dir = os.path.join(args.workdir, f'{ablation}-seed{seed}')
-  # One evaluation folder per test scale: a finished run is rescored, not
-  # reused, when the scale changes.
-  eval_dir = os.path.join(run_dir, f'eval-scale{args.test_scale:g}')
-  summary_path = os.path.join(eval_dir, 'summary.json')
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      return json.load(f)
-  os.makedirs(run_dir, exist_ok=True)
-  init_dir = os.path.join(run_dir, 'init')
-  if args.backbone_from and not os.path.isdir(init_dir):
-    backbone_init(args, ablation, seed, init_dir)
-  start = time.perf_counter()
-  _run([sys.executable, 'train.py',
-        f'--config=configs/synthetic.py:{_config_arg(args, ablation)}',
-        f'--workdir={os.path.join(run_dir, "train")}',
-        f'--config.seed={seed}',
-        f'--config.data.root={args.train_data}',
-        f'--config.data.crop_size={args.crop}',
-        f'--config.train.num_frames={args.num_frames}',
-        f'--config.train.batch_size={args.batch_size}',
-        '--config.train.image_every=100000',
-        f'--config.init.backbone_checkpoint='
-        f'{init_dir if args.backbone_from else ""}'],
-       os.path.join(run_dir, 'train.log'))
-  trained = time.perf_counter() - start
-  _run([sys.executable, 'evaluate.py', '--config=configs/eval.py',
-        f'--config.checkpoint={os.path.join(run_dir, "train", "model")}',
-        f'--config.data.root={args.test_data}',
-        f'--config.data.synthetic_seed={args.test_seed}',
-        f'--config.data.synthetic_videos={args.test_videos}',
-        f'--config.output_dir={eval_dir}',
-        f'--config.tta.scales=({args.test_scale},)',
-        '--config.overlays=False'],
-       eval_dir + '.log')  # Beside it: evaluate.py wants its folder empty.
-  with open(summary_path) as f:
-    summary = json.load(f)
-  summary['train_seconds'] = trained
-  outputs.write_json(summary_path, summary, indent=2)
-  return summary
+  return synthetic_runs.train_and_score(synthetic_runs.Run(
+      run_dir=os.path.join(args.workdir, f'{ablation}-seed{seed}'),
+      config_arg=_config_arg(args, ablation), seed=seed,
+      backbone_from=args.backbone_from, train_data=args.train_data,
+      test_data=args.test_data, crop=args.crop, num_frames=args.num_frames,
+      batch_size=args.batch_size, test_seed=args.test_seed,
+      test_videos=args.test_videos, test_scale=args.test_scale))
 
 
 def table(args, results) -> str:

@@ -28,6 +28,7 @@ layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 
 import argparse
 import re
+import sys
 from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
@@ -207,6 +208,11 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   config = models.model_config(args.variant)
   sd = load_state_dict(args.src)
+  family = models.family(config)
+  if not args.backbone_only and not getattr(family, 'OFFICIAL_WEIGHTS', True):
+    sys.exit(f'error: {family.NAME} has no official PyTorch weights to '
+             'convert; use --backbone_only to start it from a DeepLab '
+             'backbone checkpoint')
   if args.backbone_only:
     arrays, loaded, left = convert_backbone(sd, config, args.seed)
     print(f'loaded {len(loaded)} backbone tensors; {len(left)} tensors keep '

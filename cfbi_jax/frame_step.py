@@ -10,13 +10,16 @@ I/O, no TensorFlow and no configs.
   stages (`embed`, `segment`) every model provides; `preprocess_images`:
   uint8 frames to the network's input.
 * `PropagationState`: what is carried from frame to frame (references,
-  previous frame). Its size is fixed by (object-free) shapes, so memory is
-  flat in video length.
+  previous frame, and the model's own `memory`). Its size is fixed by
+  static shapes, so memory is flat in video length.
 * `start` / `advance`: the state after the first frame, and the move to the
   next frame (the previous frame becomes the new one; frames that introduce
   objects also fill the next reference slot); `grow_references` adds slots.
+  `start_state` / `advance_state` do the same and move the model's memory
+  with it (`VOSModel.start_memory` / `advance_memory`).
 * `frame_logits(model, state, emb, obj_valid, out_size)`: one frame's
-  logits at a given size (segment, then align-corners bilinear).
+  logits at a given size (segment, then align-corners bilinear), and what
+  the model needs to move its memory.
 * `first_frame(params, frame, labels, *, graphdef, spec)` and
   `next_frame(params, states, frame, annotation, has_annotation, obj_valid,
   *, graphdef, spec)`: the whole device side of one frame of the official
@@ -79,6 +82,15 @@ class VOSModel(Protocol):
 
   Arrays are NHWC; objects live in `K + 1` slots (slot 0 the background)
   with an `obj_valid` `[B, K + 1]` mask.
+
+  Besides the references and the previous frame, which every model gets,
+  a model may carry state of its own from frame to frame, its `memory` (a
+  pytree of fixed shapes; `()` for CFBI). Its object axis, where it has
+  one, has `memory_slots` >= K + 1 entries, so it keeps its shape when
+  later frames bring new objects. `segment` reads it and puts what moving
+  it needs in `aux['memory_update']`; `advance_memory` then moves it with
+  the frame's final labels (annotations merged, or the labels fed in
+  training).
   """
 
   def embed(self, images: jnp.ndarray,
@@ -90,10 +102,21 @@ class VOSModel(Protocol):
               ref_labels: jnp.ndarray, ref_valid: jnp.ndarray,
               prev_scales: Sequence[jnp.ndarray], prev_labels: jnp.ndarray,
               current: FrameEmbedding, obj_valid: jnp.ndarray,
-              training: bool = False
+              training: bool = False, memory: Any = ()
               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
-    """One frame against the state's references and previous frame ->
-    (`[B, h4, w4, K + 1]` stride-4 logits, named intermediates)."""
+    """One frame against the state's references, previous frame and
+    memory -> (`[B, h4, w4, K + 1]` stride-4 logits, named intermediates)."""
+
+  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
+                   memory_slots: int) -> Any:
+    """The memory after the first frame (`labels` `[B, H, W]`)."""
+
+  def advance_memory(self, state: 'PropagationState', emb: FrameEmbedding,
+                     labels: jnp.ndarray, update: Any,
+                     training: bool = False) -> Any:
+    """The memory after a frame with final `labels` `[B, H, W]`; `update`
+    is the frame's `aux['memory_update']` (None where no frame was
+    segmented: the training clip's ground-truth previous frame)."""
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,22 +155,25 @@ class PropagationState:
     ref_valid: `[B, R]` bool, filled reference slots.
     prev_scales: per scale `[B, h_s, w_s, C_s]` previous-frame embeddings.
     prev_labels: `[B, H, W]` int32 previous-frame (hard) labels.
+    memory: the model's own carried state (`VOSModel`), `()` if none.
   """
   ref_scales: Tuple[jnp.ndarray, ...]
   ref_labels: jnp.ndarray
   ref_valid: jnp.ndarray
   prev_scales: Tuple[jnp.ndarray, ...]
   prev_labels: jnp.ndarray
+  memory: Any = ()
 
 
 def start(emb: FrameEmbedding, labels: jnp.ndarray,
-          num_ref_slots: int) -> PropagationState:
+          num_ref_slots: int, memory: Any = ()) -> PropagationState:
   """The state after the first (annotated) frame.
 
   Args:
     emb: embedding of the first frame (batch B).
     labels: `[B, H, W]` its annotation.
     num_ref_slots: R, the number of reference slots (>= 1).
+    memory: the model's memory after that frame (`start_state` makes it).
 
   Returns:
     A state whose reference slot 0 and previous frame are that frame.
@@ -159,12 +185,13 @@ def start(emb: FrameEmbedding, labels: jnp.ndarray,
   valid = jnp.zeros((labels.shape[0], num_ref_slots), bool).at[:, 0].set(True)
   return PropagationState(
       ref_scales=tuple(pad(s) for s in emb.scales), ref_labels=pad(labels),
-      ref_valid=valid, prev_scales=tuple(emb.scales), prev_labels=labels)
+      ref_valid=valid, prev_scales=tuple(emb.scales), prev_labels=labels,
+      memory=memory)
 
 
 def advance(state: PropagationState, emb: FrameEmbedding,
-            labels: jnp.ndarray, add_reference: jnp.ndarray
-            ) -> PropagationState:
+            labels: jnp.ndarray, add_reference: jnp.ndarray,
+            memory: Any = None) -> PropagationState:
   """Moves the state to the next frame.
 
   Args:
@@ -175,6 +202,8 @@ def advance(state: PropagationState, emb: FrameEmbedding,
     add_reference: `[B]` bool; where True, (emb, labels) also fills the next
       free reference slot (a frame that introduced objects). Does nothing
       when every slot is used (callers size the slots in advance).
+    memory: the model's memory after this frame (`advance_state` makes
+      it); None keeps the state's.
 
   Returns:
     The next state.
@@ -194,7 +223,27 @@ def advance(state: PropagationState, emb: FrameEmbedding,
                                                   emb.scales)),
       ref_labels=put(state.ref_labels, labels),
       ref_valid=state.ref_valid | write,
-      prev_scales=tuple(emb.scales), prev_labels=labels)
+      prev_scales=tuple(emb.scales), prev_labels=labels,
+      memory=state.memory if memory is None else memory)
+
+
+def start_state(model: VOSModel, emb: FrameEmbedding, labels: jnp.ndarray,
+                num_ref_slots: int, memory_slots: int) -> PropagationState:
+  """`start` with the model's first memory (`memory_slots` object slots)."""
+  return start(emb, labels, num_ref_slots,
+               model.start_memory(emb, labels.astype(jnp.int32),
+                                  memory_slots))
+
+
+def advance_state(model: VOSModel, state: PropagationState,
+                  emb: FrameEmbedding, labels: jnp.ndarray,
+                  add_reference: jnp.ndarray, update: Any,
+                  training: bool = False) -> PropagationState:
+  """`advance` with the model's memory moved too (`update` as returned by
+  `frame_logits`, None for a frame that was not segmented)."""
+  labels = labels.astype(jnp.int32)
+  memory = model.advance_memory(state, emb, labels, update, training)
+  return advance(state, emb, labels, add_reference, memory)
 
 
 def grow_references(state: PropagationState,
@@ -241,12 +290,15 @@ class StepSpec:
     bgr: feed the official BGR channel order.
     num_ref_slots: R, reference slots of the carried state.
     with_probs: also return the averaged probabilities.
+    memory_slots: object slots of the model's memory (the most objects a
+      stream may hold, plus the background).
   """
   input_sizes: Tuple[Tuple[int, int], ...]
   flips: Tuple[bool, ...]
   bgr: bool = True
   num_ref_slots: int = 1
   with_probs: bool = False
+  memory_slots: int = 11
 
 
 def network_input(frame: jnp.ndarray, size: Tuple[int, int], flip: bool,
@@ -275,7 +327,7 @@ def _flip_labels(labels: jnp.ndarray, flip: bool) -> jnp.ndarray:
 def frame_logits(model: VOSModel, state: PropagationState,
                  emb: FrameEmbedding, obj_valid: jnp.ndarray,
                  out_size: Tuple[int, int], training: bool = False
-                 ) -> jnp.ndarray:
+                 ) -> Tuple[jnp.ndarray, Any]:
   """One frame's logits at `out_size`: the core that training (its
   `lax.scan` body, `train_step.clip_loss`) and inference (`next_frame`)
   share.
@@ -290,16 +342,19 @@ def frame_logits(model: VOSModel, state: PropagationState,
     training: the model's training path (`model.segment`).
 
   Returns:
-    `[B, H, W, K + 1]` float32 logits (stride-4 logits resized with
-    align-corners bilinear; invalid slots hold `INVALID_LOGIT`).
+    `(logits, update)`: `[B, H, W, K + 1]` float32 logits (stride-4 logits
+    resized with align-corners bilinear; invalid slots hold
+    `INVALID_LOGIT`), and the model's `aux['memory_update']` (None if it
+    has none) for `advance_state`.
   """
   with jax.named_scope('segment'):
-    logits, _ = model.segment(state.ref_scales, state.ref_labels,
-                              state.ref_valid, state.prev_scales,
-                              state.prev_labels, emb, obj_valid,
-                              training=training)
+    logits, aux = model.segment(state.ref_scales, state.ref_labels,
+                                state.ref_valid, state.prev_scales,
+                                state.prev_labels, emb, obj_valid,
+                                training=training, memory=state.memory)
   with jax.named_scope('postprocess'):
-    return resize.resize_bilinear_ac(logits.astype(jnp.float32), out_size)
+    up = resize.resize_bilinear_ac(logits.astype(jnp.float32), out_size)
+  return up, aux.get('memory_update')
 
 
 def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
@@ -321,8 +376,8 @@ def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
   states = []
   for size, flip in zip(spec.input_sizes, spec.flips):
     emb, _ = model.embed(network_input(frame, size, flip, spec.bgr))
-    states.append(start(emb, _flip_labels(labels, flip)[None],
-                        spec.num_ref_slots))
+    states.append(start_state(model, emb, _flip_labels(labels, flip)[None],
+                              spec.num_ref_slots, spec.memory_slots))
   return tuple(states)
 
 
@@ -352,13 +407,14 @@ def next_frame(params: Any, states: Tuple[PropagationState, ...],
   model = nnx.merge(graphdef, params)
   out_size = frame.shape[:2]
   valid = obj_valid[None]
-  probs, embs = 0.0, []
+  probs, embs, updates = 0.0, [], []
   for size, flip, state in zip(spec.input_sizes, spec.flips, states):
     with jax.named_scope('preprocess'):
       image = network_input(frame, size, flip, spec.bgr)
     with jax.named_scope('embed'):
       emb, _ = model.embed(image)
-    up = frame_logits(model, state, emb, valid, out_size)
+    up, update = frame_logits(model, state, emb, valid, out_size)
+    updates.append(update)
     with jax.named_scope('postprocess'):
       up = jnp.where(valid[:, None, None, :], up, -jnp.inf)
       p = jax.nn.softmax(up, axis=-1)
@@ -372,8 +428,10 @@ def next_frame(params: Any, states: Tuple[PropagationState, ...],
   with jax.named_scope('advance'):
     add = jnp.reshape(has_annotation, (1,))
     new_states = tuple(
-        advance(state, emb, _flip_labels(labels, flip), add)
-        for state, emb, flip in zip(states, embs, spec.flips))
+        advance_state(model, state, emb, _flip_labels(labels, flip), add,
+                      update)
+        for state, emb, flip, update in zip(states, embs, spec.flips,
+                                            updates))
   outputs = {'labels': labels[0].astype(jnp.uint8)}
   if spec.with_probs:
     outputs['probs'] = probs[0]

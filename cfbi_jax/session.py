@@ -173,7 +173,7 @@ class Session:
     return frame_step.StepSpec(
         input_sizes=sizes, flips=tuple(a.flip for a in self.augs),
         bgr=self.bgr, num_ref_slots=num_ref_slots,
-        with_probs=self.with_probs)
+        with_probs=self.with_probs, memory_slots=self.max_objects + 1)
 
   def _check(self, frame: np.ndarray, mask: Optional[np.ndarray]):
     if frame.ndim != 3 or frame.shape[-1] != 3:

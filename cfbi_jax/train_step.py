@@ -110,23 +110,29 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
     emb = embed(module, images, rng)
   emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
-  state = frame_step.start(at(0), labels[:, 0], num_ref_slots=1)
-  state = frame_step.advance(state, at(1), labels[:, 1],
-                            jnp.zeros((b,), bool))
+  no_reference = jnp.zeros((b,), bool)
+  state = frame_step.start_state(module, at(0), labels[:, 0],
+                                 num_ref_slots=1,
+                                 memory_slots=obj_valid.shape[1])
+  state = frame_step.advance_state(module, state, at(1), labels[:, 1],
+                                   no_reference, None, training=True)
 
   def body(state, xs):
     emb_t, labels_t = xs
     logits_of = lambda m, st, e, ov: frame_step.frame_logits(
         m, st, e, ov, crop, training=True)
     if 'frame' in remat:
-      logits = _rematerialised(module, logits_of, state, emb_t, obj_valid)
+      logits, update = _rematerialised(module, logits_of, state, emb_t,
+                                       obj_valid)
     else:
-      logits = logits_of(module, state, emb_t, obj_valid)
+      logits, update = logits_of(module, state, emb_t, obj_valid)
     loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
         jnp.int32)
     fed = jnp.where(use_own_predictions, pred, labels_t)
-    state = frame_step.advance(state, emb_t, fed, jnp.zeros((b,), bool))
+    state = frame_step.advance_state(module, state, emb_t, fed, no_reference,
+                                     jax.lax.stop_gradient(update),
+                                     training=True)
     return state, (loss_t, pred, fed)
 
   time_major = lambda x: jnp.moveaxis(x[:, 2:], 1, 0)

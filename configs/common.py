@@ -3,7 +3,9 @@
 * `parse_arg('variant=cfbi_resnet101,dataset=davis2017', variant='', ...)`
   parses `--config=file.py:arg`: a ConfigDict of the declared keys with
   their defaults overridden; an undeclared key is an error.
-* `training_config(variant, runlocal)`: the training recipe shared by
+* `parse_training_arg`, `training_preset`: the `model=` / `backbone=`
+  arguments of the training configs and the variant they build.
+* `training_config(model, runlocal, backbone)`: the training recipe shared by
   `ytvos.py`, `davis.py` and `davis_ytvos.py`, which then set their own
   stage values. Where each value comes from is written next to it:
   [paper] CFBI §4 / CFBI+ §4; [official] the official configs
@@ -39,18 +41,63 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-TRAIN_VARIANTS = {'cfbi': 'cfbi_resnet101', 'cfbip': 'cfbip_resnet101',
-                  'mobilenet': 'cfbi_mobilenetv2'}
+# The models a training config builds (`model=` after the colon) and the
+# backbones (`backbone=`); `variant=` is the older spelling of both.
+TRAIN_MODELS = ('cfbi', 'cfbip', 'feelvos', 'videomatch')
+TRAIN_BACKBONES = {'resnet': 'resnet101', 'mobilenet': 'mobilenetv2'}
+_OLD_VARIANTS = {'cfbi': ('cfbi', 'resnet'), 'cfbip': ('cfbip', 'resnet'),
+                 'mobilenet': ('cfbi', 'mobilenet')}
+
+
+def parse_training_arg(arg) -> ml_collections.ConfigDict:
+  """The arguments of the training configs: `model=cfbi|cfbip|feelvos|
+  videomatch`, `backbone=resnet|mobilenet`, `runlocal` (and the older
+  `variant=cfbi|cfbip|mobilenet`)."""
+  args = parse_arg(arg, model='cfbi', backbone='resnet', variant='',
+                   runlocal=False)
+  if args.variant:
+    if args.variant not in _OLD_VARIANTS:
+      raise ValueError(f'variant must be one of {sorted(_OLD_VARIANTS)}, '
+                       f'got {args.variant!r}')
+    args.model, args.backbone = _OLD_VARIANTS[args.variant]
+  return args
+
+
+def training_preset(model: str, backbone: str, runlocal: bool) -> str:
+  """The model variant a training run builds (`models.VARIANTS`)."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  if model not in TRAIN_MODELS:
+    raise ValueError(f'model must be one of {TRAIN_MODELS}, got {model!r}')
+  if backbone not in TRAIN_BACKBONES:
+    raise ValueError(f'backbone must be one of {sorted(TRAIN_BACKBONES)}, '
+                     f'got {backbone!r}')
+  preset = (f'tiny_{model}' if runlocal
+            else f'{model}_{TRAIN_BACKBONES[backbone]}')
+  if preset not in models.VARIANTS:
+    raise ValueError(f'{model} has no {backbone} variant; expected one of '
+                     f'{[v for v in models.VARIANTS if v.startswith(model)]}')
+  return preset
 
 
 def training_model_config(preset: str) -> ml_collections.ConfigDict:
   """`models.model_config(preset)` with the training matching chunks."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   model = models.model_config(preset)
-  # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
-  model.global_chunks = (20,) if len(model.global_chunks) == 1 \
-      else (20, 10, 5)
+  if model.name == 'cfbi':
+    # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
+    model.global_chunks = (20,) if len(model.global_chunks) == 1 \
+        else (20, 10, 5)
+  elif model.name == 'feelvos':
+    model.global_chunks = 20  # [ours] as CFBI's
   return model
+
+
+def uses_own_predictions(model_name: str) -> bool:
+  """Whether a model family trains on its own previous predictions: CFBI's
+  sequential training [paper]; FEELVOS trains on the ground-truth previous
+  mask [paper FEELVOS §3] and VideoMatch on frame pairs [paper
+  VideoMatch §4.1], so neither does."""
+  return model_name == 'cfbi'
 
 
 def optim_config(total_steps: int) -> ml_collections.ConfigDict:
@@ -74,28 +121,24 @@ def optim_config(total_steps: int) -> ml_collections.ConfigDict:
   return optim
 
 
-def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
+def training_config(model: str, runlocal: bool,
+                    backbone: str = 'resnet') -> ml_collections.ConfigDict:
   """The shared training recipe (module docstring); stage files adjust it.
 
   Args:
-    variant: 'cfbi' | 'cfbip' | 'mobilenet' (CFBI with the MobileNetV2
-      backbone).
+    model: one of `TRAIN_MODELS`.
     runlocal: a smoke-test shrink (tiny model, crop 65, batch 2, 20 steps)
       that runs in about a minute on a laptop CPU.
+    backbone: one of `TRAIN_BACKBONES`.
   """
   # Imported here so that `parse_arg` stays importable without TF.
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if variant not in TRAIN_VARIANTS:
-    raise ValueError(f'variant must be one of {sorted(TRAIN_VARIANTS)}, '
-                     f'got {variant!r}')
   config = ml_collections.ConfigDict()
   config.seed = 0
   # [ours] JAX's persistent compilation cache ('' turns it off).
   config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
-  preset = TRAIN_VARIANTS[variant]
-  if runlocal:
-    preset = 'tiny_cfbip' if variant == 'cfbip' else 'tiny_cfbi'
-  config.model = training_model_config(preset)
+  config.model = training_model_config(
+      training_preset(model, backbone, runlocal))
   config.model_bgr = True  # [official] BGR input order of the released models.
   config.data = input_pipeline.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
@@ -106,6 +149,9 @@ def training_config(variant: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.train.hard_mining_step = 50_000           # [official] steps / 2
   config.train.own_predictions_from_step = 50_001  # [official] GT while
   # step <= TRAIN_START_SEQ_TRAINING_STEPS (50k), own predictions after.
+  # False: the previous mask is always the ground truth (`uses_own_
+  # predictions`: FEELVOS and VideoMatch).
+  config.train.own_predictions = uses_own_predictions(config.model.name)
   # [ours] Parts recomputed in the backward pass instead of stored
   # (`train_step.REMAT_PARTS`: 'backbone', 'frame'): less device memory for
   # more compute, same gradients. Off by default (the fastest).

@@ -1,10 +1,11 @@
-"""CFBI / CFBI+ training on DAVIS 2017 train only.
+"""Training on DAVIS 2017 train only (CFBI, CFBI+, FEELVOS or VideoMatch).
 
-    python train.py --config=configs/davis.py:variant=cfbi \
+    python train.py --config=configs/davis.py:model=cfbi \
         --config.data.root=DAVIS --workdir=runs/cfbi_davis
 
 `--config.data.root` is the folder holding `ImageSets/2017/train.txt`.
-Arguments: `variant=cfbi|cfbip|mobilenet`, `runlocal`.
+Arguments: `model=cfbi|cfbip|feelvos|videomatch`,
+`backbone=resnet|mobilenet`, `runlocal`.
 
 Stage values: lr 0.006, 50k steps, global batch 6, N = 3: the DAVIS-only
 setting of CFBI+ §4 [paper] (the ECCV CFBI paper used batch 3 with the same
@@ -18,8 +19,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant='cfbi', runlocal=False)
-  config = common.training_config(args.variant, args.runlocal)
+  args = common.parse_training_arg(arg)
+  config = common.training_config(args.model, args.runlocal, args.backbone)
   config.data.source = 'davis'
   if not args.runlocal:
     config.optim.lr = 0.006          # [paper]

@@ -1,13 +1,14 @@
 """Fine-tuning on DAVIS 2017 and YouTube-VOS mixed 1:2, N = 5 frames.
 
-    python train.py --config=configs/davis_ytvos.py:variant=cfbi \
+    python train.py --config=configs/davis_ytvos.py:model=cfbi \
         --config.data.root=youtube-vos --config.data.davis_root=DAVIS \
         --config.init.cfbi_checkpoint=runs/cfbi_ytvos/model \
         --workdir=runs/cfbi_davis_ytvos
 
 The stage that gives the papers' DAVIS numbers: start from the YouTube-VOS
 model (`init.cfbi_checkpoint`, or resume a workdir) and train on both
-datasets. Arguments: `variant=cfbi|cfbip|mobilenet`, `runlocal`.
+datasets. Arguments: `model=cfbi|cfbip|feelvos|videomatch`,
+`backbone=resnet|mobilenet`, `runlocal`.
 
 Stage values (beyond `configs/common.py::training_config`):
 * the 'mixed' source: YouTube-VOS at `data.root` plus DAVIS at
@@ -22,8 +23,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant='cfbi', runlocal=False)
-  config = common.training_config(args.variant, args.runlocal)
+  args = common.parse_training_arg(arg)
+  config = common.training_config(args.model, args.runlocal, args.backbone)
   config.data.source = 'mixed'
   config.data.davis_repeat = 30
   if not args.runlocal:

@@ -9,9 +9,11 @@ first use. Seed 1 is for training only: `python evaluate.py` scores
 held-out videos of seed 2 (`configs/eval.py`), the ablations
 (`bench/ablate.py`) use seeds 3 and up for their test sets.
 
-Arguments after the colon: `preset=` a model of `cfbi_jax.presets`
-(`tiny_cfbi`, about 0.5M parameters), `steps=`, `ablation=` one of
-`ABLATIONS` (below; `bench/ablate.py` runs them all) and `recipe=`:
+Arguments after the colon: `model=cfbi|cfbip|feelvos|videomatch` (its
+tiny variant, `tiny_<model>`, about 0.4-0.5M parameters; the default is
+CFBI), or `preset=` any variant of `cfbi_jax.models`; `steps=`,
+`ablation=` one of `ABLATIONS` (below; `bench/ablate.py` runs them all;
+CFBI only) and `recipe=`:
 
 * `scratch` (default, the bundled model): what a small model trained from
   scratch needs, and what the papers never had to do (they start from an
@@ -96,8 +98,8 @@ RECIPES = {'scratch': _scratch, 'sgd': _sgd}
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, preset='tiny_cfbi', steps=0, ablation='none',
-                          recipe='scratch')
+  args = common.parse_arg(arg, model='cfbi', preset='', steps=0,
+                          ablation='none', recipe='scratch')
   if args.ablation not in ABLATIONS:
     raise ValueError(f'unknown ablation {args.ablation!r}; expected one of '
                      f'{sorted(ABLATIONS)}')
@@ -105,8 +107,14 @@ def get_config(arg=None):
     raise ValueError(f'unknown recipe {args.recipe!r}; expected one of '
                      f'{sorted(RECIPES)}')
   config = common.training_config('cfbi', runlocal=False)
-  config.model = common.training_model_config(args.preset)
-  config.model.global_chunks = (1,) * len(config.model.global_chunks)
+  config.model = common.training_model_config(
+      args.preset or common.training_preset(args.model, 'resnet', True))
+  config.train.own_predictions = common.uses_own_predictions(
+      config.model.name)
+  if 'global_chunks' in config.model:
+    chunks = config.model.global_chunks
+    config.model.global_chunks = ((1,) * len(chunks)
+                                  if isinstance(chunks, tuple) else 1)
   config.data.source = 'synthetic'
   config.data.root = 'runs/synthetic_data'
   config.data.synthetic_videos = 200

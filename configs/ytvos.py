@@ -1,10 +1,13 @@
-"""CFBI / CFBI+ training on YouTube-VOS (the papers' main stage).
+"""Training on YouTube-VOS (the papers' main stage) of CFBI, CFBI+, FEELVOS
+or VideoMatch.
 
-    python train.py --config=configs/ytvos.py:variant=cfbi \
+    python train.py --config=configs/ytvos.py:model=cfbi \
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos
 
-Arguments after the colon: `variant=cfbi|cfbip|mobilenet` and `runlocal`
-(a tiny model, crop 65, batch 2, 20 steps: a smoke run on any machine).
+Arguments after the colon: `model=cfbi|cfbip|feelvos|videomatch`,
+`backbone=resnet|mobilenet` and `runlocal`
+(a tiny model, crop 65, batch 2, 20 steps: a smoke run on any machine);
+the older `variant=cfbi|cfbip|mobilenet` still works.
 `--config.data.root` is the folder holding `train/meta.json`.
 
 The recipe and the provenance of each value ([paper] / [official] / [ours])
@@ -18,7 +21,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant='cfbi', runlocal=False)
-  config = common.training_config(args.variant, args.runlocal)
+  args = common.parse_training_arg(arg)
+  config = common.training_config(args.model, args.runlocal, args.backbone)
   config.data.source = 'youtubevos'
   return config

@@ -1,7 +1,8 @@
 """The model families, keyed by `config.model.name`.
 
 Each family is one module of this package that holds everything the
-project knows about it (see `models/cfbi.py`):
+project knows about it: `cfbi.py` (CFBI and CFBI+), `feelvos.py` (FEELVOS)
+and `videomatch.py` (VideoMatch). Each module defines:
 
 * `NAME`, `VARIANTS`, `model_config(variant)`: its named settings;
 * `from_config(model_config, rngs=...)`: the module (a
@@ -9,7 +10,8 @@ project knows about it (see `models/cfbi.py`):
 * `EVAL_FIELDS`: fields that change evaluation but not the weights;
 * `dataset_overrides(variant, dataset)`: flags of its official evaluation
   scripts per dataset;
-* `CHECKPOINT_RULES`, `CHECKPOINT_ALIASES`: the official state-dict names;
+* `CHECKPOINT_RULES`, `CHECKPOINT_ALIASES`: the official state-dict names
+  (`OFFICIAL_WEIGHTS = False` where only a backbone can be converted);
 * `INIT_HOOKS`: `config.init` switch -> function of a fresh module.
 
 The rest of the package (`checkpoint`, `convert`, `trainer`,
@@ -25,8 +27,11 @@ import ml_collections
 from flax import nnx
 
 from cfbi_jax.models import cfbi
+from cfbi_jax.models import feelvos
+from cfbi_jax.models import videomatch
 
-FAMILIES: Dict[str, types.ModuleType] = {cfbi.NAME: cfbi}
+FAMILIES: Dict[str, types.ModuleType] = {
+    module.NAME: module for module in (cfbi, feelvos, videomatch)}
 
 VARIANTS: Tuple[str, ...] = tuple(v for family_module in FAMILIES.values()
                                   for v in family_module.VARIANTS)

@@ -38,7 +38,7 @@
 
 import inspect
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -237,7 +237,8 @@ class CFBI(nnx.Module):
   def segment(self, ref_scales: Sequence[jnp.ndarray], ref_labels: jnp.ndarray,
               ref_valid: jnp.ndarray, prev_scales: Sequence[jnp.ndarray],
               prev_labels: jnp.ndarray, current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False
+              obj_valid: jnp.ndarray, training: bool = False,
+              memory: Any = ()
               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """Segments one frame against its references and previous frame.
 
@@ -252,6 +253,8 @@ class CFBI(nnx.Module):
       training: the official training path: the global-matching lattice is
         applied to every object (min pixels 0), which also reaches the
         attention vector when `attention_uses_atrous_labels`.
+      memory: unused (CFBI carries nothing beyond the references and the
+        previous frame).
 
     Returns:
       `(logits, aux)`: `[B, h4, w4, K+1]` stride-4 logits (invalid slots set
@@ -363,6 +366,20 @@ class CFBI(nnx.Module):
     logits = ensembler_lib.augment_background_logit(fg, bg, obj_valid)
     logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
     return jnp.moveaxis(logits, 1, -1), aux
+
+
+  # ------------------------------------------------------------ memory
+  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
+                   memory_slots: int) -> Tuple[()]:
+    """CFBI has no memory of its own: `()`."""
+    del emb, labels, memory_slots
+    return ()
+
+  def advance_memory(self, state, emb: FrameEmbedding, labels: jnp.ndarray,
+                     update, training: bool = False) -> Tuple[()]:
+    """CFBI has no memory of its own: `()`."""
+    del state, emb, labels, update, training
+    return ()
 
 
 def _ablate_attention(heads: jnp.ndarray, use_background: bool,

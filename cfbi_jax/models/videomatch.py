@@ -1,0 +1,508 @@
+"""VideoMatch (Hu, Huang and Schwing, ECCV 2018): everything the project
+knows about this model family.
+
+VideoMatch (`../shared/reference/papers/`, file 003) segments a frame by
+matching its features to the foreground and background features of the
+first frame, with no decoder after the matching:
+
+* features: [ours] a 1x1 projection of the DeepLabV3+ decoder output to
+  `embedding_dim` channels, at stride 8 (`match_stride=8`, every other row
+  and column of the stride-4 grid: the paper matches the stride-8 top layer
+  of a dilated ResNet-101) or at stride 4;
+* the soft matching layer (`soft_matching`, §3.2): for every pixel, the
+  cosine similarity to each feature of a set, averaged over its top K = 20
+  matches; per object k against its foreground set m_F,k (its pixels) and
+  its background set m_B,k (every other pixel of the frame), §3.4;
+* the weighted softmax (§3.3) of the two scores to a foreground
+  probability, p_k = softmax(w [S_F, S_B])_F = sigmoid(w (S_F - S_B)), with
+  [ours] w a learned scalar (`softmax_weight` its initial value): the paper
+  names a weighted softmax without giving the weight;
+* outlier removal (§3.3, `extrude`): foreground of object k is kept only
+  within d_c = 100 pixels of its previous-frame mask;
+* the fusion of §3.4: the label of a pixel is the object of highest p_k, or
+  the background when every p_k is below c2 = 0.4 (`fused_logits`: slot 0
+  holds log c2, slot k log p_k, so the argmax, which the shared evaluation
+  takes, is exactly that rule);
+* the online update (§3.3, `update_sets`): after each frame, the features
+  of pixels first predicted as foreground of k but removed as outliers join
+  m_B,k, and those of the eroded final mask of k with p_k > c1 = 0.95 (and
+  not just added to m_B,k) join m_F,k.
+
+The sets are the reference frames' pixels (the first frame, and frames
+that introduced objects: the carried `PropagationState`) plus the online
+update, which grows. In JAX the growth is a fixed-capacity buffer, the
+model's `memory`: `update_capacity` pixel features `[B, P, C]` with their
+membership `fg`, `bg` `[B, P, S]` (the validity masks: an unwritten or
+reassigned entry belongs to no set) and the count of pixels written. When
+it is full, new pixels overwrite the oldest updates first (a ring); the
+reference frames' pixels are never dropped. One frame adds at most P pixels
+(the first P in raster order).
+
+Training: [paper] pairs of frames, the reference and another; no outlier
+removal and no update. Our training clips run each current frame against
+the reference alone, which is that. The paper does not give its loss;
+[ours] the shared bootstrapped cross-entropy over the fused logits, which
+trains every object's p_k against the others and the background threshold.
+[ours] d_c is in pixels of the frame (mask resolution), converted to the
+matching grid; the erosion is `erosion` grid pixels; the initial foreground
+of object k is p_k > 0.5; outlier removal works at the matching grid,
+before the logits are upsampled.
+"""
+
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cfbi_jax import backbone as backbone_lib
+from cfbi_jax import layers
+from cfbi_jax import matching
+from cfbi_jax import resize
+from cfbi_jax.frame_step import FrameEmbedding
+from cfbi_jax.frame_step import INVALID_LOGIT
+from cfbi_jax.models import cfbi
+
+NAME = 'videomatch'
+
+_DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
+           'bfloat16': jnp.bfloat16}
+
+# Probabilities enter the logits as log(max(p, _EPS)).
+_EPS = 1e-6
+
+
+def top_k_mean(similarity: jnp.ndarray, member: jnp.ndarray,
+               k: int) -> jnp.ndarray:
+  """Mean of the `k` largest similarities among the members of a set.
+
+  Args:
+    similarity: `[..., N]` similarities to N candidates.
+    member: `[..., N]` bool, the candidates in the set (broadcastable).
+    k: K of the paper (static).
+
+  Returns:
+    `[...]` float32: the mean over the min(k, members) best members; -1 (the
+    least cosine similarity) for an empty set.
+  """
+  k = min(k, similarity.shape[-1])
+  masked = jnp.where(member, similarity, -jnp.inf)
+  best, _ = jax.lax.top_k(masked, k)
+  found = jnp.isfinite(best)
+  count = jnp.sum(found, axis=-1)
+  total = jnp.sum(jnp.where(found, best, 0.0), axis=-1)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), -1.0)
+
+
+def soft_matching(query: jnp.ndarray, candidates: jnp.ndarray,
+                  fg: jnp.ndarray, bg: jnp.ndarray, *, k: int,
+                  max_chunk_bytes: Optional[int] = None
+                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """The soft matching layer SML (§3.2) for every object's two sets.
+
+  Args:
+    query: `[h, w, C]` current-frame features.
+    candidates: `[N, C]` features of the template sets (all objects').
+    fg: `[N, S]` bool, candidate n is in object s's foreground set.
+    bg: `[N, S]` bool, candidate n is in object s's background set.
+    k: top K.
+    max_chunk_bytes: bound on one query chunk's `[S, chunk, N]` masked
+      similarities (static; None: one chunk).
+
+  Returns:
+    `(S_F, S_B)`, each `[S, h, w]` float32.
+  """
+  height, width, channels = query.shape
+  num_slots = fg.shape[1]
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True),
+                                   1e-12)
+  q = unit(query.reshape(-1, channels).astype(jnp.float32))
+  c = unit(candidates.astype(jnp.float32))
+  num_queries = q.shape[0]
+  chunks = matching.chunk_count(num_slots * c.shape[0], num_queries, 1,
+                                max_chunk_bytes, jnp.float32)
+  size = -(-num_queries // chunks)
+  q = jnp.pad(q, ((0, size * chunks - num_queries), (0, 0)))
+
+  def match_chunk(qc):
+    sim = jnp.einsum('qc,nc->qn', qc, c,
+                     precision=jax.lax.Precision.HIGHEST)       # [chunk, N]
+    score = lambda member: top_k_mean(sim[None], member.T[:, None], k)
+    return score(fg), score(bg)                                # [S, chunk]
+
+  s_f, s_b = jax.lax.map(match_chunk, q.reshape(chunks, size, channels))
+  shape = lambda x: jnp.moveaxis(x, 1, 0).reshape(num_slots, -1)[
+      :, :num_queries].reshape(num_slots, height, width)
+  return shape(s_f), shape(s_b)
+
+
+def disk_offsets(radius: float, inclusive: bool = False) -> np.ndarray:
+  """`[n, 2]` integer offsets (dy, dx) with dy^2 + dx^2 < radius^2 (<= with
+  `inclusive`; the origin always included)."""
+  r = int(np.ceil(radius))
+  dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1),
+                       indexing='ij')
+  sq = dy**2 + dx**2
+  inside = (sq <= radius**2 if inclusive else sq < radius**2) | (sq == 0)
+  return np.stack([dy[inside], dx[inside]], axis=1)
+
+
+def extrude(masks: jnp.ndarray, radius: float) -> jnp.ndarray:
+  """Pixels closer than `radius` to a mask (Euclidean, in pixels).
+
+  Args:
+    masks: `[..., h, w]` bool.
+    radius: d_c in pixels of this grid (static).
+
+  Returns:
+    `[..., h, w]` bool, True within the distance (the mask included).
+  """
+  r = int(np.ceil(radius))
+  if r == 0:
+    return masks
+  h, w = masks.shape[-2:]
+  pad = [(0, 0)] * (masks.ndim - 2) + [(r, r), (r, r)]
+  padded = jnp.pad(masks, pad)
+  out = jnp.zeros_like(masks)
+  for dy, dx in disk_offsets(radius):
+    out = out | padded[..., r + dy:r + dy + h, r + dx:r + dx + w]
+  return out
+
+
+def erode(masks: jnp.ndarray, radius: float) -> jnp.ndarray:
+  """Pixels of a mask with no pixel outside it within `radius` (distance
+  <= radius, so 1 removes the pixels with a 4-neighbour outside; the
+  frame's border does not erode).
+
+  Args:
+    masks: `[..., h, w]` bool.
+    radius: in pixels (static).
+
+  Returns:
+    `[..., h, w]` bool.
+  """
+  r = int(np.ceil(radius))
+  if r == 0:
+    return masks
+  h, w = masks.shape[-2:]
+  pad = [(0, 0)] * (masks.ndim - 2) + [(r, r), (r, r)]
+  outside = jnp.pad(~masks, pad)
+  near = jnp.zeros_like(masks)
+  for dy, dx in disk_offsets(radius, inclusive=True):
+    near = near | outside[..., r + dy:r + dy + h, r + dx:r + dx + w]
+  return masks & ~near
+
+
+def fused_logits(probs: jnp.ndarray, obj_valid: jnp.ndarray,
+                 background_threshold: float) -> jnp.ndarray:
+  """§3.4's fusion as logits: argmax is the object of highest p_k, or the
+  background if every p_k < c2.
+
+  Args:
+    probs: `[B, S, h, w]` foreground probabilities (slot 0 ignored).
+    obj_valid: `[B, S]` bool.
+    background_threshold: c2.
+
+  Returns:
+    `[B, S, h, w]` float32: slot 0 log c2, slot k log max(p_k, 1e-6),
+    invalid slots `INVALID_LOGIT`.
+  """
+  logits = jnp.log(jnp.maximum(probs, _EPS))
+  slot = jnp.arange(probs.shape[1])[None, :, None, None]
+  logits = jnp.where(slot == 0, float(np.log(background_threshold)), logits)
+  return jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
+
+
+def update_sets(initial_fg: jnp.ndarray, extruded: jnp.ndarray,
+                final_labels: jnp.ndarray, final_probs: jnp.ndarray,
+                obj_valid: jnp.ndarray, *, confidence: float,
+                erosion: float) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """§3.3's online update: which pixels join which set, per object.
+
+  b_k = initial foreground of k outside its extruded previous mask;
+  f_k = eroded final mask of k, where p_k > c1, not in b_k. Slot 0 and
+  invalid slots join nothing.
+
+  Args:
+    initial_fg: `[S, h, w]` bool, y_t,init per object (p_k > 0.5).
+    extruded: `[S, h, w]` bool, the extruded previous masks.
+    final_labels: `[h, w]` int final labels at the grid.
+    final_probs: `[S, h, w]` p_k after outlier removal.
+    obj_valid: `[S]` bool.
+    confidence: c1.
+    erosion: erosion radius in grid pixels.
+
+  Returns:
+    `(to_fg, to_bg)`, each `[S, h, w]` bool.
+  """
+  num_slots = obj_valid.shape[0]
+  objects = (obj_valid & (jnp.arange(num_slots) > 0))[:, None, None]
+  to_bg = initial_fg & ~extruded & objects
+  mine = final_labels[None] == jnp.arange(num_slots)[:, None, None]
+  to_fg = erode(mine, erosion) & (final_probs > confidence) & ~to_bg & objects
+  return to_fg, to_bg
+
+
+def write_sets(memory: Dict[str, jnp.ndarray], features: jnp.ndarray,
+               to_fg: jnp.ndarray, to_bg: jnp.ndarray
+               ) -> Dict[str, jnp.ndarray]:
+  """Appends pixels to the fixed-capacity buffer of one stream (a ring).
+
+  Args:
+    memory: `{'features': [P, C], 'fg': [P, S], 'bg': [P, S], 'count': []}`.
+    features: `[n, C]` this frame's pixel features.
+    to_fg, to_bg: `[n, S]` bool, the sets each pixel joins.
+
+  Returns:
+    The buffer with the selected pixels (the first P of them, in order)
+    written at positions count, count + 1, ... modulo P, and `count`
+    advanced by their number.
+  """
+  capacity = memory['features'].shape[0]
+  selected = jnp.any(to_fg | to_bg, axis=1)
+  rank = jnp.cumsum(selected) - 1
+  keep = selected & (rank < capacity)
+  position = jnp.where(keep, (memory['count'] + rank) % capacity, capacity)
+  put = lambda old, new: old.at[position].set(new.astype(old.dtype),
+                                              mode='drop')
+  return {'features': put(memory['features'], features),
+          'fg': put(memory['fg'], to_fg), 'bg': put(memory['bg'], to_bg),
+          'count': memory['count'] + jnp.sum(keep).astype(jnp.int32)}
+
+
+class VideoMatch(nnx.Module):
+  """VideoMatch on one of our DeepLabV3+ backbones (module docstring).
+
+  Constructor fields are plain values (see `from_config`):
+    backbone, resnet_blocks, resnet_width, aspp_channels, decoder_channels,
+      backbone_norm, gn_groups: the DeepLab, as in `CFBI`.
+    embedding_dim: matching features' width.
+    match_stride: 8 (the paper) or 4.
+    top_k: K (20).
+    softmax_weight: initial weight w of the softmax (learned).
+    outlier_distance: d_c in frame pixels (100).
+    confidence: c1 (0.95).
+    background_threshold: c2 (0.4).
+    erosion: erosion of the final mask before it joins m_F, in grid pixels.
+    update_capacity: P, pixels of the online-update buffer.
+    outlier_removal, online_update: switch the two inference steps.
+    chunk_mb: bound on one query chunk of the soft matching in MiB.
+    compute_dtype: dtype of DeepLab; the matching stays float32.
+  """
+
+  def __init__(self, backbone: str = 'resnet',
+               resnet_blocks: Tuple[int, ...] = (3, 4, 23, 3),
+               resnet_width: int = 64, aspp_channels: int = 256,
+               decoder_channels: int = 256, backbone_norm: str = 'frozen_bn',
+               gn_groups: int = 32, embedding_dim: int = 256,
+               match_stride: int = 8, top_k: int = 20,
+               softmax_weight: float = 10.0, outlier_distance: float = 100.0,
+               confidence: float = 0.95, background_threshold: float = 0.4,
+               erosion: float = 1.0, update_capacity: int = 16384,
+               outlier_removal: bool = True, online_update: bool = True,
+               chunk_mb: float = 256.0, compute_dtype: str = 'float32', *,
+               rngs: nnx.Rngs):
+    if match_stride not in (4, 8):
+      raise ValueError(f'match_stride must be 4 or 8, got {match_stride}')
+    if compute_dtype not in _DTYPES:
+      raise ValueError(f'compute_dtype must be one of {sorted(_DTYPES)}, '
+                       f'got {compute_dtype!r}')
+    self.match_stride = int(match_stride)
+    self.top_k = int(top_k)
+    self.outlier_distance = float(outlier_distance)
+    self.confidence = float(confidence)
+    self.background_threshold = float(background_threshold)
+    self.erosion = float(erosion)
+    self.update_capacity = int(update_capacity)
+    self.outlier_removal = bool(outlier_removal)
+    self.online_update = bool(online_update)
+    self.chunk_mb = float(chunk_mb)
+    self.compute_dtype = compute_dtype
+    self.feature_extracter = backbone_lib.DeepLab(
+        backbone, aspp_channels, decoder_channels, resnet_blocks,
+        resnet_width, backbone_norm, gn_groups, rngs=rngs)
+    self.projection = layers.conv(decoder_channels, embedding_dim, 1,
+                                  use_bias=True, rngs=rngs)
+    self.softmax_weight = nnx.Param(jnp.asarray(softmax_weight, jnp.float32))
+
+  def embed(self, images: jnp.ndarray,
+            dropout_rng: Optional[jax.Array] = None
+            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+    """`[B, H, W, 3]` normalised images -> (matching features at
+    `match_stride` in `scales`, DeepLab features)."""
+    feats = layers.call_in_dtype(self.feature_extracter,
+                                 _DTYPES[self.compute_dtype], images,
+                                 dropout_rng)
+    feats = {k: v.astype(jnp.float32) if v is not None else None
+             for k, v in feats.items()}
+    x = self.projection(feats['decoder_s4'])
+    if self.match_stride == 8:
+      x = x[:, ::2, ::2]
+    return FrameEmbedding(low_s4=feats['decoder_s4'], scales=(x,)), feats
+
+  def segment(self, ref_scales, ref_labels: jnp.ndarray,
+              ref_valid: jnp.ndarray, prev_scales, prev_labels: jnp.ndarray,
+              current: FrameEmbedding, obj_valid: jnp.ndarray,
+              training: bool = False, memory: Any = ()
+              ) -> Tuple[jnp.ndarray, Dict[str, Any]]:
+    """Soft matching to every object's sets, weighted softmax, outlier
+    removal (not in training), fusion.
+
+    Args:
+      ref_scales: `([B, R, h, w, C],)` reference features.
+      ref_labels: `[B, R, H, W]` int reference labels (mask resolution).
+      ref_valid: `[B, R]` bool.
+      prev_scales: unused (VideoMatch does not match the previous frame).
+      prev_labels: `[B, H, W]` previous labels (for outlier removal).
+      current: this frame's features.
+      obj_valid: `[B, K + 1]` bool.
+      training: the paper's training pairs: no outlier removal.
+      memory: the online-update buffer (module docstring).
+
+    Returns:
+      `(logits, aux)`: `[B, h, w, K + 1]` fused logits (at the matching
+      grid; `frame_step` upsamples them) and `{'fg_score', 'bg_score',
+      'initial', 'final': [B, K + 1, h, w], 'memory_update'}`.
+    """
+    del prev_scales
+    num_slots = obj_valid.shape[1]
+    cur = current.scales[0]
+    batch, grid, channels = cur.shape[0], cur.shape[1:3], cur.shape[-1]
+    ref_lab = resize.resize_labels_nearest(ref_labels, grid)
+    ref_lab = jnp.where(ref_valid[:, :, None, None], ref_lab, -1)
+    ref_lab = jax.vmap(lambda lab, ov: matching.atrous_reference_labels(
+        lab, ov, atrous=1, min_pixels=0))(ref_lab, obj_valid)
+    ref_lab = ref_lab.reshape(batch, -1)                       # [B, R*h*w]
+    slots = jnp.arange(num_slots)
+    ref_fg = ref_lab[..., None] == slots
+    ref_bg = (ref_lab[..., None] >= 0) & ~ref_fg
+    candidates = ref_scales[0].reshape(batch, -1, channels)
+    fg, bg = ref_fg, ref_bg
+    if not training and self.online_update:
+      # The sets grown by the online update (training pairs have none).
+      candidates = jnp.concatenate(
+          [candidates, memory['features'].astype(cur.dtype)], axis=1)
+      fg = jnp.concatenate([fg, memory['fg'][..., :num_slots]], axis=1)
+      bg = jnp.concatenate([bg, memory['bg'][..., :num_slots]], axis=1)
+    with jax.named_scope('global_matching'):
+      s_f, s_b = jax.vmap(lambda q, c, f, b: soft_matching(
+          q, c, f, b, k=self.top_k,
+          max_chunk_bytes=int(self.chunk_mb * 2**20)))(cur, candidates, fg, bg)
+    weight = self.softmax_weight[...]
+    initial = jax.nn.sigmoid(weight * (s_f - s_b))             # [B, S, h, w]
+    aux = {'fg_score': s_f, 'bg_score': s_b, 'initial': initial}
+    final = initial
+    if not training and self.outlier_removal:
+      prev = resize.resize_labels_nearest(prev_labels, grid)
+      masks = prev[:, None] == slots[None, :, None, None]
+      radius = self.outlier_distance * grid[0] / prev_labels.shape[1]
+      extruded = extrude(masks, radius)
+      final = jnp.where(extruded, initial, 0.0)
+    else:
+      extruded = jnp.ones(initial.shape, bool)
+    aux['final'] = final
+    logits = fused_logits(final, obj_valid, self.background_threshold)
+    if not training and self.online_update:
+      aux['memory_update'] = {'initial_fg': initial > 0.5,
+                              'extruded': extruded, 'final': final,
+                              'obj_valid': obj_valid}
+    return jnp.moveaxis(logits, 1, -1), aux
+
+  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
+                   memory_slots: int) -> Dict[str, jnp.ndarray]:
+    """An empty update buffer (`update_capacity` pixels)."""
+    del labels
+    batch, channels = emb.scales[0].shape[0], emb.scales[0].shape[-1]
+    capacity = self.update_capacity
+    return {'features': jnp.zeros((batch, capacity, channels), jnp.float32),
+            'fg': jnp.zeros((batch, capacity, memory_slots), bool),
+            'bg': jnp.zeros((batch, capacity, memory_slots), bool),
+            'count': jnp.zeros((batch,), jnp.int32)}
+
+  def advance_memory(self, state, emb: FrameEmbedding, labels: jnp.ndarray,
+                     update: Any, training: bool = False
+                     ) -> Dict[str, jnp.ndarray]:
+    """The online update of the sets with this frame (`update_sets`,
+    `write_sets`); unchanged in training or without an update."""
+    if training or update is None:
+      return state.memory
+    features = emb.scales[0]
+    batch, grid = features.shape[0], features.shape[1:3]
+    memory_slots = state.memory['fg'].shape[-1]
+    small = resize.resize_labels_nearest(labels, grid)
+    to_fg, to_bg = jax.vmap(lambda i, e, lab, p, ov: update_sets(
+        i, e, lab, p, ov, confidence=self.confidence, erosion=self.erosion))(
+            update['initial_fg'], update['extruded'], small, update['final'],
+            update['obj_valid'])                            # [B, K+1, h, w]
+    flat = lambda x: jnp.pad(
+        jnp.moveaxis(x, 1, -1).reshape(batch, -1, x.shape[1]),
+        ((0, 0), (0, 0), (0, memory_slots - x.shape[1])))
+    return jax.vmap(write_sets)(
+        state.memory, features.reshape(batch, -1, features.shape[-1]),
+        flat(to_fg), flat(to_bg))
+
+
+def from_config(model_config, *,
+                rngs: Optional[nnx.Rngs] = None) -> VideoMatch:
+  """Builds `VideoMatch` from `config.model` (the one config-to-model
+  place); any field the constructor does not take is an error."""
+  fields = dict(model_config)
+  for key in ('name', 'variant', 'max_objects'):
+    fields.pop(key, None)
+  allowed = set(inspect.signature(VideoMatch.__init__).parameters) - {
+      'self', 'rngs'}
+  unknown = sorted(set(fields) - allowed)
+  if unknown:
+    raise ValueError(f'unknown model config fields: {unknown}')
+  if 'resnet_blocks' in fields:
+    fields['resnet_blocks'] = tuple(fields['resnet_blocks'])
+  return VideoMatch(**fields, rngs=rngs or nnx.Rngs(0))
+
+
+VARIANTS = ('videomatch_resnet101', 'videomatch_mobilenetv2',
+            'tiny_videomatch')
+
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """The `config.model` block of `variant`: the constructor's defaults (the
+  paper's settings on a ResNet-101 DeepLab), then the variant's changes."""
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; expected one of {VARIANTS}')
+  c = {name: p.default for name, p in
+       inspect.signature(VideoMatch.__init__).parameters.items()
+       if p.default is not inspect.Parameter.empty}
+  c.update(name=NAME, variant=variant)
+  if variant == 'videomatch_mobilenetv2':
+    c.update(backbone='mobilenetv2')
+  elif variant == 'tiny_videomatch':
+    # The tiny DeepLab of `tiny_cfbi`, matching at stride 4 like the other
+    # tiny models (stride 8 leaves 13x13 features of a 97-pixel crop), d_c
+    # scaled to 120-pixel frames as 100 is to 480-pixel DAVIS frames.
+    c.update(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
+             decoder_channels=32, gn_groups=4, embedding_dim=16,
+             match_stride=4, outlier_distance=25.0, update_capacity=2048)
+  return ml_collections.ConfigDict(c)
+
+
+def dataset_overrides(variant: str, dataset: str) -> dict:
+  """No dataset-specific evaluation flags."""
+  del variant, dataset
+  return {}
+
+
+# Fields that change how the model evaluates but not its parameters.
+EVAL_FIELDS = ('top_k', 'outlier_distance', 'confidence',
+               'background_threshold', 'erosion', 'update_capacity',
+               'outlier_removal', 'online_update', 'chunk_mb',
+               'compute_dtype')
+
+# No official VideoMatch weights exist in PyTorch; a DeepLab backbone
+# checkpoint (`convert.py --backbone_only`) loads into `feature_extracter`
+# under CFBI's names.
+OFFICIAL_WEIGHTS = False
+CHECKPOINT_RULES: List[Any] = cfbi.CHECKPOINT_RULES
+CHECKPOINT_ALIASES: List[Any] = cfbi.CHECKPOINT_ALIASES
+INIT_HOOKS: Dict[str, Any] = {}
