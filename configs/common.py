@@ -92,6 +92,15 @@ def training_model_config(preset: str) -> ml_collections.ConfigDict:
   return model
 
 
+def one_global_chunk(model: ml_collections.ConfigDict) -> None:
+  """Global matching in one query chunk (small frames), for the models
+  that have the field."""
+  if 'global_chunks' in model:
+    chunks = model.global_chunks
+    model.global_chunks = ((1,) * len(chunks) if isinstance(chunks, tuple)
+                           else 1)
+
+
 def uses_own_predictions(model_name: str) -> bool:
   """Whether a model family trains on its own previous predictions: CFBI's
   sequential training [paper]; FEELVOS trains on the ground-truth previous
@@ -169,7 +178,7 @@ def training_config(model: str, runlocal: bool,
   config.init.backbone_checkpoint = ''  # convert.py --backbone_only output
   config.init.zero_attention_gates = False  # [ours] True: IA gates start at 1
   if runlocal:
-    config.model.global_chunks = (1,) * len(config.model.global_chunks)
+    one_global_chunk(config.model)
     config.data.crop_size = 65
     config.data.short_edge = 65
     config.data.min_object_pixels = 10

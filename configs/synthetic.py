@@ -111,10 +111,7 @@ def get_config(arg=None):
       args.preset or common.training_preset(args.model, 'resnet', True))
   config.train.own_predictions = common.uses_own_predictions(
       config.model.name)
-  if 'global_chunks' in config.model:
-    chunks = config.model.global_chunks
-    config.model.global_chunks = ((1,) * len(chunks)
-                                  if isinstance(chunks, tuple) else 1)
+  common.one_global_chunk(config.model)
   config.data.source = 'synthetic'
   config.data.root = 'runs/synthetic_data'
   config.data.synthetic_videos = 200

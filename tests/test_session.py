@@ -38,6 +38,37 @@ def test_late_objects_grow_the_references_and_match_the_eval_loop():
   assert np.any(got[5] == 2) and np.all(got[2][masks[2] == 2] == 2)
 
 
+@pytest.mark.parametrize('variant', ['tiny_feelvos', 'tiny_videomatch'])
+def test_models_with_memory_stream_like_the_eval_loop(variant):
+  """FEELVOS (previous probabilities) and VideoMatch (online-update sets)
+  carry memory of their own; a session that meets a late object (a new
+  slot bucket, a new reference) gives the evaluation loop's labels."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  config = models.model_config(variant)
+  if variant == 'tiny_videomatch':
+    # A d_c smaller than these small frames, so outliers are removed (and
+    # join the background sets).
+    config.outlier_distance = 4.0
+  module = models.build(config, rngs=nnx.Rngs(1))
+  frames, labels = synthetic_clips.two_squares(num_frames=5, late_object=True)
+  only = lambda t, k: np.where(labels[t] == k, k, 0).astype(np.uint8)
+  masks = {0: only(0, 1), 2: only(2, 2)}
+  expected = [l for _, l, _ in inference.VideoPropagator(module).run(
+      frames, masks, len(frames))]
+  stream = Session(module)
+  got = [stream.push(f, masks.get(t)) for t, f in enumerate(frames)]
+  for t, (a, b) in enumerate(zip(got, expected)):
+    np.testing.assert_array_equal(a, b, err_msg=f'frame {t}')
+  memory = stream._states[0].memory  # pylint: disable=protected-access
+  if variant == 'tiny_videomatch':
+    assert int(memory['count'][0]) > 0    # The online update wrote pixels.
+  else:
+    # Previous probabilities over max_objects + 1 slots, a distribution.
+    assert memory.shape[-1] == stream.max_objects + 1
+    np.testing.assert_allclose(np.asarray(memory).sum(-1), 1.0, rtol=1e-5)
+
+
 def test_reset_starts_a_new_stream_and_pending_frames_fetch_later():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=3)

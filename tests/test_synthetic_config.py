@@ -82,11 +82,11 @@ def test_recipes():
     synthetic.get_config('ablation=no_ensembler')
 
 
-def _load_ablate():
-  """`bench/ablate.py` as a module (bench/ is scripts, not a package)."""
+def _load_bench(name):
+  """`bench/<name>.py` as a module (bench/ is scripts, not a package)."""
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench',
-                      'ablate.py')
-  spec = importlib.util.spec_from_file_location('ablate', path)
+                      f'{name}.py')
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -96,7 +96,7 @@ def test_ablation_table_reports_paired_deltas():
   """The table's mean, spread, std and same-seed deltas, hand-computed:
   full CFBI scores 50 and 20 with seeds 0 and 1, `no_bias` 60 and 24, so
   no_bias has mean 42, spread 18, std 25.46 and deltas +10, +4 (mean +7)."""
-  ablate = _load_ablate()
+  ablate = _load_bench('ablate')
 
   def summary(jf, j, f):
     return {'davis': {'J&F-Mean': jf / 100, 'J-Mean': j / 100,
@@ -120,3 +120,91 @@ def test_ablation_table_reports_paired_deltas():
                                    '+10.0, +4.0', '44.0', '40.0', '60.0, 24.0']
   assert rows['copy first frame'][1] == '10.0'
   assert 'Training time, all runs: 6 minutes.' in report
+
+
+def test_model_argument_builds_each_family():
+  """`model=` swaps the model block (its tiny variant) and, for FEELVOS and
+  VideoMatch, turns sequential training off; nothing else changes."""
+  default = synthetic.get_config()
+  assert default.model.variant == 'tiny_cfbi'
+  for model, variant in (('cfbi', 'tiny_cfbi'), ('cfbip', 'tiny_cfbip'),
+                         ('feelvos', 'tiny_feelvos'),
+                         ('videomatch', 'tiny_videomatch')):
+    config = synthetic.get_config(f'model={model}')
+    assert config.model.variant == variant
+    assert config.model.backbone_norm == 'group_norm'  # The recipe's.
+    changed = {k for k in _diff_any(default, config)
+               if not k.startswith('model.')}
+    sequential = model in ('cfbi', 'cfbip')
+    assert changed == (set() if sequential else {'train.own_predictions'})
+    assert config.train.own_predictions == sequential
+    models.build(config.model, rngs=nnx.Rngs(0))
+
+
+def _diff_any(a, b):
+  """Changed paths, counting fields present in only one config."""
+  fa, fb = _flat(a), _flat(b)
+  return {k for k in set(fa) | set(fb) if fa.get(k, object()) != fb.get(
+      k, object())}
+
+
+def test_training_configs_take_model_and_backbone():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from configs import ytvos  # pylint: disable=g-import-not-at-top
+  cases = {'model=feelvos,runlocal': 'tiny_feelvos',
+           'model=videomatch': 'videomatch_resnet101',
+           'model=feelvos,backbone=mobilenet': 'feelvos_mobilenetv2',
+           'model=cfbip': 'cfbip_resnet101',
+           'variant=mobilenet': 'cfbi_mobilenetv2',     # The older spelling.
+           None: 'cfbi_resnet101'}
+  for arg, variant in cases.items():
+    config = ytvos.get_config(arg)
+    assert config.model.variant == variant, arg
+    assert config.train.own_predictions == variant.startswith(
+        ('cfbi', 'tiny_cfbi')), arg
+  with pytest.raises(ValueError, match='no mobilenet variant'):
+    common.training_preset('cfbip', 'mobilenet', False)
+  with pytest.raises(ValueError, match='model must be one of'):
+    ytvos.get_config('model=stm')
+
+
+def test_schedule_respects_own_predictions():
+  from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config('steps=100')
+  late = config.train.own_predictions_from_step + 1
+  assert trainer.schedule_values(late, config.train, 100)[
+      'use_own_predictions']
+  config.train.own_predictions = False
+  assert not trainer.schedule_values(late, config.train, 100)[
+      'use_own_predictions']
+
+
+def test_model_comparison_reports_paired_deltas():
+  """docs/models.md's row, hand-computed: CFBI scores 50 and 20 (seeds 0,
+  1), FEELVOS 40 and 26: mean 33, spread 7, std 9.90, deltas -10, +6 (mean
+  -2); frames/s without each run's first video: (10 + 30) / (2 + 3) = 8
+  and (20 + 20) / (4 + 6) = 4, mean 6."""
+  compare = _load_bench('compare_models')
+
+  def summary(jf, sequences):
+    return {'davis': {'J&F-Mean': jf / 100, 'J-Mean': jf / 100,
+                      'F-Mean': jf / 100},
+            'sequences': [{'frames': n, 'seconds': t} for n, t in sequences],
+            'train_seconds': 60.0}
+
+  args = argparse.Namespace(
+      models=['cfbi', 'feelvos'], seeds=[0, 1], steps=400, batch_size=2,
+      num_frames=2, crop=65, test_videos=10, test_seed=3, test_scale=1.5,
+      backbone_from='')
+  results = {
+      'cfbi': [summary(50, [(5, 9), (10, 1)]), summary(20, [(5, 9), (10, 1)])],
+      'feelvos': [summary(40, [(5, 50), (10, 2), (30, 3)]),
+                  summary(26, [(5, 50), (20, 4), (20, 6)])]}
+  report = compare.report(args, results)
+  row = next(line for line in report.splitlines()
+             if line.startswith('| FEELVOS'))
+  cells = [c.strip() for c in row.split('|')[2:-1]]
+  assert cells[:8] == ['33.0', '±7.0', '9.9', '-2.0', '-10.0, +6.0', '33.0',
+                       '33.0', '6.0']
+  assert cells[-1] == '40.0, 26.0'
+  assert int(cells[8].replace(',', '')) > 100_000   # Parameters, built.
