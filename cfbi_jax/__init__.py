@@ -1,4 +1,5 @@
-"""cfbi-jax: CFBI and CFBI+ video object segmentation in JAX / Flax NNX.
+"""cfbi-jax: CFBI and CFBI+ video object segmentation in JAX / Flax NNX, with
+FEELVOS and VideoMatch, the systems CFBI grew out of, on the same footing.
 
 Conventions used throughout the package:
 
@@ -17,7 +18,8 @@ Which file to open for what:
 
 * a model family (its network, variants, evaluation flags, checkpoint
   names): `models/<name>.py`, registered in `models/__init__.py`
-  (`models.build(config.model)`); CFBI and CFBI+ are `models/cfbi.py`;
+  (`models.build(config.model)`); CFBI and CFBI+ are `models/cfbi.py`,
+  FEELVOS `models/feelvos.py`, VideoMatch `models/videomatch.py`;
 * the blocks models are built from: `backbone` (DeepLabV3+), `embedding`
   (CFBI head, CFBI+ FPN), `matching` (pure matching functions),
   `attention`, `ensembler`, `layers`, `resize` (the official resizing

@@ -207,12 +207,12 @@ def main(argv=None) -> None:
                       help='init seed of the parts --backbone_only leaves')
   args = parser.parse_args(argv)
   config = models.model_config(args.variant)
-  sd = load_state_dict(args.src)
   family = models.family(config)
   if not args.backbone_only and not getattr(family, 'OFFICIAL_WEIGHTS', True):
     sys.exit(f'error: {family.NAME} has no official PyTorch weights to '
              'convert; use --backbone_only to start it from a DeepLab '
              'backbone checkpoint')
+  sd = load_state_dict(args.src)
   if args.backbone_only:
     arrays, loaded, left = convert_backbone(sd, config, args.seed)
     print(f'loaded {len(loaded)} backbone tensors; {len(left)} tensors keep '

@@ -68,10 +68,12 @@ class FrameEmbedding:
   """What the network keeps of a frame.
 
   Attributes:
-    low_s4: `[B, h4, w4, C_low]` low-level backbone feature (ensembler
-      shortcut input).
-    scales: per matching scale `[B, h_s, w_s, C_s]` embeddings (CFBI: one at
-      stride 4; CFBI+: strides 4, 8 and 16).
+    low_s4: `[B, h4, w4, C_low]` the stride-4 backbone feature the head
+      reads (CFBI: the low-level ResNet feature, the ensembler's shortcut;
+      FEELVOS: the DeepLab decoder output).
+    scales: per matching scale `[B, h_s, w_s, C_s]` embeddings (CFBI and
+      FEELVOS: one at stride 4; CFBI+: strides 4, 8 and 16; VideoMatch:
+      one at its matching stride).
   """
   low_s4: jnp.ndarray
   scales: Tuple[jnp.ndarray, ...]

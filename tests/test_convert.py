@@ -218,3 +218,26 @@ def test_pth_through_torch(tmp_path):
   loaded = convert.load_state_dict(src)
   assert set(loaded) == set(sd)
   np.testing.assert_array_equal(loaded['fg_bias'], sd['fg_bias'])
+
+
+@pytest.mark.parametrize('variant', ['feelvos_resnet101',
+                                     'videomatch_mobilenetv2'])
+def test_baselines_take_a_deeplab_backbone_only(variant):
+  """FEELVOS and VideoMatch have no official weights: a full conversion is
+  refused with the way out, and their DeepLab has the official CFBI
+  model's backbone names, so `--backbone_only` checkpoints fit."""
+  with pytest.raises(SystemExit, match='--backbone_only'):
+    convert.main(['--variant', variant, '--src', 'unused.pth', '--dst',
+                  'unused'])
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = models.model_config(variant)
+  cfbi_variant = 'cfbi_' + variant.split('_')[1]
+  names = lambda c: {
+      convert.torch_key(path, c) for path in checkpoint.flat_state(
+          nnx.eval_shape(lambda: models.build(c)))
+      if path[0] == 'feature_extracter'}
+  official = {e['key'] for e in _entries(cfbi_variant)
+              if e['key'].startswith('feature_extracter.')
+              and 'num_batches_tracked' not in e['key']}
+  assert names(config) == names(models.model_config(cfbi_variant))
+  assert names(config) <= official
