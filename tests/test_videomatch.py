@@ -12,6 +12,7 @@ from flax import nnx
 
 from cfbi_jax import frame_step
 from cfbi_jax import models
+from cfbi_jax import resize
 from cfbi_jax.models import videomatch
 
 
@@ -164,7 +165,7 @@ def test_online_update_reaches_the_matching():
   images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
   emb, _ = model.embed(images)
   labels = np.zeros((1, 33, 41), np.int32)
-  labels[0, 8:24, 10:30] = 1
+  labels[0, 8:16, 10:18] = 1
   state = frame_step.start_state(model, emb, jnp.asarray(labels), 1, 2)
   obj_valid = jnp.asarray([[True, True]])
   segment = lambda st, training=False: model.segment(
@@ -172,6 +173,15 @@ def test_online_update_reaches_the_matching():
       st.prev_labels, emb, obj_valid, training=training, memory=st.memory)
   _, before = segment(state)
   grid = emb.scales[0].shape[1:3]
+  # Outlier removal: object 1's probability survives only within d_c (in
+  # frame pixels, scaled to the grid) of its previous mask.
+  prev = np.asarray(resize.resize_labels_nearest(labels[0], grid)) == 1
+  radius = model.outlier_distance * grid[0] / labels.shape[1]
+  keep = np_within(prev, radius)
+  np.testing.assert_array_equal(
+      np.asarray(before['final'])[0, 1],
+      np.where(keep, np.asarray(before['initial'])[0, 1], 0.0))
+  assert not keep.all()                      # The case removes something.
   # Every pixel was first predicted as object 1 and removed as an outlier.
   update = {'initial_fg': jnp.ones((1, 2) + grid, bool),
             'extruded': jnp.zeros((1, 2) + grid, bool),
