@@ -37,26 +37,27 @@ from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-p
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# model -> (paper, what it matches, the papers' own DAVIS numbers).
+# model -> (paper, what it matches, what the papers report on DAVIS).
 PAPERS = {
     'cfbi': ('CFBI (ECCV 2020)',
              'foreground and background, to the first frame (global) and '
              'the previous frame (multi-window local); instance attention; '
              'collaborative ensembler',
-             'DAVIS 2017 val J&F 81.9'),
+             'DAVIS 2017 val J&F 81.9; DAVIS 2016 val J&F 89.4 (86.1 '
+             'without YouTube-VOS training)'),
     'cfbip': ('CFBI+ (TPAMI 2021)',
               'as CFBI, at strides 4, 8 and 16 with atrous matching',
-              'DAVIS 2017 val J&F 82.9'),
+              'DAVIS 2017 val J&F 82.9 (official README, DAVIS model)'),
     'feelvos': ('FEELVOS (CVPR 2019)',
                 'each object (background included) to the first frame '
                 '(global) and the previous frame (local, k = 15); dynamic '
                 'segmentation head',
-                'DAVIS 2017 val J&F 71.5'),
+                'DAVIS 2017 val J&F 71.5; DAVIS 2016 val J&F 81.7 (J 81.1)'),
     'videomatch': ('VideoMatch (ECCV 2018)',
                    'foreground and background sets of the first frame, '
                    'top-K cosine soft matching; outlier removal; online '
                    'update',
-                   'DAVIS 2016 val J 81.0'),
+                   'DAVIS 2016 val J 81.0 (J&F 80.9, CFBI Table 2)'),
 }
 
 
@@ -156,12 +157,13 @@ def report(args, results) -> str:
     lines.append(f'| {paper} | {matches} | {numbers} |')
   lines += [
       '',
-      'The papers order them CFBI+ > CFBI > FEELVOS on DAVIS 2017 and put '
-      "VideoMatch's DAVIS 2016 J (81.0) below FEELVOS's (81.1) and CFBI's. "
-      'Their numbers come from ResNet-101 / Xception-65 DeepLabs trained '
-      'for 100k-200k steps on DAVIS and YouTube-VOS; this table is a tiny '
-      'model, a few hundred steps and synthetic videos, so only the '
-      'ordering, not the scale, can be set beside theirs.',
+      'The papers order them CFBI+ > CFBI > FEELVOS on DAVIS 2017 (82.9, '
+      '81.9, 71.5) and CFBI > FEELVOS > VideoMatch on DAVIS 2016 (89.4, '
+      '81.7, 80.9). Their numbers come from ResNet-101 / Xception-65 '
+      'DeepLabs pretrained on ImageNet and COCO and trained for thousands '
+      'to 200k steps on DAVIS and YouTube-VOS; this table is a tiny model, '
+      'a few hundred steps and synthetic videos, so only the ordering, not '
+      'the scale, can be set beside theirs.',
       '',
   ]
   return '\n'.join(lines)
