@@ -1,6 +1,6 @@
-"""Train CFBI / CFBI+.
+"""Train CFBI, CFBI+, FEELVOS or VideoMatch (model=cfbi|cfbip|feelvos|videomatch).
 
-    python train.py --config=configs/ytvos.py:variant=cfbi \
+    python train.py --config=configs/ytvos.py:model=cfbi \
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos
 
 A thin entry point over `cfbi_jax.commands.train` (the same as the
