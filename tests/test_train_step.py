@@ -1,11 +1,13 @@
 """Tests for `cfbi_jax.train_step`, `optimizer` and `sharding` (tiny model).
 
-* the loss falls over a few dozen steps on a synthetic clip;
+* the loss falls over a few dozen steps on a synthetic clip; FEELVOS and
+  VideoMatch train through the same step (the loss falls, and the parts of
+  their own, the matching embedding and head or the softmax weight, move);
 * frozen BN buffers are unchanged while parameters move;
 * the scan feeds the model's own hard predictions after the first step (and
   the ground truth when the flag is off);
-* 8 fake CPU devices give the same parameters as one device after 2 steps
-  (in a subprocess, since the device count is fixed at JAX start-up);
+* (several devices, in one process and across processes, give the
+  parameters of one device: `tests/test_multihost.py`, through `train.py`);
 * gradient accumulation: m micro-batches give the update computed by hand
   from the mean of the micro-batch gradients (each taken with `clip_loss`
   and its own dropout key);
@@ -14,9 +16,6 @@
   moments, decoupled decay with its exclusion mask, the schedule).
 """
 
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +29,6 @@ from cfbi_jax import models
 from cfbi_jax import optimizer
 from cfbi_jax import train_step as ts
 from tests import synthetic_clips
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def optim_config(**overrides):
@@ -83,6 +80,28 @@ def test_loss_falls_and_frozen_state_stays(setup):
   assert all(moved)
   assert int(state.step) == 25
   del first
+
+
+@pytest.mark.parametrize('variant', ['tiny_feelvos', 'tiny_videomatch'])
+def test_other_families_train_through_the_same_step(variant):
+  module = models.build(models.model_config(variant), rngs=nnx.Rngs(0))
+  tx = optimizer.make_optimizer(optim_config(lr=0.01),
+                                nnx.state(module, nnx.Param))
+  graphdef, start = ts.create_train_state(module, tx, seed=0)
+  step = jax.jit(ts.make_train_step(graphdef, tx))
+  batch, state, losses = tiny_batch(batch_size=1, num_frames=3), start, []
+  for _ in range(20):  # Ground-truth previous masks, as both papers train.
+    state, metrics = step(state, batch, _schedule(own=False))
+    losses.append(float(metrics['loss']))
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+  before = nnx.to_pure_dict(start.params)
+  after = nnx.to_pure_dict(state.params)
+  own = ['embedding_pointwise', 'dynamic_seghead'] if 'feelvos' in variant \
+      else ['projection', 'softmax_weight']
+  for name in own:
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))), name
 
 
 def test_scan_feeds_own_predictions(setup):
@@ -192,47 +211,6 @@ def test_adamw_matches_numpy():
     optimizer.make_optimizer(optim_config(name='lamb'), params)
 
 
-_MULTI_DEVICE = r'''
-import os, sys
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
-sys.path.insert(0, sys.argv[1])
-import jax, jax.numpy as jnp, numpy as np
-from flax import nnx
-from cfbi_jax import models, optimizer, sharding
-from cfbi_jax import train_step as ts
-from tests import test_train_step as t
-assert jax.device_count() == 8
-batch = t.tiny_batch(batch_size=8)
-sched = t._schedule()
-results = []
-for n in (1, 8):
-  module = models.build(models.model_config('tiny_cfbi'),
-                        rngs=nnx.Rngs(0))
-  tx = optimizer.make_optimizer(t.optim_config(), nnx.state(module, nnx.Param))
-  graphdef, state = ts.create_train_state(module, tx, seed=0)
-  mesh = sharding.make_mesh(n)
-  rep = sharding.replicated(mesh)
-  state = jax.device_put(state, rep)
-  data = jax.device_put(batch, sharding.batch_sharding(mesh))
-  step = jax.jit(ts.make_train_step(graphdef, tx), out_shardings=(rep, rep))
-  for _ in range(2):
-    state, metrics = step(state, data, sched)
-  results.append(jax.tree.leaves(jax.device_get(state.params)))
-worst = max(float(np.max(np.abs(a - b))) for a, b in zip(*results))
-print('MAXDIFF', worst)
-'''
-
-
-@pytest.mark.slow
-def test_eight_devices_equal_one():
-  out = subprocess.run([sys.executable, '-c', _MULTI_DEVICE, REPO],
-                       capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=REPO), check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
-  worst = float(out.stdout.split('MAXDIFF')[-1])
-  assert worst < 1e-5, worst
-
-
 def test_remat_keeps_the_loss_and_gradients():
   module = models.build(models.model_config('tiny_cfbi'), rngs=nnx.Rngs(0))
   graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
@@ -245,7 +223,9 @@ def test_remat_keeps_the_loss_and_gradients():
     return jax.jit(jax.value_and_grad(loss))
 
   loss0, grads0 = loss_of(())(params)
-  for remat in (('backbone',), ('frame',), ('backbone', 'frame')):
+  # Both parts at once (each branch of clip_loss runs; one compile, not
+  # three, for CI's time).
+  for remat in (('backbone', 'frame'),):
     loss1, grads1 = loss_of(remat)(params)
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
