@@ -1,4 +1,5 @@
-"""Evaluate CFBI, CFBI+, FEELVOS or VideoMatch: DAVIS, YouTube-VOS or your own video.
+"""Evaluate CFBI, CFBI+, FEELVOS or VideoMatch on DAVIS, YouTube-VOS or
+your own video.
 
     python evaluate.py --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \
         --config.checkpoint=DIR --config.data.root=ROOT --config.output_dir=OUT

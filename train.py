@@ -1,4 +1,5 @@
-"""Train CFBI, CFBI+, FEELVOS or VideoMatch (model=cfbi|cfbip|feelvos|videomatch).
+"""Train CFBI, CFBI+, FEELVOS or VideoMatch
+(`model=cfbi|cfbip|feelvos|videomatch` after the config file).
 
     python train.py --config=configs/ytvos.py:model=cfbi \
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos

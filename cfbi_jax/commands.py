@@ -20,7 +20,8 @@ from ml_collections import config_flags
 from cfbi_jax import cli
 
 
-_EVALUATE_USAGE = """Evaluate CFBI, CFBI+, FEELVOS or VideoMatch: DAVIS, YouTube-VOS or your own video.
+_EVALUATE_USAGE = """Evaluate CFBI, CFBI+, FEELVOS or VideoMatch on DAVIS,
+YouTube-VOS or your own video.
 
     cfbi-evaluate      (the bundled model on 20 synthetic test videos)
     cfbi-evaluate --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \\
@@ -29,7 +30,8 @@ _EVALUATE_USAGE = """Evaluate CFBI, CFBI+, FEELVOS or VideoMatch: DAVIS, YouTube
         --config.masks=PNG_OR_DIR --config.checkpoint=DIR --config.output_dir=OUT
 """
 
-_TRAIN_USAGE = """Train CFBI, CFBI+, FEELVOS or VideoMatch (model=cfbi|cfbip|feelvos|videomatch).
+_TRAIN_USAGE = """Train CFBI, CFBI+, FEELVOS or VideoMatch
+(`model=cfbi|cfbip|feelvos|videomatch` after the config file).
 
     cfbi-train --config=configs/ytvos.py:model=cfbi \\
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos
