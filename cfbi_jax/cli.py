@@ -137,6 +137,23 @@ def prepare_config_flag(argv: List[str], flag: str,
   return default
 
 
+def _without_closed_loop_noise(hook):
+  """`sys.unraisablehook` that drops asyncio's 'Event loop is closed'.
+
+  When a checkpoint read fails, orbax closes its event loop while other
+  reads are in flight; their tensorstore callbacks then raise this on
+  their own threads, at any moment, and each prints a traceback. It says
+  nothing about the command, so it is dropped from the start (no race with
+  the one-line report); every other unraisable exception goes to `hook`.
+  """
+  def quiet(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError)
+            and str(error) == 'Event loop is closed'):
+      hook(unraisable)
+  return quiet
+
+
 def run(main: Callable[[], None], argv: Optional[List[str]] = None) -> None:
   """Runs `main()`, reporting user errors in one line (module docstring).
 
@@ -148,6 +165,7 @@ def run(main: Callable[[], None], argv: Optional[List[str]] = None) -> None:
   verbose = VERBOSE_FLAG in argv or os.environ.get('CFBI_VERBOSE') == '1'
   while VERBOSE_FLAG in argv:
     argv.remove(VERBOSE_FLAG)
+  sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
   try:
     main()
   except Exception as error:  # pylint: disable=broad-except

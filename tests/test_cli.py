@@ -10,7 +10,10 @@
   `--verbose` shows the traceback;
 * a write that fails without naming a file (a full disk) is raised again
   naming the output, and reported in one line; through `evaluate.py`
-  under a file-size limit too, with exit code 2 and no half-written file.
+  under a file-size limit too, with exit code 2 and no half-written file;
+* asyncio's 'Event loop is closed', raised on other threads by reads still
+  in flight after a checkpoint read failed, prints nothing at any moment
+  (it raced the one-line report); other unraisable errors still print.
 """
 
 import errno
@@ -166,3 +169,33 @@ def test_evaluate_on_a_full_disk_names_the_file(tmp_path):
   # Outputs are atomic: no half-written file is left behind.
   written = [f for _, _, files in os.walk(output) for f in files]
   assert written and not [f for f in written if '.tmp' in f], written
+
+
+_STRAGGLERS = r"""
+import sys
+from cfbi_jax import cli
+
+class Straggler:
+  def __init__(self, message):
+    self.message = message
+  def __del__(self):  # Raised here, it goes to sys.unraisablehook.
+    raise RuntimeError(self.message)
+
+def main():
+  Straggler('Event loop is closed')   # Before the error: the race.
+  Straggler('a bug of another kind')
+  raise ValueError('bad input')
+
+cli.run(main, [])
+"""
+
+
+def test_closed_event_loop_noise_never_prints(tmp_path):
+  out = subprocess.run([sys.executable, '-c', _STRAGGLERS], cwd=str(tmp_path),
+                       capture_output=True, text=True, check=False,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+  text = out.stdout + out.stderr
+  assert out.returncode == cli.USER_EXIT_CODE, text
+  assert 'Event loop is closed' not in text
+  assert text.count('Traceback') == 1 and 'a bug of another kind' in text
+  assert 'error: bad input' in text
