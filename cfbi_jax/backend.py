@@ -4,6 +4,9 @@
   the CPU (where tests and CI run) than on GPU/TPU (the first-class
   targets) asks this and nothing else, so the GPU path is never bent to
   help the CPU.
+* `tracing_for(platform)`: within it, `is_cpu()` answers for `platform`
+  instead of the machine's backend, so a CPU machine can trace (and lower)
+  the exact program a GPU would run (`bench/step_cost.py`).
 * `use_compilation_cache(directory)`: JAX's persistent compilation cache,
   which `evaluate.py` and `train.py` turn on by default (config field
   `compilation_cache_dir`), so a repeat run of the same model and shapes
@@ -12,7 +15,9 @@
   (`train.py --distributed`), with cross-process CPU collectives.
 """
 
+import contextlib
 import os
+from typing import Iterator, Optional
 
 import jax
 from absl import logging
@@ -22,9 +27,38 @@ DEFAULT_COMPILATION_CACHE_DIR = os.path.join('~', '.cache', 'cfbi_jax',
                                              'jax_compilation_cache')
 
 
+# Set by `tracing_for`: the platform traced for, instead of the backend's.
+_TRACING_FOR: Optional[str] = None
+
+
 def is_cpu() -> bool:
-  """True when JAX computes on the host CPU."""
+  """True when JAX computes on the host CPU (or `tracing_for('cpu')`)."""
+  if _TRACING_FOR is not None:
+    return _TRACING_FOR == 'cpu'
   return jax.default_backend() == 'cpu'
+
+
+@contextlib.contextmanager
+def tracing_for(platform: str) -> Iterator[None]:
+  """Traces the form of the code that `platform` runs.
+
+  Inside the block, `is_cpu()` answers for `platform` ('cpu', 'cuda',
+  'rocm' or 'tpu'), whatever this machine computes on. Only tracing reads
+  it: lower the traced function with `lowering_platforms=(platform,)` to
+  get that platform's program, or for the CPU to compile and inspect it
+  here.
+
+  Args:
+    platform: the platform whose code form to trace.
+  """
+  global _TRACING_FOR
+  if platform not in ('cpu', 'cuda', 'rocm', 'tpu'):
+    raise ValueError(f'unknown platform {platform!r}')
+  before, _TRACING_FOR = _TRACING_FOR, platform
+  try:
+    yield
+  finally:
+    _TRACING_FOR = before
 
 
 def use_compilation_cache(directory: str) -> str:
