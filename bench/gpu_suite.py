@@ -2,6 +2,7 @@
 
     bench/gpu_suite.sh            # the device run (writes $OUT), see there
     python bench/gpu_suite.py --smoke --out /tmp/suite   # same code, CPU, tiny
+    python bench/gpu_suite.py --static --out /tmp/suite  # no run: step_cost.py
 
 For every (model, setting, K) a child process builds the model (random
 weights: speed does not depend on them) and measures, on a DAVIS-480p-like
@@ -17,8 +18,12 @@ video (480x854 frames, network input 481x849, K disk objects):
   its reader thread, labels fetched, palette PNGs written behind), after
   its first two frames; its compilation comes from the persistent cache;
 * `peak_mb`: the device's `peak_bytes_in_use` (the process's peak RSS on
-  CPU), and the compiled step's `memory_analysis()` (arguments, outputs,
-  temporaries);
+  CPU) at the end, and the compiled step's `memory_analysis()` (arguments,
+  outputs, temporaries); `compile_peak_mb` is the same peak read right
+  after compiling (and the first frame), `steps_peak_mb` after the timed
+  steps, so a peak reached while compiling (autotuning) shows as
+  `compile_peak_mb == steps_peak_mb`, and one reached by the steps
+  themselves as a larger `steps_peak_mb`;
 * optionally a `jax.profiler` trace of three steps and its device-op
   summary (`--trace`).
 
@@ -41,8 +46,12 @@ import tempfile
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+for _path in (_ROOT, os.path.dirname(os.path.abspath(__file__))):
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
+
+# The `jax.named_scope`s of the step, shared with the static report.
+from step_cost import STAGES  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {'cfbi': 'cfbi_resnet101', 'cfbip': 'cfbip_resnet101'}
 SMOKE_MODELS = {'cfbi': 'tiny_cfbi', 'cfbip': 'tiny_cfbip'}
@@ -79,12 +88,6 @@ def _disks(h, w, k, t):
     frame[inside] = (40 * i, 255 - 40 * i, 128)
     labels[inside] = i + 1
   return frame, labels
-
-
-# `jax.named_scope`s of `frame_step.next_frame` and `model.CFBI.segment`.
-STAGES = ('preprocess', 'embed', 'segment', 'global_matching',
-          'local_matching', 'attention', 'ensembler', 'postprocess',
-          'advance')
 
 
 def op_stages(hlo_text: str) -> dict:
@@ -171,6 +174,10 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   t0 = time.perf_counter()
   compiled = prop.steps.next.lower(*args, spec=spec).compile()
   compile_s = time.perf_counter() - t0
+  # Read now and again after the steps: the device's peak so far is the
+  # compile-time peak (autotuning buffers, the first frame), which the
+  # run-time peak must be told apart from.
+  compile_peak_mb, _ = memory.peak_memory()
   mem = compiled.memory_analysis()
   compiled_mb = {}
   for field in ('argument_size_in_bytes', 'output_size_in_bytes',
@@ -191,6 +198,8 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
     states, outs = step(states)
     jax.block_until_ready(outs)
     times.append(time.perf_counter() - t)
+  steps_peak_mb, _ = memory.peak_memory()
+  in_use = (jax.devices()[0].memory_stats() or {}).get('bytes_in_use')
   trace_stages, trace_ops = [], []
   if trace_dir:
     with jax.profiler.trace(trace_dir):
@@ -237,6 +246,8 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
       'loop_mean_s': float(np.mean(steady)) if len(steady) else None,
       'loop_first_frames_s': loop_first_s,
       'compilations': prop.compilations, 'peak_mb': peak_mb,
+      'compile_peak_mb': compile_peak_mb, 'steps_peak_mb': steps_peak_mb,
+      'steps_in_use_mb': in_use / 2**20 if in_use is not None else None,
       'peak_kind': peak_kind, 'compiled_mb': compiled_mb,
       'trace_stages': trace_stages, 'trace_ops': trace_ops, 'device': str(jax.devices()[0].device_kind),
       'backend': jax.default_backend()}
@@ -362,6 +373,10 @@ def main() -> None:
                       'size (--sizes) and references (--refs); no runs')
   parser.add_argument('--sizes', nargs='+', default=['480x854', '720x1280'])
   parser.add_argument('--refs', nargs='+', type=int, default=[1, 4])
+  parser.add_argument('--static', action='store_true',
+                      help='only the static cost of the step in its GPU form '
+                      '(bench/step_cost.py: GFLOP, loop iterations, scatters, '
+                      'compiled memory) for --models and --objects; no runs')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   size = args.size or ([48, 64] if args.smoke else [480, 854])
@@ -374,6 +389,19 @@ def main() -> None:
     return
   os.makedirs(args.out, exist_ok=True)
   names = SMOKE_MODELS if args.smoke else MODELS
+  if args.static:
+    import step_cost  # pylint: disable=g-import-not-at-top
+    lines = []
+    with open(os.path.join(args.out, 'step_cost.jsonl'), 'w') as f:
+      for arch in args.models:
+        for k in args.objects:
+          row = step_cost.step_cost(names[arch], tuple(size), k)
+          f.write(json.dumps(row) + '\n')
+          lines.append(step_cost.summary_line(row))
+          print(lines[-1], flush=True)
+    with open(os.path.join(args.out, 'step_cost.txt'), 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+    return
   if args.memory:
     sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes]
     rows = []

@@ -6,6 +6,8 @@
 #
 #   bench/gpu_suite.sh            # on the GPU machine (device tool)
 #   bench/gpu_suite.sh --smoke    # the same code on CPU, tiny models (tests)
+#   bench/gpu_suite.sh --static   # no run: the step's static cost in its
+#                                 # GPU form, any machine (bench/step_cost.py)
 #   extra arguments go to bench/gpu_suite.py (--models, --settings, --trace)
 #
 # Carried along in git-ignored folders of the checkout (device tool `carry`):
@@ -29,6 +31,12 @@ if [ "${1:-}" = "--smoke" ]; then
   el "smoke: CPU, tiny models; official code skipped (it has no tiny model)"
   JAX_PLATFORMS=cpu exec "$PY" bench/gpu_suite.py --smoke --out "$OUT" \
       --models cfbi cfbip --settings default fast_bf16 --objects 2 5 "$@"
+fi
+
+if [ "${1:-}" = "--static" ]; then
+  shift
+  el "static: the step's GPU form lowered for CUDA, read (bench/step_cost.py)"
+  exec "$PY" bench/gpu_suite.py --static --out "$OUT" "$@"
 fi
 
 if ls .whl/*.whl >/dev/null 2>&1; then

@@ -6,7 +6,8 @@
 
 For each model variant, frame size and object count K, the per-frame step
 that `evaluate.py` and `Session` run (`frame_step.next_frame`, one scale,
-no flip, one reference slot) is traced in the form the GPU runs
+no flip, one reference slot, the model as `session.split_for_inference`
+makes it, with abstract parameters) is traced in the form the GPU runs
 (`backend.tracing_for('cuda')`: every `backend.is_cpu()` branch takes its
 GPU side) and lowered for CUDA, which needs no GPU. The StableHLO module is
 then read, not run:
@@ -235,9 +236,17 @@ def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
   from cfbi_jax import preprocessing  # pylint: disable=g-import-not-at-top
   from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
-  config = models.model_config(variant)
-  abstract = nnx.eval_shape(lambda: models.build(config, rngs=nnx.Rngs(0)))
-  graphdef, params = nnx.split(abstract)
+  from cfbi_jax import layers  # pylint: disable=g-import-not-at-top
+
+  def inference_model():
+    # What `session.split_for_inference` runs (an older checkout has no
+    # folding).
+    model = models.build(models.model_config(variant), rngs=nnx.Rngs(0))
+    if hasattr(layers, 'fold_frozen_batchnorm'):
+      layers.fold_frozen_batchnorm(model)
+    return model
+
+  graphdef, params = nnx.split(nnx.eval_shape(inference_model))
   h, w = frame_size
   spec = frame_step.StepSpec(
       input_sizes=(preprocessing.input_size(h, w),), flips=(False,),

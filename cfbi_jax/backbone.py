@@ -35,6 +35,10 @@ Norm = Callable[[int], nnx.Module]
 class Bottleneck(nnx.Module):
   """ResNet v1.5 bottleneck with frozen BN (stride in the 3x3 conv)."""
 
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3'),
+                     ('downsample_conv', 'downsample_bn'))
+
   def __init__(self, inplanes: int, planes: int, stride: int, dilation: int,
                *, rngs: nnx.Rngs,
                norm: Norm = layers.FrozenBatchNorm):
@@ -69,6 +73,9 @@ class ResNet(nnx.Module):
   Attributes:
     out_channels: channels of `(low_s4, mid_s8, backbone_s16)`.
   """
+
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('conv1', 'bn1'),)
 
   def __init__(self, blocks: Sequence[int] = (3, 4, 23, 3), width: int = 64,
                *, rngs: nnx.Rngs,
@@ -125,6 +132,10 @@ class InvertedResidual(nnx.Module):
   conv (padding 0) sees ReLU6(BN shift) there, not zero (notes §4.3).
   """
 
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('expand_conv', 'expand_bn'), ('dw_conv', 'dw_bn'),
+                     ('project_conv', 'project_bn'))
+
   def __init__(self, inp: int, oup: int, stride: int, dilation: int,
                expand_ratio: int, *, rngs: nnx.Rngs,
                norm: Norm = layers.FrozenBatchNorm):
@@ -161,6 +172,9 @@ class MobileNetV2(nnx.Module):
     out_channels: channels of `(low_s4, None, backbone_s16)`.
   """
 
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('first_conv', 'first_bn'),)
+
   def __init__(self, *, rngs: nnx.Rngs,
                norm: Norm = layers.FrozenBatchNorm):
     self.first_conv = layers.conv(3, 32, 3, stride=2, padding=1, rngs=rngs)
@@ -186,6 +200,9 @@ class MobileNetV2(nnx.Module):
 class ASPPBranch(nnx.Module):
   """conv (no bias) + frozen BN + ReLU."""
 
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('atrous_conv', 'bn'),)
+
   def __init__(self, inplanes: int, planes: int, kernel_size: int,
                dilation: int, *, rngs: nnx.Rngs,
                norm: Norm = layers.FrozenBatchNorm):
@@ -199,6 +216,9 @@ class ASPPBranch(nnx.Module):
 
 class ASPP(nnx.Module):
   """DeepLab ASPP at output stride 16 (`deeplab/aspp.py`)."""
+
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('pool_conv', 'pool_bn'), ('conv1', 'bn1'))
 
   def __init__(self, inplanes: int, planes: int = 256,
                rates: Tuple[int, ...] = (1, 6, 12, 18), *, rngs: nnx.Rngs,
@@ -225,6 +245,10 @@ class ASPP(nnx.Module):
 
 class Decoder(nnx.Module):
   """DeepLabV3+ decoder to `planes` channels at stride 4 (`deeplab/decoder.py`)."""
+
+  # (conv, norm) pairs: the norm reads only that conv's output.
+  NORM_AFTER_CONV = (('conv1', 'bn1'), ('last_conv1', 'last_bn1'),
+                     ('last_conv2', 'last_bn2'))
 
   def __init__(self, low_level_channels: int, aspp_channels: int = 256,
                planes: int = 256, *, rngs: nnx.Rngs,

@@ -270,11 +270,14 @@ def augment_background_logit(fg_logit: jnp.ndarray, bg_logit: jnp.ndarray,
   Returns:
     `[B, K+1, h, w]` logits; with no valid foreground object out_0 = fg_0.
   """
-  fg_valid = obj_valid.at[:, 0].set(False)[:, :, None, None]
+  # Masks and a concatenation, not `.at[].set`: XLA turns those into
+  # scatters, which a GPU runs as separate kernels.
+  fg_valid = (obj_valid & (jnp.arange(obj_valid.shape[1]) > 0))[:, :, None,
+                                                                None]
   bg_min = jnp.min(jnp.where(fg_valid, bg_logit, jnp.inf), axis=1)
   has_fg = jnp.any(fg_valid, axis=1)
   out0 = fg_logit[:, 0] + jnp.where(has_fg, bg_min, 0.0)
-  return fg_logit.at[:, 0].set(out0)
+  return jnp.concatenate([out0[:, None], fg_logit[:, 1:]], axis=1)
 
 
 class FeelvosHead(nnx.Module):

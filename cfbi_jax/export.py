@@ -66,7 +66,7 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
   Returns:
     The signature.
   """
-  graphdef, params = nnx.split(model)
+  graphdef, params = session_lib.split_for_inference(model)
   stream = session_lib.Session(None, steps=frame_step.compile_steps(graphdef),
                                params=params, scales=(scale,), bgr=bgr,
                                max_long_edge=max_long_edge,

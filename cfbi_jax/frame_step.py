@@ -43,7 +43,7 @@ caller jits them once per (input sizes, object slots, reference slots) with
 plain `jax.jit` (no NNX graph traversal per call) and donates the state
 (`compile_steps`). Annotations arrive every frame as data (zeros and
 `has_annotation=False` on ordinary frames), so a video compiles one step per
-object-slot bucket, not one per annotated frame.
+object count, not one per annotated frame.
 """
 
 import dataclasses

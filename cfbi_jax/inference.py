@@ -8,7 +8,7 @@ augmentation's state advanced with the merged labels) is pushed every
 frame. Around it, this module keeps the device busy:
 
 * all sessions share one split model and one pair of compiled steps, so
-  each (input size, object-slot bucket, reference-slot bucket) compiles
+  each (input size, object count, reference-slot bucket) compiles
   once per run (`VideoPropagator.compilations`);
 * frames are decoded on a host thread one frame ahead (`host_threads`);
 * frame t + 1 is dispatched before frame t's outputs are fetched, so the
@@ -36,7 +36,7 @@ class VideoPropagator:
   def __init__(self, model: nnx.Module, *, scales: Sequence[float] = (1.0,),
                flip: bool = False, max_long_edge: Optional[float] = None,
                bgr: bool = True, max_objects: int = 10):
-    graphdef, self.params = nnx.split(model)
+    graphdef, self.params = session_lib.split_for_inference(model)
     self.steps = frame_step.compile_steps(graphdef)
     self.options = dict(scales=tuple(scales), flip=flip,
                         max_long_edge=max_long_edge, bgr=bgr,

@@ -29,10 +29,12 @@ from cfbi_jax import resize
 # another object or outside the frame. It maps to a similarity of 1.0.
 WRONG_LABEL_PADDING_DISTANCE = 5e4
 
-# Rows per block of label-sorted reference pixels in global matching. Only
-# speed depends on it: larger blocks mean fewer block minima to scatter but
-# more rows in the (at most K + 1) blocks that straddle a label change.
-_BLOCK_ROWS = 64
+# Query pixels per side of a tile in local matching. Only speed and memory
+# depend on it: a tile of T x T queries is matched against its
+# (T + 2p) x (T + 2p) neighbourhood in one matrix product, so larger tiles
+# mean fewer, larger products but more products outside the windows
+# ((T + 2p)^2 / (2p + 1)^2 of the work that counts).
+_LOCAL_TILE = 16
 
 
 def distance_to_similarity(sq_dist: jnp.ndarray,
@@ -129,38 +131,6 @@ def _channel_dot(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   return dot.astype(a.dtype)
 
 
-def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
-                         num_slots: int):
-  """Sorts reference rows by label and splits them into blocks.
-
-  Labels change at most K + 1 times along the sorted rows (dropped rows, id
-  K + 1, last), so all blocks but at most K + 1 "mixed" ones hold one label.
-  Padded entries of `mixed_blocks` repeat block 0, which a min ignores.
-
-  Args:
-    ref: `[rows, channels]` reference embeddings.
-    labels: `[rows]` int32 labels, -1 for dropped rows.
-    num_slots: K + 1.
-
-  Returns:
-    `[blocks * B, channels]` sorted zero-padded rows, `[blocks]` label of
-    each one-label block (K + 1 if mixed), `[K + 1]` mixed block indices and
-    `[(K + 1) * B]` labels of their rows.
-  """
-  segment_ids = jnp.where(labels >= 0, labels, num_slots)
-  num_blocks = -(-ref.shape[0] // _BLOCK_ROWS)
-  padding = num_blocks * _BLOCK_ROWS - ref.shape[0]
-  order = jnp.argsort(segment_ids, stable=True)
-  segment_ids = jnp.pad(segment_ids[order], (0, padding),
-                        constant_values=num_slots)
-  segment_ids = segment_ids.reshape(num_blocks, _BLOCK_ROWS)
-  ref = jnp.pad(ref[order], ((0, padding), (0, 0)))
-  single = segment_ids[:, 0] == segment_ids[:, -1]
-  block_labels = jnp.where(single, segment_ids[:, 0], num_slots)
-  mixed = jnp.nonzero(~single, size=num_slots, fill_value=0)[0]
-  return ref, block_labels, mixed, segment_ids[mixed].reshape(-1)
-
-
 def chunk_count(num_rows: int, num_queries: int, min_chunks: int,
                 max_chunk_bytes: Optional[int], matching_dtype) -> int:
   """Query chunks of global matching under a byte bound.
@@ -208,9 +178,11 @@ def global_matching(query: jnp.ndarray,
     d_k(q) = min_r [ sqdist(q, r) + 5e4 * (1 - [label(r) == k]) ].
 
   Rather than adding the penalty per object, each query chunk computes one
-  `[reference pixels, chunk]` distance matrix (one matmul) for all objects
-  and reduces it per label: m_k = min over r labelled k, m_all = min_k m_k,
-  and d_k = min(m_k, fl(m_all + 5e4)).
+  `[chunk, reference pixels]` distance matrix (one matmul) for all objects
+  and reduces it per label: m_k = min over r labelled k (a masked minimum,
+  which XLA fuses with the distance arithmetic into one reduction over the
+  matmul's output: no sort, no scatter), m_all = min_k m_k, and
+  d_k = min(m_k, fl(m_all + 5e4)).
 
   Why this is exact: adding a penalty of 0 is exact, and rounding x + 5e4 to
   the matching dtype is monotonic in x, so the min over r not in k of
@@ -221,13 +193,11 @@ def global_matching(query: jnp.ndarray,
   d_k. Chunking only partitions the query pixels (XLA may pick a different
   dot kernel per chunk shape, a 1-ulp effect).
 
-  The cost does not grow with the number of objects: reference pixels are
-  sorted by label once, and each chunk takes the min inside blocks of
-  `_BLOCK_ROWS` sorted rows (one pass) plus a segment min over the block
-  minima; only the <= K + 1 blocks straddling a label change are reduced row
-  by row. Peak memory is one chunk's distance matrix (`jax.checkpoint` keeps
-  the backward pass there too), which `max_chunk_bytes` bounds whatever
-  the number of references and the frame size (`chunk_count`).
+  The matmul does not grow with the number of objects; the masked minima
+  read its output once per object slot. Peak memory is one chunk's
+  distance matrix (`jax.checkpoint` keeps the backward pass there too),
+  which `max_chunk_bytes` bounds whatever the number of references and the
+  frame size (`chunk_count`).
 
   Args:
     query: `[height, width, channels]` current-frame embedding.
@@ -262,10 +232,11 @@ def global_matching(query: jnp.ndarray,
     labels = atrous_reference_labels(
         ref_labels, obj_valid, atrous=atrous, min_pixels=min_pixels)
   ref = ref.reshape(-1, channels).astype(matching_dtype)
-  ref, block_labels, mixed_blocks, mixed_labels = _label_sorted_blocks(
-      ref, labels.reshape(-1), num_slots)
+  labels = labels.reshape(-1)
   ref_sq = _squared_norm(ref)
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
+  inf = jnp.asarray(jnp.inf, matching_dtype)
+  is_slot = labels[None, None, :] == jnp.arange(num_slots)[:, None, None]
 
   num_queries = height * width
   num_chunks = chunk_count(ref.shape[0], num_queries, num_chunks,
@@ -275,16 +246,11 @@ def global_matching(query: jnp.ndarray,
   queries = jnp.pad(queries, ((0, chunk * num_chunks - num_queries), (0, 0)))
 
   def match_chunk(q):
-    dot = jnp.einsum('rc,qc->rq', ref, q, precision=jax.lax.Precision.HIGHEST,
+    dot = jnp.einsum('qc,rc->qr', q, ref, precision=jax.lax.Precision.HIGHEST,
                      preferred_element_type=jnp.float32)
-    dist = ((ref_sq[:, None] + _squared_norm(q)[None, :])
-            - 2 * dot.astype(matching_dtype))
-    dist = dist.reshape(-1, _BLOCK_ROWS, chunk)  # [blocks, rows, chunk]
-    segment_min = lambda x, ids: jax.ops.segment_min(
-        x, ids, num_segments=num_slots + 1)[:num_slots]
-    per_label = jnp.minimum(
-        segment_min(jnp.min(dist, axis=1), block_labels),
-        segment_min(dist[mixed_blocks].reshape(-1, chunk), mixed_labels))
+    dist = ((_squared_norm(q)[:, None] + ref_sq[None, :])
+            - 2 * dot.astype(matching_dtype))                # [chunk, rows]
+    per_label = jnp.min(jnp.where(is_slot, dist[None], inf), axis=-1)
     nearest = jnp.min(per_label, axis=0)
     return jnp.minimum(per_label, nearest + penalty)  # [K + 1, chunk]
 
@@ -295,6 +261,121 @@ def global_matching(query: jnp.ndarray,
   similarity = distance_to_similarity(
       dist.reshape(num_slots, height, width), biases[:, None, None])
   return jnp.where(jnp.any(labels >= 0), similarity, 1.0)
+
+
+def _overlapping_tiles(x: jnp.ndarray, tile: int, span: int,
+                       axis: int) -> jnp.ndarray:
+  """Tiles of length `span` starting every `tile` entries along `axis`.
+
+  Args:
+    x: an array whose `axis` has at least `(n + m - 1) * tile` entries,
+      where n = its length // tile rounded down and m = ceil(span / tile);
+      callers pad it so.
+    tile: the stride between tiles.
+    span: the tile length (>= tile).
+    axis: the axis to tile (non-negative).
+
+  Returns:
+    `x` with `axis` replaced by `[n, span]` (tile index, position), built
+    from m shifted views of whole blocks (no gather).
+  """
+  m = -(-span // tile)
+  n = x.shape[axis] // tile - m + 1
+  blocks = x.reshape(x.shape[:axis] + (n + m - 1, tile) + x.shape[axis + 1:])
+  views = [jax.lax.slice_in_dim(blocks, u, u + n, axis=axis)
+           for u in range(m)]
+  tiles = jnp.concatenate(views, axis=axis + 1)
+  return jax.lax.slice_in_dim(tiles, 0, span, axis=axis + 1)
+
+
+def _diagonal_band(x: jnp.ndarray, width: int) -> jnp.ndarray:
+  """`out[..., t, d] = x[..., t, t + d]` for d < `width`.
+
+  Args:
+    x: `[..., T, T + width - 1]` array.
+    width: the band width.
+
+  Returns:
+    `[..., T, width]`, by padding, reshaping and slicing (no gather): in
+    the rows of length `T + width` that the padded flat array forms, entry
+    (t, d) is flat index t (T + width - 1) + t + d.
+  """
+  rows, cols = x.shape[-2:]
+  flat = x.reshape(x.shape[:-2] + (rows * cols,))
+  flat = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, rows)])
+  return flat.reshape(x.shape[:-2] + (rows, cols + 1))[..., :width]
+
+
+def _window_band(x: jnp.ndarray, side: int) -> jnp.ndarray:
+  """`[..., y, x, Y, X]` tile pairs -> `[..., y, x, dy, dx]`, the entries at
+  Y = y + dy and X = x + dx (dy, dx < `side`)."""
+  x = jnp.moveaxis(x, -2, -3)                    # [..., y, Y, x, X]
+  x = _diagonal_band(x, side)                    # [..., y, Y, x, dx]
+  x = jnp.moveaxis(x, (-4, -3), (-2, -1))        # [..., x, dx, y, Y]
+  x = _diagonal_band(x, side)                    # [..., x, dx, y, dy]
+  return jnp.moveaxis(x, (-4, -3), (-3, -1))     # [..., y, x, dy, dx]
+
+
+def _neighbourhood_distances(query: jnp.ndarray, prev: jnp.ndarray,
+                             labels: jnp.ndarray, half: int):
+  """Distances to every pixel of the (2 half + 1)^2 neighbourhood.
+
+  The grid is cut into `_LOCAL_TILE`^2 query tiles; each tile's embeddings
+  meet its (T + 2 half)^2 neighbourhood in one matrix product (batched over
+  tiles), and the entries inside each pixel's window are taken out of the
+  products as diagonal bands (`_window_band`): no loop over offsets, no
+  gather, and memory linear in the pixels.
+
+  Args:
+    query: `[N, h, w, C]` embeddings (N independent grids).
+    prev: `[N, h, w, C]` previous-frame embeddings.
+    labels: `[N, h, w]` int previous labels, -1 ignored.
+    half: the window half-size p.
+
+  Returns:
+    `([N, h, w, S, S] distances, [N, h, w, S, S] labels)` with
+    S = 2 p + 1, entry (dy, dx) the candidate at offset (dy - p, dx - p);
+    label -1 outside the frame. Distances are the expanded form
+    (|q|^2 + |r|^2) - 2 q.r in the embeddings' dtype, the dot accumulated
+    in float32.
+  """
+  num, height, width, channels = query.shape
+  side, tile = 2 * half + 1, _LOCAL_TILE
+  span = tile + 2 * half
+  rows, cols = -(-height // tile), -(-width // tile)
+  extra = -(-span // tile) - 1  # Whole blocks a tile reaches past its own.
+
+  def pad(x, value=0):
+    return jnp.pad(x, [(0, 0), (half, (rows + extra) * tile - height - half),
+                       (half, (cols + extra) * tile - width - half)]
+                   + [(0, 0)] * (x.ndim - 3), constant_values=value)
+
+  def neighbourhoods(x):  # [N, H', W', ...] -> [N, rows, cols, span, span, ...]
+    x = _overlapping_tiles(x, tile, span, 1)    # [N, rows, span, W', ...]
+    x = _overlapping_tiles(x, tile, span, 3)    # [N, rows, span, cols, span, ...]
+    return jnp.moveaxis(x, 3, 2)
+
+  q = jnp.pad(query, [(0, 0), (0, rows * tile - height),
+                      (0, cols * tile - width), (0, 0)])
+  q = q.reshape(num, rows, tile, cols, tile, channels).swapaxes(2, 3)
+  dot = jnp.einsum('nijyxc,nijYXc->nijyxYX', q, neighbourhoods(pad(prev)),
+                   precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32)
+  dot = _window_band(dot.astype(query.dtype), side)
+  cand_sq = _window_band(jnp.broadcast_to(
+      neighbourhoods(pad(_squared_norm(prev)))[:, :, :, None, None],
+      dot.shape[:5] + (span, span)), side)
+  cand_labels = _window_band(jnp.broadcast_to(
+      neighbourhoods(pad(labels, -1))[:, :, :, None, None],
+      dot.shape[:5] + (span, span)), side)
+  query_sq = _squared_norm(q)[..., None, None]
+  dist = (query_sq + cand_sq) - 2 * dot           # [N, rows, cols, T, T, S, S]
+
+  def untile(x):
+    x = x.swapaxes(2, 3).reshape((num, rows * tile, cols * tile) + x.shape[5:])
+    return x[:, :height, :width]
+
+  return untile(dist), untile(cand_labels)
 
 
 def local_matching(query: jnp.ndarray,
@@ -317,11 +398,11 @@ def local_matching(query: jnp.ndarray,
   exactly 5e4. Window w takes the min over the central sub-square of
   half-size floor(w / a) lattice steps.
 
-  The offset distances are computed once for all objects, one offset at a
-  time (`lax.map`, so memory stays at one `[offsets, height, width]` array)
-  and in ring order (Chebyshev radius from the centre), so each window is a
-  prefix of the offsets. Each object then does one fused masked min per
-  ring, and the windows are running minima over the rings (exact).
+  Candidates of a pixel lie on its own lattice phase (y mod a, x mod a), so
+  the a^2 phase sub-grids are matched as independent grids with stride 1
+  and half-size p / a. Each is matched without a loop over offsets
+  (`_neighbourhood_distances`: tiled matrix products and diagonal bands),
+  then every object takes one masked min per window.
 
   Args:
     query: `[height, width, channels]` current-frame embedding.
@@ -347,50 +428,41 @@ def local_matching(query: jnp.ndarray,
   obj_valid = jnp.asarray(obj_valid, bool)
   num_slots = obj_valid.shape[0]
   height, width, _ = query.shape
-  pad = windows[-1] - windows[-1] % atrous
-  side = 2 * (pad // atrous) + 1
+  a = atrous
+  half = (windows[-1] - windows[-1] % a) // a  # In lattice steps.
+  labels = _valid_labels(prev_labels, obj_valid)
+  label_dtype = jnp.int8 if num_slots < 127 else jnp.int32
 
-  query = query.astype(matching_dtype)
-  prev = prev.astype(matching_dtype)
-  query_sq = _squared_norm(query)
-  # Outside the frame the label is -1, so the value is 5e4 whatever the
-  # padded embedding and norm are.
-  prev_pad = jnp.pad(prev, ((pad, pad), (pad, pad), (0, 0)))
-  prev_sq_pad = jnp.pad(_squared_norm(prev), pad)
-  labels_pad = jnp.pad(_valid_labels(prev_labels, obj_valid), pad,
-                       constant_values=-1)
+  # [a^2, h / a, w / a, ...] phase sub-grids (padding: label -1, never a
+  # candidate; padded queries are cut off below).
+  sub_h, sub_w = -(-height // a), -(-width // a)
 
-  # Offsets in lattice steps from the top-left corner, in ring order.
-  grid_i, grid_j = np.meshgrid(np.arange(side), np.arange(side),
-                               indexing='ij')
-  radius = np.maximum(abs(grid_i - pad // atrous), abs(grid_j - pad // atrous))
-  order = np.argsort(radius.ravel(), kind='stable')
-  offsets = np.stack([grid_i.ravel()[order], grid_j.ravel()[order]], axis=1)
+  def phases(x, value=0):
+    x = jnp.pad(x, [(0, sub_h * a - height), (0, sub_w * a - width)]
+                + [(0, 0)] * (x.ndim - 2), constant_values=value)
+    x = x.reshape((sub_h, a, sub_w, a) + x.shape[2:])
+    return jnp.moveaxis(x, (1, 3), (0, 1)).reshape(
+        (a * a, sub_h, sub_w) + x.shape[4:])
 
-  def offset_distance(offset):
-    start = (offset[0] * atrous, offset[1] * atrous)
-    window = lambda x: jax.lax.dynamic_slice(
-        x, start + (0,) * (x.ndim - 2), (height, width) + x.shape[2:])
-    dist = ((query_sq + window(prev_sq_pad))
-            - 2 * _channel_dot(query, window(prev_pad)))
-    return dist, window(labels_pad)
-
-  dist, labels = jax.lax.map(
-      jax.checkpoint(offset_distance, prevent_cse=False),
-      jnp.asarray(offsets, jnp.int32))  # [offsets, height, width] each
+  dist, cand = _neighbourhood_distances(
+      phases(query.astype(matching_dtype)), phases(prev.astype(matching_dtype)),
+      phases(labels.astype(label_dtype), -1), half)  # [a^2, h', w', S, S]
 
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
-  slot_ids = jnp.arange(num_slots)[:, None, None, None]
-  per_window, running, start = [], None, 0
+  slot_ids = jnp.arange(num_slots, dtype=label_dtype).reshape(-1, 1, 1, 1, 1,
+                                                                1)
+  per_window = []
   for size in windows:
-    stop = (2 * (size // atrous) + 1)**2  # offsets within this window
-    if stop > start:
-      ring = jnp.where(labels[None, start:stop] == slot_ids,
-                       dist[None, start:stop], penalty).min(axis=1)
-      running = ring if running is None else jnp.minimum(running, ring)
-      start = stop
-    per_window.append(running)
+    r = size // a
+    inner = (slice(None),) * 3 + (slice(half - r, half + r + 1),) * 2
+    per_window.append(jnp.where(cand[None][(slice(None),) + inner] == slot_ids,
+                                dist[None][(slice(None),) + inner],
+                                penalty).min(axis=(-2, -1)))
   dist = jnp.stack(per_window[-1:] + per_window[:-1], axis=-1)
+  # [K + 1, a^2, h', w', L] -> [K + 1, h, w, L]
+  dist = dist.reshape((num_slots, a, a, sub_h, sub_w, len(windows)))
+  dist = jnp.moveaxis(dist, (1, 2), (2, 4)).reshape(
+      num_slots, sub_h * a, sub_w * a, len(windows))[:, :height, :width]
   biases = object_biases(num_slots, bg_bias, fg_bias)
   return distance_to_similarity(dist, biases[:, None, None, None])
 

@@ -30,6 +30,7 @@ from flax import nnx
 
 from cfbi_jax import datasets
 from cfbi_jax import frame_step
+from cfbi_jax import layers
 from cfbi_jax import preprocessing
 
 
@@ -65,15 +66,33 @@ def object_valid(num_objects: int,
                  max_objects: int = MAX_OBJECTS) -> np.ndarray:
   """The `obj_valid` mask of a frame with objects 1..K known before it.
 
-  The slot count (background included) is K + 1 rounded up to a power of
-  two (at least 2, at most `max_objects` + 1), so a stream compiles one
-  step per bucket rather than one per object count.
+  The official number of slots, K + 1 (background included; at least 2):
+  no slot is computed for nothing. A stream compiles one step per object
+  count it meets (the persistent compilation cache keeps them across
+  runs); rounding up to buckets would save compilations but run up to
+  twice the ensembler on every frame.
 
   Returns:
-    `[slots]` bool, True for slots 0..K.
+    `[max(K + 1, 2)]` bool, True for slots 0..K.
   """
-  num_slots = min(bucket(num_objects + 1, 2), max_objects + 1)
+  num_slots = max(min(num_objects, max_objects) + 1, 2)
   return np.arange(num_slots) <= num_objects
+
+
+def split_for_inference(model: nnx.Module) -> Tuple[Any, Any]:
+  """`nnx.split` of a copy of `model` made for inference.
+
+  The copy has its frozen BatchNorms folded into their convolutions
+  (`layers.fold_frozen_batchnorm`); `model` itself is not changed. Every
+  inference entry (`Session`, `inference.VideoPropagator`, `export`) runs
+  the step on this.
+
+  Returns:
+    `(graphdef, params)`.
+  """
+  model = nnx.clone(model)
+  layers.fold_frozen_batchnorm(model)
+  return nnx.split(model)
 
 
 @dataclasses.dataclass
@@ -137,7 +156,7 @@ class Session:
     if steps is None or params is None:
       if model is None:
         raise ValueError('Session needs a model, or both steps and params')
-      graphdef, params = nnx.split(model)
+      graphdef, params = split_for_inference(model)
       steps = steps or frame_step.compile_steps(graphdef)
     self.steps, self.params = steps, params
     self.augs = augmentations(scales, flip)

@@ -339,3 +339,52 @@ def test_dropout_deterministic_per_key_and_scaled():
   # Inverted dropout: kept values are x / (1 - rate), the rest are 0.
   np.testing.assert_allclose(a[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
   assert abs(1 - kept.mean() - 0.25) < 0.03
+
+
+def _randomise_batch_norms(model, seed=0):
+  rng = np.random.default_rng(seed)
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, layers.FrozenBatchNorm):
+      n = module.weight.shape[0]
+      module.weight[...] = randn(rng, n, scale=0.3, loc=1.0)
+      module.bias[...] = randn(rng, n)
+      module.running_mean[...] = randn(rng, n)
+      module.running_var[...] = rng.uniform(0.3, 3.0, n).astype(np.float32)
+
+
+@pytest.mark.parametrize('backbone', ['resnet', 'mobilenetv2'])
+def test_folded_batch_norms_give_the_same_features(backbone):
+  """Every frozen BatchNorm folds into its conv (none is left), and the
+  folded DeepLab computes the unfolded one's features up to rounding."""
+  from cfbi_jax import backbone as backbone_lib  # pylint: disable=g-import-not-at-top
+  model = backbone_lib.DeepLab(backbone, 16, 16, (1, 1, 1, 1), 8,
+                               rngs=nnx.Rngs(0))
+  _randomise_batch_norms(model)
+  norms = sum(isinstance(m, layers.FrozenBatchNorm)
+              for _, m in nnx.iter_modules(model))
+  x = randn(np.random.default_rng(1), 1, 33, 49, 3)
+
+  def features(m):
+    graphdef, state = nnx.split(m)
+    return jax.jit(lambda s: nnx.merge(graphdef, s)(x))(state)
+
+  want = features(model)
+  folded = nnx.clone(model)
+  assert layers.fold_frozen_batchnorm(folded) == norms > 0
+  assert not any(isinstance(m, layers.FrozenBatchNorm)
+                 for _, m in nnx.iter_modules(folded))
+  got = features(folded)
+  for name, value in want.items():
+    if value is not None:
+      scale = float(np.abs(value).max())
+      np.testing.assert_allclose(got[name], value, atol=2e-6 * scale,
+                                 err_msg=name)
+  assert layers.fold_frozen_batchnorm(folded) == 0  # nothing left to fold
+
+
+def test_group_norm_backbones_are_not_folded():
+  from cfbi_jax import backbone as backbone_lib  # pylint: disable=g-import-not-at-top
+  model = backbone_lib.DeepLab('resnet', 16, 16, (1, 1, 1, 1), 8,
+                               norm='group_norm', norm_groups=4,
+                               rngs=nnx.Rngs(0))
+  assert layers.fold_frozen_batchnorm(model) == 0

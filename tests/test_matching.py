@@ -288,16 +288,6 @@ def test_global_chunking_has_no_effect(num_chunks):
   np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize('block_rows', [1, 3, 7])
-def test_global_block_size_has_no_effect(monkeypatch, block_rows):
-  args, static = global_inputs('min_pixels_atrous2', seed=3)
-  monkeypatch.setattr(matching, '_BLOCK_ROWS', block_rows)  # read at trace
-  fn = jax.jit(lambda *a: matching.global_matching(
-      *a, bg_bias=BG, fg_bias=FG, **static))
-  np.testing.assert_allclose(fn(*args), naive_global(*args, **static),
-                             atol=1e-5)
-
-
 def test_global_empty_reference_gives_ones():
   (query, ref, _, valid), _ = global_inputs('one_ref')
   labels = np.full((2, 7, 9), -1, np.int32)
@@ -332,6 +322,22 @@ def test_local_matching_matches_naive(windows, atrous, valid):
   assert out.shape == (len(valid), 11, 13, len(windows))
   want = naive_local(*args, windows, atrous)
   np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('size,windows,atrous', [
+    ((35, 50), (3, 18), 1),    # windows wider than a tile: 4 blocks a tile
+    ((34, 41), (8, 24), 2),    # several tiles per phase, uneven phases
+])
+def test_local_matching_across_tiles(size, windows, atrous):
+  """Grids of several `_LOCAL_TILE` tiles, neighbourhoods spanning more
+  than two tiles, and the edges of every tile, against the naive loop."""
+  rng = np.random.default_rng(8)
+  valid = np.array([1, 1, 0, 1], bool)
+  args = (embeddings(rng, *size, 5), embeddings(rng, *size, 5),
+          labels_for(rng, size, len(valid) + 1), valid)
+  out = run('local_matching', *args, windows=windows, atrous=atrous)
+  np.testing.assert_allclose(out, naive_local(*args, windows, atrous),
+                             atol=1e-5)
 
 
 def test_local_channel_order_is_largest_first():

@@ -296,12 +296,9 @@ class CFBI(nnx.Module):
           q, p, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
           windows=self.local_windows[s], atrous=self.local_atrous[s],
           matching_dtype=dtype)
-      # `lax.map`, not `vmap`, over the batch: the offset loop inside local
-      # matching runs several times slower on CPU once batched.
       with jax.named_scope('local_matching'):
-        local_fg = jax.lax.map(lambda args: local_fn(*args),
-                               (cur_e[..., :md], prev_e[..., :md], prev_lab,
-                                obj_valid))
+        local_fg = jax.vmap(local_fn)(cur_e[..., :md], prev_e[..., :md],
+                                      prev_lab, obj_valid)
       fg2bg = jax.vmap(matching.foreground_to_background)
       global_bg = fg2bg(global_fg, obj_valid)
       local_bg = fg2bg(local_fg, obj_valid)

@@ -264,9 +264,9 @@ class FEELVOS(nnx.Module):
           max_chunk_bytes=int(self.global_chunk_mb * 2**20)))(
               cur, ref_scales[0], ref_lab, obj_valid)        # [B, K+1, h, w]
     with jax.named_scope('local_matching'):
-      local_maps = jax.lax.map(
-          lambda args: local_distance_maps(*args, window=self.local_window),
-          (cur, prev_scales[0], prev_lab, obj_valid))      # [B, K+1, h, w]
+      local_maps = jax.vmap(lambda q, p, lab, ov: local_distance_maps(
+          q, p, lab, ov, window=self.local_window))(
+              cur, prev_scales[0], prev_lab, obj_valid)    # [B, K+1, h, w]
     previous = jnp.moveaxis(memory[..., :num_slots], -1, 1)  # [B, K+1, h, w]
     batch = obj_valid.shape[0]
     features = jnp.broadcast_to(
