@@ -72,11 +72,11 @@ def test_probabilities_come_back_only_when_asked():
   assert with_probs[1][2].shape == labels[0].shape + (3,)
 
 
-def test_one_compilation_per_object_bucket_and_none_across_frames():
+def test_one_compilation_per_object_count_and_none_across_frames():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=8, late_object=True)
   prop = inference.VideoPropagator(module)
-  # Object 2 appears at frame 2: slots bucket 2 (K=1) then 4 (K=2).
+  # Object 2 appears at frame 2: 2 slots (K=1), then 3 (K=2).
   list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames)))
   assert prop.steps.first._cache_size() == 1
   assert prop.steps.next._cache_size() == 2

@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from cfbi_jax import backend
 from cfbi_jax import matching
 from cfbi_jax import resize
 
@@ -225,12 +226,41 @@ def test_atrous_reference_labels(atrous, min_pixels):
   np.testing.assert_array_equal(out, np.where(keep, labels, -1))
 
 
+# The two forms of the per-label minima (the GPU's and the CPU's).
+PER_LABEL = pytest.mark.parametrize('per_label', ['masked', 'sorted'])
+
+
+@PER_LABEL
 @pytest.mark.parametrize('case', sorted(GLOBAL_CASES))
-def test_global_matching_matches_naive(case):
+def test_global_matching_matches_naive(case, per_label):
   args, static = global_inputs(case)
-  out = run('global_matching', *args, **static)
+  out = run('global_matching', *args, per_label=per_label, **static)
   np.testing.assert_allclose(out, naive_global(*args, **static), atol=1e-5)
   assert np.all(out[1] == 1.0)  # object absent from the references
+
+
+def test_global_form_follows_the_backend():
+  """On the CPU the default is the sorted form, exactly; traced for a GPU,
+  the masked one."""
+  args, static = global_inputs('three_refs_padded', seed=4)
+  default = run('global_matching', *args, **static)
+  np.testing.assert_array_equal(
+      default, run('global_matching', *args, per_label='sorted', **static))
+  with backend.tracing_for('cuda'):
+    gpu_form = run('global_matching', *args, **static)
+  np.testing.assert_array_equal(
+      gpu_form, run('global_matching', *args, per_label='masked', **static))
+  np.testing.assert_allclose(gpu_form, default, atol=1e-6)
+
+
+@pytest.mark.parametrize('block_rows', [1, 3, 7])
+def test_global_block_size_has_no_effect(monkeypatch, block_rows):
+  args, static = global_inputs('min_pixels_atrous2', seed=3)
+  monkeypatch.setattr(matching, '_BLOCK_ROWS', block_rows)  # read at trace
+  fn = jax.jit(lambda *a: matching.global_matching(
+      *a, bg_bias=BG, fg_bias=FG, per_label='sorted', **static))
+  np.testing.assert_allclose(fn(*args), naive_global(*args, **static),
+                             atol=1e-5)
 
 
 def test_void_reference_pixels_are_ignored():
@@ -279,30 +309,34 @@ def test_global_penalty_is_added_not_substituted():
   assert np.all(np.asarray(out)[1] < 0.9)
 
 
+@PER_LABEL
 @pytest.mark.parametrize('num_chunks', [3, 7])
-def test_global_chunking_has_no_effect(num_chunks):
+def test_global_chunking_has_no_effect(num_chunks, per_label):
   args, static = global_inputs('three_refs_padded')
-  whole = run('global_matching', *args, **static)
-  chunked = run('global_matching', *args, num_chunks=num_chunks, **static)
+  whole = run('global_matching', *args, per_label=per_label, **static)
+  chunked = run('global_matching', *args, num_chunks=num_chunks,
+                per_label=per_label, **static)
   # Same algorithm; XLA may pick another dot kernel per chunk shape (1 ulp).
   np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
 
 
-def test_global_empty_reference_gives_ones():
+@PER_LABEL
+def test_global_empty_reference_gives_ones(per_label):
   (query, ref, _, valid), _ = global_inputs('one_ref')
   labels = np.full((2, 7, 9), -1, np.int32)
   labels[1, 0, 0] = 5  # not a valid slot either
   out = run('global_matching', query, np.concatenate([ref, ref]), labels,
-            valid)
+            valid, per_label=per_label)
   np.testing.assert_array_equal(out, np.ones((3, 7, 9)))
 
 
+@PER_LABEL
 @pytest.mark.parametrize('dtype,atol', [(np.float16, 5e-3),
                                         (ml_dtypes.bfloat16, 3e-2)])
-def test_global_low_precision(dtype, atol):
+def test_global_low_precision(dtype, atol, per_label):
   args, static = global_inputs('three_refs_padded', channels=6, scale=0.25)
   out = run('global_matching', *args, matching_dtype=jnp.dtype(dtype),
-            **static)
+            per_label=per_label, **static)
   want = naive_global(*args, dtype=dtype, **static)
   np.testing.assert_allclose(out, want, atol=atol)
   assert np.abs(out - run('global_matching', *args, **static)).max() > 1e-4

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cfbi_jax import inference
+from cfbi_jax import session
 from cfbi_jax import Session
 from tests import random_weights
 from tests import synthetic_clips
@@ -99,3 +100,12 @@ def test_bad_pushes_are_clear_errors():
   stream.push(frames[0], labels[0])
   with pytest.raises(ValueError, match='call reset'):
     stream.push(frames[1][:-1])
+
+
+def test_the_step_runs_the_official_object_slots():
+  """K + 1 slots (background included), as the official code runs: no
+  slot is rounded up; a frame with no object yet still has two."""
+  for k in range(1, 11):
+    valid = session.object_valid(k)
+    assert valid.shape == (k + 1,) and valid.all()
+  np.testing.assert_array_equal(session.object_valid(0), [True, False])
