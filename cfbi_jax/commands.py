@@ -75,9 +75,39 @@ def _config_command(usage: str, config_file: str, config_help: str,
       logging.set_verbosity(logging.WARNING)  # Orbax logs every restore.
       body(config.value, {name: flag.value for name, flag in extra.items()})
 
-    app.run(main)
+    try:
+      app.run(main)
+    except SystemExit as done:
+      # absl ends --help with exit code 1; asking for help is no error.
+      if done.code == 1 and set(sys.argv[1:]) & _HELP_FLAGS:
+        raise SystemExit(0) from None
+      raise
 
   cli.run(work)
+
+
+# absl's help flags.
+_HELP_FLAGS = {'--help', '-help', '-h', '-?', '--helpshort', '--helpfull',
+               '--helpxml'}
+
+# Modules of the `[train]` extra (pyproject.toml) that training imports.
+_TRAIN_EXTRA_MODULES = ('tensorflow', 'tensorflow_datasets', 'clu',
+                        'tensorboard')
+
+
+def _import_trainer():
+  """`cfbi_jax.trainer`, or a one-line error naming the missing extra
+  (checked before any work: the input pipeline is imported up front)."""
+  try:
+    from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top,unused-import
+    from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError as error:
+    if (error.name or '').split('.')[0] not in _TRAIN_EXTRA_MODULES:
+      raise
+    raise ValueError(
+        f'cfbi-train needs the training extras ({error.name} is not '
+        'installed): pip install "cfbi-jax[train]"') from error
+  return trainer
 
 
 def evaluate() -> None:
@@ -112,7 +142,7 @@ def train() -> None:
     if values['distributed']:
       from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
       backend.initialize_distributed(values['heartbeat_timeout_s'])
-    from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
+    trainer = _import_trainer()
     if not config.data.root and config.data.source != 'tfds':
       raise ValueError('--config.data.root (the dataset folder) is required')
     result = trainer.train(config, values['workdir'])

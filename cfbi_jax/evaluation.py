@@ -7,7 +7,9 @@
    flags for DAVIS runs and any `config.model` overrides;
 2. lists the sequences (`datasets.davis_sequences`,
    `datasets.youtube_vos_sequences` or `datasets.own_video_sequence`);
-3. says where outputs go and which finished sequences it reuses, then
+3. says where outputs go and which finished sequences it reuses (a
+   sequence is reused only if its outputs are complete and its inputs are
+   the ones they were computed from: `input_fingerprint`), then
    segments each other sequence with `inference.VideoPropagator` (official
    loop, TTA; a per-frame bar with frames/s and an ETA), and writes palette
    PNGs, optional per-frame probabilities and, for own videos, overlays;
@@ -24,9 +26,12 @@ Output layout under `config.output_dir`:
   original size, background first, objects in id order);
 * own and synthetic videos: `<seq>_overlay/<frame>.png` and
   `<seq>_overlay.mp4`;
-* `copy_first_frame_baseline`: `copy_first_frame/<seq>/<frame>.png`.
+* `copy_first_frame_baseline`: `copy_first_frame/<seq>/<frame>.png`;
+* `.inputs/<seq>.json`: the inputs each finished sequence was computed
+  from (`input_fingerprint`).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -195,11 +200,17 @@ def run(config) -> Dict[str, Any]:
       max_objects=config.max_objects)
   os.makedirs(config.output_dir, exist_ok=True)
   _claim_output_dir(config)
-  done = {seq.name for seq in sequences if _sequence_done(config, seq)}
+  complete = [seq for seq in sequences if _outputs_complete(config, seq)]
+  done = {seq.name for seq in complete if _inputs_unchanged(config, seq)}
+  changed = sorted(seq.name for seq in complete if seq.name not in done)
+  names = lambda found: (f" ({', '.join(sorted(found)[:5])}"
+                         f"{', ...' if len(found) > 5 else ''})")
   print(f'outputs: {os.path.abspath(config.output_dir)}; '
-        f'{len(done)} of {len(sequences)} sequences already complete there '
-        'are reused' + (f" ({', '.join(sorted(done)[:5])}"
-                        f"{', ...' if len(done) > 5 else ''})" if done else ''),
+        + (f'reusing {len(done)} of {len(sequences)} sequences, finished '
+           f'there from the same inputs{names(done)}' if done else
+           f'segmenting all {len(sequences)} sequences')
+        + (f'; segmenting {len(changed)} again, whose inputs changed since '
+           f'their outputs were written{names(changed)}' if changed else ''),
         flush=True)
   rows, skipped = [], []
   start = time.perf_counter()
@@ -207,7 +218,11 @@ def run(config) -> Dict[str, Any]:
     if seq.name in done:
       skipped.append(seq.name)
       continue
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(_fingerprint_path(config, seq.name))
     rows.append(segment_sequence(propagator, seq, config))
+    outputs.write_json(_fingerprint_path(config, seq.name),
+                       input_fingerprint(seq))
   path = os.path.join(config.output_dir, 'summary.json')
   rows = _merge_rows(path, rows)
   summary = {
@@ -316,14 +331,55 @@ def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
   return scores['global']
 
 
-def _sequence_done(config, seq: datasets.VideoSequence) -> bool:
-  """Whether a finished run already wrote every output of `seq`."""
+def input_fingerprint(seq: datasets.VideoSequence) -> Dict[str, Any]:
+  """What a sequence's outputs are computed from, to tell when to reuse them.
+
+  The frames by file name, size and modification time (a video file the
+  same way), the frames segmented, and the SHA-256 of every annotation
+  file with the frame it belongs to: a changed mask, an edited or replaced
+  frame, or another frame list gives another fingerprint.
+
+  Returns:
+    A JSON-serialisable dict.
+  """
+  def stat(path):
+    info = os.stat(path)
+    return [os.path.basename(path), info.st_size, info.st_mtime_ns]
+
+  def sha256(path):
+    with open(path, 'rb') as f:
+      return hashlib.sha256(f.read()).hexdigest()
+
+  files = seq.frame_paths if seq.frame_paths else [seq.video_path]
+  return {'frames': [stat(p) for p in files],
+          'frame_names': list(seq.frame_names),
+          'annotations': {str(t): sha256(p)
+                          for t, p in sorted(seq.annotated.items())}}
+
+
+def _fingerprint_path(config, name: str) -> str:
+  return os.path.join(config.output_dir, '.inputs', name + '.json')
+
+
+def _outputs_complete(config, seq: datasets.VideoSequence) -> bool:
+  """Whether every output file of `seq` is there."""
   done = outputs.sequence_done(_label_dir(config, seq.name), seq.frame_names)
   if done and config.save_probs:
     probs_dir = os.path.join(config.output_dir, seq.name)
     done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))
                for n in seq.frame_names[1:])
   return done
+
+
+def _inputs_unchanged(config, seq: datasets.VideoSequence) -> bool:
+  """Whether `seq`'s outputs were computed from its inputs as they are now
+  (False when no fingerprint was kept, e.g. an interrupted sequence)."""
+  try:
+    with open(_fingerprint_path(config, seq.name), encoding='utf-8') as f:
+      kept = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return kept == json.loads(json.dumps(input_fingerprint(seq)))
 
 
 def _merge_rows(path: str, rows: List[Dict[str, Any]]

@@ -15,7 +15,8 @@ writes, for frames of H x W and masks with object ids 0..K:
 Both are `frame_step.first_frame` / `frame_step.next_frame` (single scale,
 no flip, official preprocessing on the device) with the model's weights as
 constants, serialized by `jax.export` for every platform JAX can lower to
-here (CPU and CUDA by default). Running them needs only `jax`:
+here (CPU and CUDA by default). Running them needs only `jax` and
+`flatbuffers` (JAX's serializer, which JAX does not install itself):
 
     import jax, numpy as np
     load = lambda p: jax.export.deserialize(open(p, 'rb').read())

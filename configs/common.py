@@ -19,6 +19,7 @@ No side effects; imported by configs only.
 import ml_collections
 
 from cfbi_jax import backend
+from cfbi_jax import data_config
 
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
@@ -140,8 +141,6 @@ def training_config(model: str, runlocal: bool,
       that runs in about a minute on a laptop CPU.
     backbone: one of `TRAIN_BACKBONES`.
   """
-  # Imported here so that `parse_arg` stays importable without TF.
-  from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
   config.seed = 0
   # [ours] JAX's persistent compilation cache ('' turns it off).
@@ -149,7 +148,7 @@ def training_config(model: str, runlocal: bool,
   config.model = training_model_config(
       training_preset(model, backbone, runlocal))
   config.model_bgr = True  # [official] BGR input order of the released models.
-  config.data = input_pipeline.default_data_config()  # provenance there
+  config.data = data_config.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100_000          # [paper] CFBI+ §4 (YouTube-VOS)
   config.train.batch_size = 8           # [paper] CFBI+ §4; ECCV CFBI: 4

@@ -153,8 +153,8 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   capsys.readouterr()
   again = evaluation.run(config)
   assert again['skipped_complete'] == ['alpha', 'beta']
-  assert (f'outputs: {out}; 2 of 2 sequences already complete there are '
-          'reused (alpha, beta)') in capsys.readouterr().out
+  assert (f'outputs: {out}; reusing 2 of 2 sequences, finished there from '
+          'the same inputs (alpha, beta)') in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(out, 'beta', '00003.png')) == stamp
   # ... and keeps the first run's timings in summary.json.
   assert again['sequences'] == summary['sequences']
@@ -169,6 +169,36 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   with open(os.path.join(out, 'summary.json'), encoding='utf-8') as f:
     assert json.load(f)['sequences'] == json.loads(json.dumps(
         third['sequences']))
+
+
+def test_changed_inputs_are_segmented_again(tiny_ckpt, tmp_path, capsys):
+  """Outputs are reused only for the inputs they came from: a new
+  first-frame mask (one object where there were two) or an edited frame
+  makes its sequence run again; the other sequence is still reused."""
+  root = _davis_root(str(tmp_path / 'DAVIS'))
+  out = str(tmp_path / 'out')
+  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
+                   dataset='davis2017', **{'data.root': root})
+  evaluation.run(config)
+  labels = lambda t: np.asarray(Image.open(
+      os.path.join(out, 'alpha', f'{t:05d}.png')))
+  assert labels(0).max() == 2  # frame 0's PNG is its annotation
+  mask_path = os.path.join(root, 'Annotations', '480p', 'alpha', '00000.png')
+  _save_png(mask_path, (np.asarray(Image.open(mask_path)) == 1).astype(
+      np.uint8))
+  capsys.readouterr()
+  again = evaluation.run(config)
+  assert again['skipped_complete'] == ['beta']
+  assert ('reusing 1 of 2 sequences, finished there from the same inputs '
+          '(beta); segmenting 1 again, whose inputs changed since their '
+          'outputs were written (alpha)') in capsys.readouterr().out
+  # The new one-object mask's segmentation.
+  assert labels(0).max() == 1 and labels(3).max() <= 1
+  # A frame replaced by another file of the same name counts too.
+  frame_path = os.path.join(root, 'JPEGImages', '480p', 'beta', '00002.jpg')
+  os.utime(frame_path, ns=(0, 0))
+  third = evaluation.run(config)
+  assert third['skipped_complete'] == ['alpha']
 
 
 def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):

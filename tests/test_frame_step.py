@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfbi_jax import backend
 from cfbi_jax import frame_step
 from cfbi_jax import inference
 from cfbi_jax import preprocessing
@@ -154,3 +155,21 @@ def test_merge_annotation_pastes_objects_and_keeps_void():
   annotation = np.array([[0, 3, 255], [255, 0, 1]], np.uint8)
   merged = frame_step.merge_annotation(predicted, annotation)
   np.testing.assert_array_equal(merged, [[1, 3, 2], [0, 2, 1]])
+
+
+def test_the_gpu_form_of_the_step_gives_the_cpu_forms_outputs():
+  """The program a GPU runs (every `backend.is_cpu()` branch on its GPU
+  side: masked global minima, XLA's convolutions), traced and run here,
+  gives the CPU form's probabilities and labels on a late-object clip."""
+  module = _tiny()
+  frames, labels = synthetic_clips.two_squares(num_frames=4, late_object=True)
+  annotations = {0: labels[0], 2: labels[2]}
+  cpu = list(inference.VideoPropagator(module).run(
+      frames, annotations, 4, with_probs=True))
+  with backend.tracing_for('cuda'):
+    gpu = list(inference.VideoPropagator(module).run(
+        frames, annotations, 4, with_probs=True))
+  for (_, cpu_labels, cpu_probs), (_, gpu_labels, gpu_probs) in zip(cpu, gpu):
+    np.testing.assert_array_equal(gpu_labels, cpu_labels)
+    if cpu_probs is not None:
+      np.testing.assert_allclose(gpu_probs, cpu_probs, atol=1e-5)
