@@ -26,6 +26,7 @@ from flax import nnx
 
 from cfbi_jax import models
 from cfbi_jax import outputs
+from cfbi_jax import project_files
 
 CONFIG_FILE = 'model_config.json'
 
@@ -82,8 +83,34 @@ def _cause(error: BaseException) -> str:
   return lines[0][:160]
 
 
+def resolve_model_dir(name: str) -> str:
+  """The model folder `name` refers to.
+
+  A folder that exists is itself. Otherwise a bundled model is found by
+  its name (`tiny_cfbi_synthetic`) or by its path in a checkout
+  (`models/tiny_cfbi_synthetic`), from any folder and in an installed
+  package (`project_files.bundled_models`).
+
+  Raises:
+    FileNotFoundError: naming the missing folder and the bundled models.
+  """
+  if os.path.isdir(name):
+    return name
+  bundled = project_files.bundled_models()
+  key = os.path.basename(os.path.normpath(name))
+  if key in bundled and os.path.normpath(name) in (key, os.path.join(
+      'models', key)):
+    return bundled[key]
+  hint = ', '.join(bundled) or 'none found'
+  raise FileNotFoundError(
+      f'model folder {name} does not exist: give a folder written by '
+      f'cfbi-convert or train.py, or a bundled model by name ({hint})')
+
+
 def read_model_config(directory: str) -> ml_collections.ConfigDict:
-  """The `config.model` block stored beside a checkpoint."""
+  """The `config.model` block stored beside a checkpoint (`directory` as
+  `resolve_model_dir` takes it)."""
+  directory = resolve_model_dir(directory)
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -104,7 +131,8 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   """Rebuilds the model stored in `directory` and restores its weights.
 
   Args:
-    directory: a directory written by `save_model`.
+    directory: a directory written by `save_model`, or a bundled model's
+      name (`resolve_model_dir`).
     overrides: evaluation-only model fields to change (the family's
       `EVAL_FIELDS`, `models.eval_fields`).
     step: checkpoint step (latest if None).
@@ -119,7 +147,7 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
       short or missing), or was written for a model this version does not
       build.
   """
-  directory = os.path.abspath(directory)
+  directory = os.path.abspath(resolve_model_dir(directory))
   config = read_model_config(directory)
   for key, value in dict(overrides or {}).items():
     if key not in models.eval_fields(config):

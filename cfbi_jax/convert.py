@@ -27,6 +27,7 @@ layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 """
 
 import argparse
+import os
 import re
 import sys
 from typing import Dict, List, Mapping, Tuple
@@ -64,7 +65,14 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   """Reads a `.pth` (torch, weights only) or `.npz` state dict.
 
   Unwraps `{'state_dict': ...}` and strips `module.` prefixes.
+
+  Raises:
+    FileNotFoundError: `path` does not exist (checked before anything else).
+    ValueError: a `.pth` file without torch installed.
   """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such weights file (give the '
+                            'official .pth, or a state dict saved as .npz)')
   if path.endswith('.npz'):
     with np.load(path, allow_pickle=False) as data:
       sd = {k: data[k] for k in data.files}
@@ -72,7 +80,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise SystemExit(
+      raise ValueError(
           f'{path}: reading .pth needs torch (pip install torch); or save '
           'the state dict as .npz and pass that instead') from e
     obj = torch.load(path, map_location='cpu', weights_only=True)

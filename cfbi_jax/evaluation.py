@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -184,13 +185,17 @@ def run(config) -> Dict[str, Any]:
   backend.use_compilation_cache(config.compilation_cache_dir)
   if not config.checkpoint:
     raise ValueError('--config.checkpoint (a model directory written by '
-                     'python -m cfbi_jax.convert or train.py) is required')
+                     'python -m cfbi_jax.convert or train.py) is required; '
+                     'for a first try, the bundled model: '
+                     '--config.checkpoint=tiny_cfbi_synthetic')
   if not config.output_dir:
     raise ValueError('--config.output_dir is required')
+  config.checkpoint = checkpoint.resolve_model_dir(config.checkpoint)
   stored = checkpoint.read_model_config(config.checkpoint)
   if config.variant and config.variant != stored.get('variant'):
     raise ValueError(f'config variant {config.variant!r} but the checkpoint '
                      f'{config.checkpoint} holds {stored.get("variant")!r}')
+  _check_writable(config.output_dir)
   sequences = list_sequences(config)
   model, model_config = checkpoint.load_model(
       config.checkpoint, model_overrides(config, stored))
@@ -253,6 +258,24 @@ def run(config) -> Dict[str, Any]:
   outputs.write_json(path, summary, indent=2, default=float)
   _print_summary(summary)
   return summary
+
+
+def _check_writable(folder: str) -> None:
+  """Creates `folder` and checks that files can be written there, before
+  any model work.
+
+  Raises:
+    PermissionError: naming `folder` itself.
+  """
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as error:
+    raise PermissionError(
+        f'cannot write to the output folder {folder} '
+        f'({os.strerror(error.errno) if error.errno else error}); pass a '
+        'writable --config.output_dir') from None
 
 
 def checkpoint_digest(model_dir: str) -> str:

@@ -4,7 +4,8 @@ In a checkout they are the repository's `configs/` and `models/`, beside
 the `cfbi_jax` package. `pip install .` ships the same files inside the
 package, as `cfbi_jax/configs` and `cfbi_jax/bundled_models`
 (`pyproject.toml`). `find(relative)` looks in that order, so the entry
-points and the configs work from any folder either way.
+points and the configs work from any folder either way;
+`bundled_models()` names the models shipped that way.
 """
 
 import importlib
@@ -48,3 +49,13 @@ def make_configs_importable() -> None:
       sys.path.append(_CHECKOUT)
     return
   sys.modules['configs'] = importlib.import_module('cfbi_jax.configs')
+
+
+def bundled_models() -> dict:
+  """`{name: folder}` of the models shipped with the project (each a model
+  directory under `models/`)."""
+  root = find('models')
+  if not os.path.isdir(root):
+    return {}
+  return {name: os.path.join(root, name) for name in sorted(os.listdir(root))
+          if os.path.isfile(os.path.join(root, name, 'model_config.json'))}

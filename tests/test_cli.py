@@ -111,6 +111,29 @@ def test_evaluate_reports_a_damaged_checkpoint_in_one_line(case, tmp_path):
     assert rc != 0 and 'Traceback' in text and 'CheckpointError' in text
 
 
+def test_bundled_model_by_name_from_any_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for name in ('tiny_cfbi_synthetic', 'models/tiny_cfbi_synthetic'):
+    assert os.path.samefile(checkpoint.resolve_model_dir(name), BUNDLED)
+  assert checkpoint.read_model_config('tiny_cfbi_synthetic').variant == (
+      'tiny_cfbi')
+  with pytest.raises(FileNotFoundError, match=(
+      'model folder elsewhere/tiny_cfbi_synthetic does not exist: .*bundled '
+      r'model by name \(tiny_cfbi_synthetic\)')):
+    checkpoint.resolve_model_dir('elsewhere/tiny_cfbi_synthetic')
+
+
+def test_a_missing_checkpoint_folder_is_named_missing(tmp_path):
+  output = tmp_path / 'out'
+  rc, text = command('evaluate.py', '--config.checkpoint=/no/such/dir',
+                     f'--config.output_dir={output}', cwd=str(tmp_path))
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
+  assert errors == ['error: model folder /no/such/dir does not exist: give a '
+                    'folder written by cfbi-convert or train.py, or a bundled '
+                    'model by name (tiny_cfbi_synthetic)']
+
+
 @pytest.mark.parametrize('script', ['evaluate.py', 'train.py'])
 def test_unknown_config_field_names_the_closest(script, tmp_path):
   field = 'checkpiont' if script == 'evaluate.py' else 'train.stpes'
@@ -199,3 +222,37 @@ def test_closed_event_loop_noise_never_prints(tmp_path):
   assert 'Event loop is closed' not in text
   assert text.count('Traceback') == 1 and 'a bug of another kind' in text
   assert 'error: bad input' in text
+
+
+def test_an_unwritable_output_folder_is_named_before_model_work(tmp_path):
+  if os.geteuid() == 0:
+    # root writes anywhere: a regular file stands in for the folder.
+    output = tmp_path / 'a_file'
+    output.write_text('')
+  else:
+    output = tmp_path / 'read_only'
+    output.mkdir()
+    output.chmod(0o500)
+  rc, text = command('evaluate.py', f'--config.output_dir={output}',
+                     cwd=str(tmp_path))
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
+  assert len(errors) == 1, text[-2000:]
+  assert errors[0].startswith(f'error: cannot write to the output folder '
+                              f'{output} (')
+  assert 'tmp' not in errors[0].split(str(output))[1]
+
+
+def test_convert_of_a_missing_file_is_one_line(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'cfbi_jax.convert', '--variant', 'cfbi_resnet101',
+       '--src', 'missing.pth',
+       '--dst', str(tmp_path / 'model')], cwd=str(tmp_path),
+      capture_output=True, text=True, check=False,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  rc, text = done.returncode, done.stdout + done.stderr
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
+  assert errors == ['error: missing.pth: no such weights file (give the '
+                    'official .pth, or a state dict saved as .npz)']
+  assert not os.path.exists(tmp_path / 'model')
