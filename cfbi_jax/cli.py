@@ -11,6 +11,11 @@
   is left, and background threads print nothing more;
 * `--verbose` on the command line (or `CFBI_VERBOSE=1`) shows the
   traceback instead;
+* Ctrl-C (SIGINT) or SIGTERM ends it with one line on stderr, saying what
+  is kept and how to resume (the command's `on_interrupt`), and exit code
+  130 or 143 (128 + the signal); what was being written is never left
+  looking finished (atomic outputs; a sequence counts as finished only
+  once its inputs' fingerprint is written after its outputs);
 * `prepare_config_flag` checks `--config.<field>` overrides against the
   config file before absl parses them, and names an unknown field with the
   closest valid one (ml_collections would print three chained
@@ -27,6 +32,7 @@ import difflib
 import errno
 import importlib.util
 import os
+import signal
 import sys
 import threading
 from typing import Callable, List, Optional, Sequence
@@ -154,31 +160,58 @@ def _without_closed_loop_noise(hook):
   return quiet
 
 
-def run(main: Callable[[], None], argv: Optional[List[str]] = None) -> None:
+class Terminated(BaseException):
+  """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
+def _stop(code: int, line: str) -> None:
+  """Prints `line` alone and ends the process with `code` (no traceback,
+  nothing more from background threads)."""
+  sys.excepthook = lambda *args: None
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+  print(line, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def run(main: Callable[[], None], argv: Optional[List[str]] = None,
+        on_interrupt: str = 'nothing unfinished is kept') -> None:
   """Runs `main()`, reporting user errors in one line (module docstring).
 
   Args:
     main: the command's work (absl flag parsing included).
     argv: the command line (`sys.argv`, from which `--verbose` is removed).
+    on_interrupt: what is kept and how to resume, for the line printed on
+      Ctrl-C or SIGTERM.
   """
   argv = sys.argv if argv is None else argv
   verbose = VERBOSE_FLAG in argv or os.environ.get('CFBI_VERBOSE') == '1'
   while VERBOSE_FLAG in argv:
     argv.remove(VERBOSE_FLAG)
   sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     main()
+  except KeyboardInterrupt:
+    if verbose:
+      raise
+    _stop(128 + signal.SIGINT, f'interrupted (Ctrl-C): {on_interrupt}')
+  except Terminated:
+    if verbose:
+      raise
+    _stop(128 + signal.SIGTERM, f'terminated (SIGTERM): {on_interrupt}')
   except Exception as error:  # pylint: disable=broad-except
     if verbose or not is_user_error(error):
       raise
     # Reads still in flight when a checkpoint failed (tensorstore callbacks
     # into orbax's closed event loop) print tracebacks of their own on
     # their threads: from here on nothing but the message is printed.
-    sys.excepthook = lambda *args: None
-    sys.unraisablehook = lambda unraisable: None
-    threading.excepthook = lambda args: None
-    print(f'error: {one_line(error)}\n'
-          f'(run again with {VERBOSE_FLAG} for the traceback)',
-          file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(USER_EXIT_CODE)  # pylint: disable=protected-access
+    _stop(USER_EXIT_CODE, f'error: {one_line(error)}\n'
+          f'(run again with {VERBOSE_FLAG} for the traceback)')

@@ -48,7 +48,8 @@ def _usage(text: str) -> None:
 
 def _config_command(usage: str, config_file: str, config_help: str,
                     body: Callable[[Any, Dict[str, Any]], None],
-                    define_flags: Callable[[], Dict[str, Any]] = dict
+                    define_flags: Callable[[], Dict[str, Any]] = dict,
+                    on_interrupt: str = 'nothing unfinished is kept'
                     ) -> None:
   """Runs a command whose work is `body(config, flag values)`.
 
@@ -60,6 +61,7 @@ def _config_command(usage: str, config_file: str, config_help: str,
       `define_flags` returned.
     define_flags: defines the command's other absl flags; returns them by
       name.
+    on_interrupt: what is kept and how to resume (`cli.run`).
   """
   _usage(usage)
 
@@ -83,7 +85,7 @@ def _config_command(usage: str, config_file: str, config_help: str,
         raise SystemExit(0) from None
       raise
 
-  cli.run(work)
+  cli.run(work, on_interrupt=on_interrupt)
 
 
 # absl's help flags.
@@ -116,8 +118,10 @@ def evaluate() -> None:
     from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
     evaluation.run(config)
 
-  _config_command(_EVALUATE_USAGE, 'configs/eval.py',
-                  'Evaluation config file.', body)
+  _config_command(
+      _EVALUATE_USAGE, 'configs/eval.py', 'Evaluation config file.', body,
+      on_interrupt='the sequences finished so far are kept in the output '
+      'folder; the same command segments the rest')
 
 
 def train() -> None:
@@ -150,8 +154,10 @@ def train() -> None:
       trainer.export_model(result, config.model,
                            os.path.join(values['workdir'], 'model'))
 
-  _config_command(_TRAIN_USAGE, 'configs/ytvos.py', 'Training config file.',
-                  body, define_flags)
+  _config_command(
+      _TRAIN_USAGE, 'configs/ytvos.py', 'Training config file.', body,
+      define_flags, on_interrupt='the checkpoints written so far are kept '
+      'in the workdir; the same command resumes from the last one')
 
 
 def convert() -> None:

@@ -256,3 +256,54 @@ def test_convert_of_a_missing_file_is_one_line(tmp_path):
   assert errors == ['error: missing.pth: no such weights file (give the '
                     'official .pth, or a state dict saved as .npz)']
   assert not os.path.exists(tmp_path / 'model')
+
+
+def _davis_layout(root, names, num_frames):
+  for i, name in enumerate(names):
+    frames, labels = synthetic_clips.two_squares(num_frames=num_frames, seed=i)
+    for t, (frame, label) in enumerate(zip(frames, labels)):
+      for kind, image, ext in (('JPEGImages', Image.fromarray(frame), 'jpg'),
+                               ('Annotations', Image.fromarray(label), 'png')):
+        folder = os.path.join(root, kind, '480p', name)
+        os.makedirs(folder, exist_ok=True)
+        image.save(os.path.join(folder, f'{t:05d}.{ext}'))
+  os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
+  with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
+    f.write('\n'.join(names) + '\n')
+
+
+@pytest.mark.parametrize('signum,code,word', [
+    (2, 130, 'interrupted (Ctrl-C)'), (15, 143, 'terminated (SIGTERM)')])
+def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
+  """A real SIGINT / SIGTERM once segmenting has begun: one line saying
+  what is kept, exit 128 + signal, and no sequence left looking finished
+  without all its outputs; the same command then completes the run."""
+  root, out = str(tmp_path / 'DAVIS'), str(tmp_path / 'out')
+  _davis_layout(root, ['a', 'b', 'c'], num_frames=12)
+  args = [sys.executable, os.path.join(REPO, 'evaluate.py'),
+          '--config=configs/eval.py:dataset=davis2017',
+          '--config.checkpoint=tiny_cfbi_synthetic',
+          f'--config.data.root={root}', f'--config.output_dir={out}',
+          '--config.score=False']
+  env = dict(os.environ, PYTHONPATH=REPO)
+  process = subprocess.Popen(args, cwd=str(tmp_path), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  for line in process.stdout:  # Signal once segmenting has begun.
+    if line.startswith('outputs:'):
+      break
+  process.send_signal(signum)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == code, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last == (f'{word}: the sequences finished so far are kept in the '
+                  'output folder; the same command segments the rest')
+  finished = os.path.join(out, '.inputs')
+  for name in os.listdir(finished) if os.path.isdir(finished) else []:
+    seq = name[:-len('.json')]
+    assert len(os.listdir(os.path.join(out, seq))) == 12, seq
+  done = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
+                        capture_output=True, check=False, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  for seq in 'abc':
+    assert len(os.listdir(os.path.join(out, seq))) == 12
