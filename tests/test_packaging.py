@@ -141,3 +141,44 @@ def test_every_help_exits_zero(command, tmp_path):
                         check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'usage' in (done.stdout + done.stderr).lower() or '--' in done.stdout
+
+
+_FROM_ANY_FOLDER = '''
+import numpy as np
+from cfbi_jax import Session, project_files
+assert project_files.find('configs/eval.py').endswith('eval.py')
+session = Session('tiny_cfbi_synthetic')
+frame = np.zeros((33, 49, 3), np.uint8)
+mask = np.zeros((33, 49), np.uint8)
+mask[5:15, 5:15] = 1
+session.push(frame, mask)
+print(session.push(frame).shape)
+'''
+
+
+def test_the_readme_routes_install_the_package(tmp_path):
+  """Route 1 (the lock, then the package itself, editable) and route 2
+  (`pip install .`): `from cfbi_jax import Session` works from another
+  folder, and the bundled model and configs are found by name."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  editable = subprocess.run([sys.executable, '-c', _FROM_ANY_FOLDER],
+                            cwd=str(tmp_path), env=env, capture_output=True,
+                            text=True, check=False, timeout=300)
+  assert editable.returncode == 0, (
+      'README route 1 (pip install --no-deps -e . after the lock) was not '
+      'followed, or does not work:\n' + editable.stderr[-2000:])
+  assert editable.stdout.strip().endswith('(33, 49)')
+  target = str(tmp_path / 'site')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
+                  '--no-deps', '--no-build-isolation', '--target', target,
+                  pf.REPO], check=True, capture_output=True, timeout=300)
+  installed = subprocess.run(
+      [sys.executable, '-I', '-c',
+       f'import sys; sys.path.insert(0, {target!r}); import cfbi_jax; '
+       f'assert cfbi_jax.__file__.startswith({target!r}), cfbi_jax.__file__; '
+       + _FROM_ANY_FOLDER],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, check=False,
+      timeout=300)
+  assert installed.returncode == 0, installed.stderr[-2000:]
+  assert installed.stdout.strip().endswith('(33, 49)')
