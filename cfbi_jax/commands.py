@@ -150,6 +150,8 @@ def train() -> None:
     if not config.data.root and config.data.source != 'tfds':
       raise ValueError('--config.data.root (the dataset folder) is required')
     result = trainer.train(config, values['workdir'])
+    if result['terminated']:  # SIGTERM: the step was saved, then stopped.
+      raise cli.Terminated()
     if result['steps'] == config.train.steps:
       trainer.export_model(result, config.model,
                            os.path.join(values['workdir'], 'model'))

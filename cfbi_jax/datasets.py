@@ -337,6 +337,18 @@ class VideoSequence:
       raise DatasetError(f'video {self.video_path} ended after {count} '
                          f'frames; {len(self)} were expected')
 
+  def frame_rate(self) -> Optional[float]:
+    """The video file's frame rate (frames per second), or None for a
+    folder of frames or a file that does not say."""
+    if self.video_path is None:
+      return None
+    try:
+      with av.open(self.video_path) as container:
+        rate = container.streams.video[0].average_rate
+    except (av.FFmpegError, OSError, IndexError):
+      return None
+    return float(rate) if rate else None
+
   def load_annotation(self, i: int) -> Optional[np.ndarray]:
     """The annotation of frame `i` as `[H, W]` uint8 ids, or None if none.
 

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Dict, List
@@ -149,7 +150,7 @@ def segment_sequence(propagator: inference.VideoPropagator,
   # Frames inside the sequences bar, with frames/s and an ETA.
   with host_threads.BackgroundWriter() as writer, tqdm.tqdm(
       total=len(seq), desc=seq.name, unit='frame', leave=False,
-      position=1, dynamic_ncols=True) as bar:
+      position=1, dynamic_ncols=True, disable=not _bars()) as bar:
     for t, labels, probs in propagator.run(
         frames(), annotations, len(seq), with_probs=config.save_probs):
       writer.submit(write, t, labels, probs, current.pop(t, None))
@@ -160,11 +161,16 @@ def segment_sequence(propagator: inference.VideoPropagator,
   if overlay_frames:
     outputs.write_overlay_video(
         os.path.join(config.output_dir, f'{seq.name}_overlay.mp4'),
-        overlay_frames, fps=config.overlay_fps)
+        overlay_frames, fps=config.fps or seq.frame_rate() or 24.0)
   propagated = len(seq) - 1
   steady = time.perf_counter() - (first_done or start)
   return {'sequence': seq.name, 'frames': len(seq), 'seconds': total,
           'fps': propagated / steady if propagated and steady > 0 else 0.0}
+
+
+def _bars() -> bool:
+  """Progress bars only on a terminal (a log file would get every redraw)."""
+  return sys.stderr.isatty()
 
 
 def _write_rgb(path: str, rgb: np.ndarray) -> None:
@@ -219,7 +225,8 @@ def run(config) -> Dict[str, Any]:
         flush=True)
   rows, skipped = [], []
   start = time.perf_counter()
-  for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq'):
+  for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq',
+                       disable=not _bars()):
     if seq.name in done:
       skipped.append(seq.name)
       continue
@@ -228,6 +235,10 @@ def run(config) -> Dict[str, Any]:
     rows.append(segment_sequence(propagator, seq, config))
     outputs.write_json(_fingerprint_path(config, seq.name),
                        input_fingerprint(seq))
+    if not _bars():  # A log file gets one line per sequence, not bars.
+      print(f'{len(rows) + len(skipped)}/{len(sequences)} {seq.name}: '
+            f"{rows[-1]['frames']} frames, {rows[-1]['fps']:.1f} frames/s",
+            file=sys.stderr, flush=True)
   path = os.path.join(config.output_dir, 'summary.json')
   rows = _merge_rows(path, rows)
   summary = {

@@ -41,6 +41,7 @@ one clip every `image_every` steps, and a tqdm bar with an ETA.
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Dict
 
@@ -245,7 +246,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
   Returns:
     `{'state', 'graphdef', 'metrics' (last logged values), 'steps',
-    'history' (every logged dict, with its 'step')}`.
+    'history' (every logged dict, with its 'step'), 'terminated' (stopped
+    by SIGTERM after saving the step)}`.
   """
   backend.use_compilation_cache(config.get('compilation_cache_dir', ''))
   # Mesh.
@@ -304,8 +306,11 @@ def train(config, workdir: str) -> Dict[str, Any]:
   step = start_step
   window_started = time.perf_counter()
   try:
+    # A bar on a terminal only; the log_every lines report progress in a
+    # log file.
     with tqdm.tqdm(total=config.train.steps, initial=start_step,
-                   desc='train', unit='step', dynamic_ncols=True) as bar:
+                   desc='train', unit='step', dynamic_ncols=True,
+                   disable=not sys.stderr.isatty()) as bar:
       while step < config.train.steps:
         local = next(batches)
         indices = local.pop('index')
@@ -361,7 +366,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
     if writer is not None:
       writer.flush()
   return {'state': state, 'graphdef': graphdef, 'metrics': values,
-          'steps': step, 'history': history}
+          'steps': step, 'history': history, 'terminated': stop['flag']}
 
 
 def export_model(result: Dict[str, Any], model_config, directory: str

@@ -77,7 +77,9 @@ def get_config(arg=None):
   config.video = ''
   config.masks = ''
   config.overlays = True
-  config.overlay_fps = 24.0
+  # Frame rate of the overlay mp4: 0 keeps a video file's own rate (24
+  # for a folder of frames).
+  config.fps = 0.0
   config.save_probs = False
   config.score = True  # DAVIS: run the J&F scorer after segmenting.
   config.tta = ml_collections.ConfigDict()

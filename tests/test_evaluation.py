@@ -259,7 +259,10 @@ def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
   for t in range(4):
     assert os.path.exists(os.path.join(out, 'clip', f'{t:05d}.png'))
     assert os.path.exists(os.path.join(out, 'clip_overlay', f'{t:05d}.png'))
-  assert os.path.getsize(os.path.join(out, 'clip_overlay.mp4')) > 0
+  # The overlay video keeps the input's 10 frames/s.
+  overlay = datasets.own_video_sequence(
+      os.path.join(out, 'clip_overlay.mp4'), mask, validate=False)
+  assert overlay.frame_rate() == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize('case,message', [

@@ -93,7 +93,8 @@ def run_in_base_install(*argv, cwd=pf.REPO, timeout=300):
   with open(os.path.join(pf.REPO, 'pyproject.toml'), 'rb') as f:
     base = [_name(r) for r in tomllib.load(f)['project']['dependencies']]
   return subprocess.run(
-      [sys.executable, '-c', _BASE_INSTALL, json.dumps(sorted(_closure(base))),
+      [sys.executable, '-c', _BASE_INSTALL,
+       json.dumps(sorted(_closure(base) | {'cfbi-jax'})),
        *argv], capture_output=True, text=True, cwd=cwd, check=False,
       env=dict(os.environ, JAX_PLATFORMS='cpu',
                PYTHONPATH=pf.REPO + os.pathsep + os.environ.get('PYTHONPATH',
