@@ -1,4 +1,4 @@
-"""Evaluate CFBI, CFBI+, FEELVOS or VideoMatch on DAVIS, YouTube-VOS or
+r"""Evaluate CFBI, CFBI+, FEELVOS or VideoMatch on DAVIS, YouTube-VOS or
 your own video.
 
     python evaluate.py --config=configs/eval.py:variant=cfbi_resnet101,dataset=davis2017 \

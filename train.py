@@ -1,4 +1,4 @@
-"""Train CFBI, CFBI+, FEELVOS or VideoMatch
+r"""Train CFBI, CFBI+, FEELVOS or VideoMatch
 (`model=cfbi|cfbip|feelvos|videomatch` after the config file).
 
     python train.py --config=configs/ytvos.py:model=cfbi \

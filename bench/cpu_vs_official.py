@@ -1,4 +1,4 @@
-"""One propagated frame on this machine's CPU: the official code beside
+r"""One propagated frame on this machine's CPU: the official code beside
 cfbi-jax, and beside an older cfbi-jax commit, in one run.
 
     python bench/cpu_vs_official.py --official-python /path/to/torch/python \

@@ -1,4 +1,4 @@
-"""Official CFBI / CFBI+ PyTorch weights -> cfbi-jax checkpoints.
+r"""Official CFBI / CFBI+ PyTorch weights -> cfbi-jax checkpoints.
 
     python -m cfbi_jax.convert --variant cfbi_resnet101 \
         --src resnet101_cfbi.pth --dst ckpt/cfbi_resnet101

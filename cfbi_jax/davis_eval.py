@@ -1,4 +1,4 @@
-"""DAVIS 2017 semi-supervised scorer: J&F of a folder of predicted masks.
+r"""DAVIS 2017 semi-supervised scorer: J&F of a folder of predicted masks.
 
 A drop-in for the official tool's `evaluation_method.py`
 (github.com/davisvideochallenge/davis2017-evaluation @ ac7c43f), with the

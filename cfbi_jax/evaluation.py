@@ -219,7 +219,8 @@ def run(config) -> Dict[str, Any]:
   print(f'outputs: {os.path.abspath(config.output_dir)}; '
         + (f'reusing {len(done)} of {len(sequences)} sequences, finished '
            f'there from the same inputs{names(done)}' if done else
-           f'segmenting all {len(sequences)} sequences')
+           (f'segmenting all {len(sequences)} sequences'
+            if len(sequences) > 1 else 'segmenting its one sequence'))
         + (f'; segmenting {len(changed)} again, whose inputs changed since '
            f'their outputs were written{names(changed)}' if changed else ''),
         flush=True)

@@ -1,4 +1,4 @@
-"""The per-frame step as a standalone artifact (`jax.export`), weights baked in.
+r"""The per-frame step as a standalone artifact (`jax.export`), weights baked in.
 
     python -m cfbi_jax.export --checkpoint DIR --height H --width W \
         --objects K --out OUT

@@ -1,4 +1,4 @@
-"""Training on DAVIS 2017 train only (CFBI, CFBI+, FEELVOS or VideoMatch).
+r"""Training on DAVIS 2017 train only (CFBI, CFBI+, FEELVOS or VideoMatch).
 
     python train.py --config=configs/davis.py:model=cfbi \
         --config.data.root=DAVIS --workdir=runs/cfbi_davis

@@ -1,4 +1,4 @@
-"""Fine-tuning on DAVIS 2017 and YouTube-VOS mixed 1:2, N = 5 frames.
+r"""Fine-tuning on DAVIS 2017 and YouTube-VOS mixed 1:2, N = 5 frames.
 
     python train.py --config=configs/davis_ytvos.py:model=cfbi \
         --config.data.root=youtube-vos --config.data.davis_root=DAVIS \

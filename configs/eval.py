@@ -1,4 +1,4 @@
-"""Evaluation of a converted (or trained) model on DAVIS or YouTube-VOS.
+r"""Evaluation of a converted (or trained) model on DAVIS or YouTube-VOS.
 
     python evaluate.py
 

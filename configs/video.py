@@ -1,8 +1,12 @@
-"""Segment your own video with a converted (or trained) model.
+r"""Segment your own video with a converted (or trained) model.
 
     python evaluate.py --config=configs/video.py --config.video=clip.mp4 \
         --config.masks=first_frame.png --config.checkpoint=ckpt/cfbi_resnet101 \
         --config.output_dir=out/clip
+
+`--config.checkpoint=tiny_cfbi_synthetic` (the bundled model, trained on
+synthetic shapes: a first try, not real quality) runs without converting
+anything.
 
 `video` is a folder of frames or a video file (mp4, avi, mov, mkv, webm);
 `masks` is the first frame's palette PNG, or a folder of PNGs named after

@@ -1,4 +1,4 @@
-"""Training on YouTube-VOS (the papers' main stage) of CFBI, CFBI+, FEELVOS
+r"""Training on YouTube-VOS (the papers' main stage) of CFBI, CFBI+, FEELVOS
 or VideoMatch.
 
     python train.py --config=configs/ytvos.py:model=cfbi \

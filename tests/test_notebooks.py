@@ -9,12 +9,17 @@ margin, and the training notebook must log a finite loss and print a J&F.
 """
 
 import ast
+import json
 import os
 import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from cfbi_jax import cli
 from cfbi_jax import metrics
 from cfbi_jax import synthetic
 
@@ -76,3 +81,47 @@ def test_train_notebook(monkeypatch):
   match = re.search(r'on synthetic \(test scale [0-9.]+\): J&F ([0-9.]+)', text)
   assert match, text[-2000:]
   assert 0.0 <= float(match.group(1)) <= 100.0
+
+
+def _notebook_commands():
+  """`python ...` command lines the notebooks show (markdown `code` and
+  `!` lines), as `(notebook, [args])`."""
+  found = []
+  for name in ('demo.ipynb', 'train.ipynb'):
+    with open(os.path.join(ROOT, 'notebooks', name), encoding='utf-8') as f:
+      cells = json.load(f)['cells']
+    for cell in cells:
+      text = ''.join(cell['source'])
+      for match in re.finditer(r'(?:^!|`)(python [^`\n]*)', text, re.M):
+        found.append((name, shlex.split(match.group(1))[1:]))
+  return found
+
+
+@pytest.mark.parametrize('notebook,args', _notebook_commands())
+def test_notebook_commands_use_real_flags(notebook, args):
+  """Every flag a notebook's command line shows exists: `--name` in the
+  command's `--help`, `--config.<field>` in its config."""
+  if args[0] == '-m':
+    command, rest = args[:2], args[2:]
+  else:
+    command, rest = [os.path.join(ROOT, args[0])], args[1:]
+  flags = [a.split('=')[0] for a in rest if a.startswith('--')]
+  helped = subprocess.run([sys.executable, *command, '--helpfull'
+                           if command[0] != '-m' else '--help'],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          timeout=300, check=False)
+  assert helped.returncode == 0, helped.stderr[-2000:]
+  config_file = command[-1].endswith(('evaluate.py', 'train.py'))
+  for flag in flags:
+    if flag.startswith('--config.') and config_file:
+      default = 'configs/eval.py' if 'evaluate' in command[-1] else (
+          'configs/ytvos.py')
+      config = cli.load_config_file(os.path.join(ROOT, default))
+      field = flag[len('--config.'):]
+      node = config
+      for part in field.split('.'):
+        assert part in node, (notebook, flag)
+        node = node[part]
+    else:
+      assert flag in helped.stdout + helped.stderr, (notebook, flag)

@@ -1,4 +1,4 @@
-"""TFDS builder `cfbi_davis`: DAVIS 2017 videos as whole-video records.
+r"""TFDS builder `cfbi_davis`: DAVIS 2017 videos as whole-video records.
 
 Reads a local copy of the standard DAVIS 2017 layout (`data/README.md`) and
 writes one record per video (`data/video_records.py`). Splits: 'train' and,

@@ -1,4 +1,4 @@
-"""TFDS builder `cfbi_youtube_vos`: YouTube-VOS training videos as records.
+r"""TFDS builder `cfbi_youtube_vos`: YouTube-VOS training videos as records.
 
 Reads a local copy of the standard YouTube-VOS (2018 or 2019) layout
 (`data/README.md`) and writes one record per training video
