@@ -20,6 +20,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -307,3 +308,7 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   for seq in 'abc':
     assert len(os.listdir(os.path.join(out, seq))) == 12
+  # stderr is a pipe, not a terminal: one line per sequence, no bars.
+  assert '\r' not in done.stderr and 'it/s' not in done.stderr
+  assert re.search(r'^3/3 c: 12 frames, [0-9.]+ frames/s$', done.stderr,
+                   re.M), done.stderr[-2000:]
