@@ -21,6 +21,7 @@ to compare with the step rate: the pipeline must not be the bottleneck.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +29,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 
 
 def disc_batch(batch: int, frames: int, crop: int, slots: int) -> dict:
@@ -99,6 +102,79 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
               device=str(jax.devices()[0].device_kind))
 
 
+def compiled_memory(variant: str, crop: int, batch: int, num_frames: int,
+                    remat=(), precision: str = 'float32',
+                    form: str = '') -> dict:
+  """Compiles the train step for abstract inputs; returns its memory.
+
+  The same function `train.py` runs (`train_step.make_train_step`, state
+  donated), for `batch` clips of `num_frames` + 2 frames at `crop`, with
+  `remat` parts recomputed and the model's `compute_dtype` = `precision`.
+  Parameters, optimizer state and batch are `jax.ShapeDtypeStruct`s
+  (`nnx.eval_shape`), so nothing of the model's size is allocated; the
+  figures are this backend's buffer assignment (`memory_analysis()`).
+  `form='cuda'` traces the program a GPU runs (`backend.tracing_for`) and
+  compiles that for this backend.
+
+  Returns:
+    `{'temp', 'args', 'total'}` in MiB (total: temporaries + arguments +
+    outputs not aliased to arguments) and `compile_s`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  from cfbi_jax import data_config  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
+  config = common.training_model_config(variant)
+  config.compute_dtype = precision
+  slots = data_config.default_data_config().max_objects + 1
+  module = nnx.eval_shape(lambda: models.build(config, rngs=nnx.Rngs(0)))
+  tx = optimizer.make_optimizer(common.optim_config(total_steps=100_000),
+                                nnx.state(module, nnx.Param))
+  graphdef = nnx.split(module)[0]
+  abstract_state = jax.eval_shape(
+      lambda: ts.create_train_state(
+          models.build(config, rngs=nnx.Rngs(0)), tx, seed=0)[1])
+  t = num_frames + 2
+  shape = lambda shp, dtype: jax.ShapeDtypeStruct(shp, dtype)
+  batch_avals = {
+      'frames': shape((batch, t, crop, crop, 3), jnp.uint8),
+      'labels': shape((batch, t, crop, crop), jnp.uint8),
+      'object_valid': shape((batch, slots), jnp.bool_)}
+  schedule = {'num_hard': shape((), jnp.int32),
+              'use_own_predictions': shape((), jnp.bool_)}
+  step = jax.jit(ts.make_train_step(graphdef, tx, remat=tuple(remat)),
+                 donate_argnums=(0,))
+  from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  with (backend.tracing_for(form) if form else contextlib.nullcontext()):
+    traced = step.trace(abstract_state, batch_avals, schedule)
+  compiled = traced.lower().compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  mib = lambda v: v / 2**20
+  temp = mib(mem.temp_size_in_bytes)
+  args = mib(mem.argument_size_in_bytes)
+  out = mib(mem.output_size_in_bytes - mem.alias_size_in_bytes)
+  return {'temp': temp, 'args': args, 'total': temp + args + out,
+          'compile_s': compile_s}
+
+
+def compiled_memory_line(variant, crop, batch, frames, remat, precision,
+                         row) -> str:
+  """The one-line form (`--compiled-memory`)."""
+  return (f"compiled memory MB: variant={variant} crop={crop} batch={batch} "
+          f"frames={frames} remat={'+'.join(remat) or 'none'} "
+          f"precision={precision} temp={row['temp']:.0f} "
+          f"args={row['args']:.0f} total={row['total']:.0f} "
+          f"compile_s={row['compile_s']:.1f}")
+
+
 def _pipeline(root: str, split: str, crop: int, batch: int, num_frames: int,
               batches: int) -> float:
   """Clips per second of the tf.data pipeline on a DAVIS-layout folder."""
@@ -132,8 +208,32 @@ def main() -> None:
                       help='DAVIS-layout folder to time the input pipeline')
   parser.add_argument('--data-split', default='train',
                       help='split file of --data (ImageSets/2017/<split>.txt)')
+  parser.add_argument('--compiled-memory', action='store_true',
+                      help='compile only (abstract shapes) and print the '
+                      'train step\'s buffer assignment per --batches, '
+                      '--remats and --precisions')
+  parser.add_argument('--batches', nargs='+', type=int, default=[2, 4])
+  parser.add_argument('--remats', nargs='+', default=['none', 'backbone',
+                                                     'backbone+frame'])
+  parser.add_argument('--precisions', nargs='+',
+                      default=['float32', 'bfloat16'])
+  parser.add_argument('--form', default='',
+                      help="with --compiled-memory: 'cuda' traces the GPU's "
+                      'form of the step (compiled for this backend)')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.compiled_memory:
+    for variant in args.variants:
+      for batch in args.batches:
+        for remat in args.remats:
+          parts = () if remat == 'none' else tuple(remat.split('+'))
+          for precision in args.precisions:
+            row = compiled_memory(variant, args.crop, batch, args.num_frames,
+                                  parts, precision, args.form)
+            print(compiled_memory_line(variant, args.crop, batch,
+                                       args.num_frames + 2, parts, precision,
+                                       row), flush=True)
+    return
   if args.child:
     print(json.dumps(_child(args.child, args.crop, args.batch,
                             args.num_frames, args.accumulate, args.repeats)))

@@ -20,6 +20,7 @@ at a 65 crop (the configs' `runlocal` shrink).
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,3 +197,26 @@ def test_train_py_end_to_end(ytb_root, tmp_path):
   module, model_config = checkpoint.load_model(os.path.join(workdir, 'model'))
   assert model_config['arch'] == 'cfbi'
   assert isinstance(module, models.cfbi.CFBI)
+
+
+def test_compiled_memory_line_and_remat():
+  """`bench/bench_train.py --compiled-memory` on the tiny model: abstract
+  shapes only, one line per setting, and recomputing the backbone and the
+  frames in the backward pass needs fewer temporaries."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'bench'))
+  import bench_train  # pylint: disable=g-import-not-at-top
+  # The GPU's form (XLA's convolution gradients) at the tiny recipe's
+  # crop, 2 clips of 3 current frames: small enough to compile in seconds,
+  # large enough for the activations to dominate.
+  rows = {remat: bench_train.compiled_memory('tiny_cfbi', 129, 2, 3, remat,
+                                             form='cuda')
+          for remat in ((), ('backbone', 'frame'))}
+  assert 0 < rows[('backbone', 'frame')]['temp'] < rows[()]['temp']
+  assert rows[()]['args'] == pytest.approx(rows[('backbone', 'frame')]['args'])
+  line = bench_train.compiled_memory_line(
+      'tiny_cfbi', 129, 2, 5, ('backbone', 'frame'), 'float32', rows[()])
+  assert re.fullmatch(
+      r'compiled memory MB: variant=tiny_cfbi crop=129 batch=2 frames=5 '
+      r'remat=backbone\+frame precision=float32 temp=\d+ args=\d+ '
+      r'total=\d+ compile_s=[\d.]+', line), line
