@@ -132,12 +132,6 @@ def _squared_norm(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(x32 * x32, axis=-1).astype(x.dtype)
 
 
-def _channel_dot(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-  """Per-pixel dot product over channels, float32 accumulation."""
-  dot = jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32), axis=-1)
-  return dot.astype(a.dtype)
-
-
 def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
                          num_slots: int):
   """Sorts reference rows by label and splits them into blocks.

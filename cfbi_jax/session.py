@@ -52,10 +52,10 @@ def augmentations(scales: Sequence[float], flip: bool) -> Tuple[
   return tuple(out)
 
 
-def bucket(n: int, minimum: int = 1) -> int:
-  """Rounds up to a power of two (bounds the number of compiled shapes)."""
-  n = max(n, minimum)
-  return 1 << (n - 1).bit_length()
+def bucket(n: int) -> int:
+  """Rounds up to a power of two, at least 1 (bounds the number of
+  compiled shapes)."""
+  return 1 << (max(n, 1) - 1).bit_length()
 
 
 # The largest object id a mask may hold unless told otherwise.

@@ -33,6 +33,7 @@ from cfbi_jax import checkpoint
 from cfbi_jax import cli
 from cfbi_jax import outputs
 from tests import synthetic_clips
+from tests import synthetic_layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = os.path.join(REPO, 'models', 'tiny_cfbi_synthetic')
@@ -259,20 +260,6 @@ def test_convert_of_a_missing_file_is_one_line(tmp_path):
   assert not os.path.exists(tmp_path / 'model')
 
 
-def _davis_layout(root, names, num_frames):
-  for i, name in enumerate(names):
-    frames, labels = synthetic_clips.two_squares(num_frames=num_frames, seed=i)
-    for t, (frame, label) in enumerate(zip(frames, labels)):
-      for kind, image, ext in (('JPEGImages', Image.fromarray(frame), 'jpg'),
-                               ('Annotations', Image.fromarray(label), 'png')):
-        folder = os.path.join(root, kind, '480p', name)
-        os.makedirs(folder, exist_ok=True)
-        image.save(os.path.join(folder, f'{t:05d}.{ext}'))
-  os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
-  with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
-    f.write('\n'.join(names) + '\n')
-
-
 @pytest.mark.parametrize('signum,code,word', [
     (2, 130, 'interrupted (Ctrl-C)'), (15, 143, 'terminated (SIGTERM)')])
 def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
@@ -280,11 +267,13 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   what is kept, exit 128 + signal, and no sequence left looking finished
   without all its outputs; the same command then completes the run."""
   root, out = str(tmp_path / 'DAVIS'), str(tmp_path / 'out')
-  _davis_layout(root, ['a', 'b', 'c'], num_frames=12)
+  synthetic_layouts.write_davis(root, num_videos=3, num_frames=12,
+                                size=(33, 49))
   args = [sys.executable, os.path.join(REPO, 'evaluate.py'),
           '--config=configs/eval.py:dataset=davis2017',
           '--config.checkpoint=tiny_cfbi_synthetic',
-          f'--config.data.root={root}', f'--config.output_dir={out}',
+          f'--config.data.root={root}', '--config.data.split=train',
+          f'--config.output_dir={out}',
           '--config.score=False']
   env = dict(os.environ, PYTHONPATH=REPO)
   process = subprocess.Popen(args, cwd=str(tmp_path), env=env, text=True,
@@ -306,9 +295,9 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   done = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
                         capture_output=True, check=False, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
-  for seq in 'abc':
+  for seq in ('video0', 'video1', 'video2'):
     assert len(os.listdir(os.path.join(out, seq))) == 12
   # stderr is a pipe, not a terminal: one line per sequence, no bars.
   assert '\r' not in done.stderr and 'it/s' not in done.stderr
-  assert re.search(r'^3/3 c: 12 frames, [0-9.]+ frames/s$', done.stderr,
+  assert re.search(r'^3/3 video2: 12 frames, [0-9.]+ frames/s$', done.stderr,
                    re.M), done.stderr[-2000:]
