@@ -3,6 +3,8 @@
     python bench/bench_train.py [--variants tiny_cfbi cfbi_resnet101 ...]
         [--crop 465] [--batch 1] [--num-frames 3] [--accumulate 1]
         [--data DAVIS_ROOT]
+    python bench/bench_train.py --compiled-memory [--form cuda] ...
+    python bench/bench_train.py --pipeline-only --data DAVIS_ROOT
 
 For every variant, a child process builds the model (random weights; the
 time does not depend on them) and the training optimizer of
@@ -18,11 +20,20 @@ first one as a ratio.
 `--data` also times the tf.data input pipeline (clips per second on this
 host's CPUs) on a DAVIS-layout folder, at the same crop and clip length,
 to compare with the step rate: the pipeline must not be the bottleneck.
+`--pipeline-only` times just the pipeline, with one clip loader and with
+one per core, and prints the cores that feed `--step-clips-per-s`.
+
+`--compiled-memory` compiles the train step for abstract shapes (nothing
+of the model's size is allocated) per `--batches`, `--remats` and
+`--precisions`, and prints its buffer assignment, one `compiled memory
+MB:` line per setting; `--form cuda` compiles the program a GPU would run
+(`backend.tracing_for`) for this backend.
 """
 
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -176,12 +187,14 @@ def compiled_memory_line(variant, crop, batch, frames, remat, precision,
 
 
 def _pipeline(root: str, split: str, crop: int, batch: int, num_frames: int,
-              batches: int) -> float:
-  """Clips per second of the tf.data pipeline on a DAVIS-layout folder."""
+              batches: int, parallel: int = -1) -> float:
+  """Clips per second of the tf.data pipeline on a DAVIS-layout folder,
+  loading `parallel` clips at once (-1: one per CPU core)."""
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = input_pipeline.default_data_config()
   config.source, config.root, config.crop_size = 'davis', root, crop
   config.split = split
+  config.num_parallel_calls = parallel
   ds = input_pipeline.make_train_dataset(config, batch_size=batch,
                                          num_frames=num_frames, seed=0)
   it = iter(ds.as_numpy_iterator())
@@ -192,6 +205,25 @@ def _pipeline(root: str, split: str, crop: int, batch: int, num_frames: int,
   rate = batches * batch / (time.perf_counter() - t0)
   del it
   return rate
+
+
+def pipeline_lines(root: str, split: str, crop: int, batch: int,
+                   num_frames: int, batches: int,
+                   step_clips_per_s: float) -> list:
+  """`--pipeline-only`: the pipeline's rate with one clip loader and with
+  one per core, and the cores that keep a step of `step_clips_per_s` fed."""
+  cores = os.cpu_count()
+  one = _pipeline(root, split, crop, batch, num_frames, batches, 1)
+  every = _pipeline(root, split, crop, batch, num_frames, batches, -1)
+  per_core = min(one, every / cores)
+  return [
+      f'input pipeline: crop={crop} frames={num_frames + 2} batch={batch} '
+      f'loaders=1 clips/s={one:.2f}',
+      f'input pipeline: crop={crop} frames={num_frames + 2} batch={batch} '
+      f'loaders={cores} (one per core) clips/s={every:.2f}',
+      f'input pipeline: {per_core:.2f} clips/s per core; a step consuming '
+      f'{step_clips_per_s:.2f} clips/s needs '
+      f'{math.ceil(step_clips_per_s / per_core)} cores']
 
 
 def main() -> None:
@@ -220,8 +252,23 @@ def main() -> None:
   parser.add_argument('--form', default='',
                       help="with --compiled-memory: 'cuda' traces the GPU's "
                       'form of the step (compiled for this backend)')
+  parser.add_argument('--pipeline-only', action='store_true',
+                      help='time only the input pipeline on --data (one '
+                      'loader, then one per core) against --step-clips-per-s')
+  parser.add_argument('--step-clips-per-s', type=float, default=2 / 0.35,
+                      help='the step rate the pipeline must feed (default: '
+                      '2 clips per 0.35 s, the last R101 step measured on '
+                      'an H200)')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.pipeline_only:
+    if not args.data:
+      parser.error('--pipeline-only needs --data')
+    for line in pipeline_lines(args.data, args.data_split, args.crop,
+                               args.batch, args.num_frames, 10,
+                               args.step_clips_per_s):
+      print(line, flush=True)
+    return
   if args.compiled_memory:
     for variant in args.variants:
       for batch in args.batches:

@@ -345,8 +345,18 @@ def call_in_dtype(module: nnx.Module, dtype, *args: Any) -> Any:
 
 def dropout(x: jnp.ndarray, rate: float,
             rng: Optional[jax.Array]) -> jnp.ndarray:
-  """Inverted dropout; the identity when `rng` is None (evaluation)."""
+  """Inverted dropout; the identity when `rng` is None (evaluation).
+
+  `rng` is one key, or a `[N]` array of keys, one per sample of `x`'s
+  leading axis: then sample i's mask depends on key i alone, so a batch
+  embedded whole or frame by frame (`train_step`'s backbone remat) drops
+  the same units.
+  """
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  if rng.ndim == 1:
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate,
+                                                   x.shape[1:]))(rng)
+  else:
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)

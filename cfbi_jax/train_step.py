@@ -8,8 +8,8 @@ A batch is `{'frames': [B, T, S, S, 3] uint8, 'labels': [B, T, S, S] uint8,
 previous frame (its ground truth seeds the recurrence) and frames 2..T-1 the
 frames to segment. `clip_loss`:
 
-1. embeds all B*T frames in one batched call (DeepLab dropout keyed by the
-   step);
+1. embeds all B*T frames in one batched call (DeepLab dropout keyed per
+   frame from the step's key), or frame by frame under remat;
 2. starts the `frame_step.PropagationState` carry from the reference
    and moves it to frame 1 with its ground truth;
 3. unrolls the frames with `jax.lax.scan` over the same
@@ -63,10 +63,15 @@ def create_train_state(module: nnx.Module, tx: optax.GradientTransformation,
       opt_state=tx.init(params), rng=jax.random.key(seed))
 
 
-# What `remat` may name: 'backbone' recomputes DeepLab and the embedding
-# of all clip frames in the backward pass instead of keeping their
-# activations; 'frame' does the same for each frame's matching and
-# ensembler inside the `lax.scan`.
+# What `remat` may name: 'backbone' embeds the clip one frame index at a
+# time (a `lax.map` over T of B frames each) and recomputes each in the
+# backward pass instead of keeping its DeepLab activations; 'frame' does
+# the same for each frame's matching and ensembler inside the `lax.scan`.
+# Both recomputations sit inside loops: XLA:CPU drops the optimization
+# barriers `jax.checkpoint` places, and then merges a recomputation outside
+# a loop with its forward (measured: the whole-batch backbone under
+# `jax.checkpoint` kept CFBI R101's step at 43.1 GB, as without remat), but
+# it cannot merge the body of the backward loop with the forward one.
 REMAT_PARTS = ('backbone', 'frame')
 
 
@@ -76,6 +81,34 @@ def _rematerialised(module: nnx.Module, fn, *args):
   graphdef, state = nnx.split(module)
   return jax.checkpoint(
       lambda st, *a: fn(nnx.merge(graphdef, st), *a))(state, *args)
+
+
+def embed_clips(module: nnx.Module, images: jnp.ndarray, keys: jax.Array,
+                remat: bool = False) -> Any:
+  """Embeddings of a batch of clips.
+
+  Args:
+    module: the model.
+    images: `[B, T, H, W, 3]` preprocessed frames.
+    keys: `[B, T]` dropout keys, one per frame.
+    remat: embed frame index t = 0..T-1 in turn (B frames each, a
+      `lax.map`), each recomputed in the backward pass: the backward holds
+      one frame index's DeepLab activations instead of all T. Same values
+      as one batched call (dropout is keyed per frame).
+
+  Returns:
+    The model's frame embedding with leading axes `[B, T]`.
+  """
+  b, t = images.shape[:2]
+  embed = lambda m, x, k: m.embed(x, dropout_rng=k)[0]
+  if not remat:
+    emb = embed(module, images.reshape((b * t,) + images.shape[2:]),
+                keys.reshape(b * t))
+    return jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
+  per_frame = jax.lax.map(
+      lambda xs: _rematerialised(module, embed, *xs),
+      (jnp.moveaxis(images, 1, 0), jnp.moveaxis(keys, 1, 0)))
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_frame)
 
 
 def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
@@ -97,18 +130,15 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
   obj_valid = batch['object_valid']
   b, t = frames.shape[:2]
   crop = frames.shape[2:4]
-  images = frame_step.preprocess_images(
-      frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
   unknown = sorted(set(remat) - set(REMAT_PARTS))
   if unknown:
     raise ValueError(f'train.remat parts {unknown} unknown; expected some '
                      f'of {REMAT_PARTS}')
-  embed = lambda m, x, key: m.embed(x, dropout_rng=key)[0]
-  if 'backbone' in remat:
-    emb = _rematerialised(module, embed, images, rng)
-  else:
-    emb = embed(module, images, rng)
-  emb = jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
+  images = frame_step.preprocess_images(
+      frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
+  keys = jax.random.split(rng, b * t).reshape(b, t)
+  emb = embed_clips(module, images.reshape((b, t) + images.shape[1:]), keys,
+                    remat='backbone' in remat)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
   no_reference = jnp.zeros((b,), bool)
   state = frame_step.start_state(module, at(0), labels[:, 0],

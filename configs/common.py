@@ -16,6 +16,8 @@
 No side effects; imported by configs only.
 """
 
+from typing import Tuple
+
 import ml_collections
 
 from cfbi_jax import backend
@@ -78,6 +80,12 @@ def training_preset(model: str, backbone: str, runlocal: bool) -> str:
     raise ValueError(f'{model} has no {backbone} variant; expected one of '
                      f'{[v for v in models.VARIANTS if v.startswith(model)]}')
   return preset
+
+
+def default_remat(preset: str) -> Tuple[str, ...]:
+  """`train.remat` of a variant: both parts for the ResNet-101 models, none
+  for the small backbones (see `training_config`)."""
+  return ('backbone', 'frame') if preset.endswith('_resnet101') else ()
 
 
 def training_model_config(preset: str) -> ml_collections.ConfigDict:
@@ -145,8 +153,8 @@ def training_config(model: str, runlocal: bool,
   config.seed = 0
   # [ours] JAX's persistent compilation cache ('' turns it off).
   config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
-  config.model = training_model_config(
-      training_preset(model, backbone, runlocal))
+  preset = training_preset(model, backbone, runlocal)
+  config.model = training_model_config(preset)
   config.model_bgr = True  # [official] BGR input order of the released models.
   config.data = data_config.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
@@ -162,8 +170,13 @@ def training_config(model: str, runlocal: bool,
   config.train.own_predictions = uses_own_predictions(config.model.name)
   # [ours] Parts recomputed in the backward pass instead of stored
   # (`train_step.REMAT_PARTS`: 'backbone', 'frame'): less device memory for
-  # more compute, same gradients. Off by default (the fastest).
-  config.train.remat = ()
+  # more compute, same gradients. On for the ResNet-101 models, whose step
+  # without it needs 43 GB (CFBI) / 53 GB (CFBI+) for the papers' 2 clips
+  # per device at crop 465 and 9.8 / 13.6 GB with it (CPU buffer
+  # assignment, `bench/bench_train.py --compiled-memory`); off for the
+  # small backbones and the smoke test, where memory is not the limit and
+  # the step is faster without the recomputation.
+  config.train.remat = default_remat(preset)
   config.train.log_every = 50           # [ours]
   config.train.image_every = 1000       # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]

@@ -107,8 +107,9 @@ def get_config(arg=None):
     raise ValueError(f'unknown recipe {args.recipe!r}; expected one of '
                      f'{sorted(RECIPES)}')
   config = common.training_config('cfbi', runlocal=False)
-  config.model = common.training_model_config(
-      args.preset or common.training_preset(args.model, 'resnet', True))
+  preset = args.preset or common.training_preset(args.model, 'resnet', True)
+  config.model = common.training_model_config(preset)
+  config.train.remat = common.default_remat(preset)
   config.train.own_predictions = common.uses_own_predictions(
       config.model.name)
   common.one_global_chunk(config.model)

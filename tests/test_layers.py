@@ -341,6 +341,20 @@ def test_dropout_deterministic_per_key_and_scaled():
   assert abs(1 - kept.mean() - 0.25) < 0.03
 
 
+def test_dropout_with_one_key_per_sample():
+  # A [N] key array keys sample i by key i alone: the batch's masks are the
+  # samples' masks taken one by one (what lets the training step embed a
+  # clip whole or frame by frame with the same dropout).
+  x = jnp.asarray(1 + np.abs(randn(np.random.default_rng(11), 4, 8, 8, 3)))
+  keys = jax.random.split(jax.random.key(3), 4)
+  whole = np.asarray(layers.dropout(x, 0.25, keys))
+  for i in range(4):
+    np.testing.assert_array_equal(
+        whole[i], np.asarray(layers.dropout(x[i], 0.25, keys[i])))
+  assert np.any(whole[0] != whole[1])
+  assert abs(1 - (whole != 0).mean() - 0.25) < 0.05
+
+
 def _randomise_batch_norms(model, seed=0):
   rng = np.random.default_rng(seed)
   for _, module in nnx.iter_modules(model):
