@@ -10,6 +10,8 @@ frames (the official code has a separate `_for_eval` copy). `IAGate` is the
 import jax.numpy as jnp
 from flax import nnx
 
+from cfbi_jax import layers
+
 ATTENTION_EPSILON = 1e-5
 
 
@@ -80,4 +82,4 @@ class IAGate(nnx.Module):
   def __call__(self, x: jnp.ndarray, head: jnp.ndarray) -> jnp.ndarray:
     """Gates `x` `[N, h, w, channels]` with `head` `[N, head_dim]`."""
     gate = 1.0 + jnp.tanh(self.IA(head))
-    return x * gate[:, None, None, :]
+    return x * layers.broadcast_to_like(gate[:, None, None, :], x)

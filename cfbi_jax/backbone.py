@@ -237,7 +237,8 @@ class ASPP(nnx.Module):
     outs = [branch(x) for branch in self.branches]
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = jax.nn.relu(self.pool_bn(self.pool_conv(pooled)))
-    outs.append(jnp.broadcast_to(pooled, outs[0].shape[:3] + pooled.shape[3:]))
+    outs.append(jnp.broadcast_to(layers.broadcast_to_like(pooled, outs[0]),
+                                 outs[0].shape[:3] + pooled.shape[3:]))
     y = jax.nn.relu(self.bn1(self.conv1(jnp.concatenate(outs, axis=-1))))
     # The only dropout of the model; active in training only.
     return layers.dropout(y, 0.1, dropout_rng)

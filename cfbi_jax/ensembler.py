@@ -97,7 +97,8 @@ class EnsemblerASPP(nnx.Module):
     outs = [branch(x) for branch in self.branches]
     pooled = jax.nn.relu(self.pool_conv(jnp.mean(x, axis=(1, 2),
                                                  keepdims=True)))
-    outs.append(jnp.broadcast_to(pooled, outs[0].shape[:3] + pooled.shape[3:]))
+    outs.append(jnp.broadcast_to(layers.broadcast_to_like(pooled, outs[0]),
+                                 outs[0].shape[:3] + pooled.shape[3:]))
     y = self.GCT(jnp.concatenate(outs, axis=-1))
     return jax.nn.relu(self.bn1(self.conv1(y)))
 
@@ -126,7 +127,8 @@ def dynamic_logit(x: jnp.ndarray, params: jnp.ndarray) -> jnp.ndarray:
     `[N, h, w]` logits.
   """
   c = x.shape[-1]
-  return jnp.einsum('nhwc,nc->nhw', x, params[:, :c]) + params[:, None, None, c]
+  logit = jnp.einsum('nhwc,nc->nhw', x, params[:, :c])
+  return logit + layers.broadcast_to_like(params[:, None, None, c], logit)
 
 
 class _EnsemblerDecoder(nnx.Module):

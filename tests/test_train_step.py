@@ -17,6 +17,7 @@
 """
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -235,3 +236,47 @@ def test_remat_keeps_the_loss_and_gradients():
       a, b, rtol=1e-4, atol=1e-6), grads1, grads0)
   with pytest.raises(ValueError, match='remat parts'):
     loss_of(('ensembler_typo',))(params)
+
+
+def _reduced_precision_sums(jaxpr, found):
+  """(reduce_sum eqn, elements summed) for every bfloat16 sum in `jaxpr`,
+  sub-jaxprs (scan, checkpoint, custom_vjp, ...) included."""
+  for eqn in jaxpr.eqns:
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jex.core.ClosedJaxpr):
+          _reduced_precision_sums(sub.jaxpr, found)
+        elif isinstance(sub, jex.core.Jaxpr):
+          _reduced_precision_sums(sub, found)
+    if eqn.primitive.name == 'reduce_sum':
+      aval = eqn.invars[0].aval
+      if aval.dtype == jnp.bfloat16:
+        found.append((str(eqn), int(np.prod([aval.shape[a]
+                                             for a in eqn.params['axes']]))))
+  return found
+
+
+@pytest.mark.parametrize('variant', ['tiny_cfbi', 'tiny_feelvos'])
+def test_bfloat16_step_sums_no_gradient_in_bfloat16(variant):
+  # Every gradient summed over pixels (biases, gates, pooled features) must
+  # accumulate in float32 (`layers.broadcast_to_like`): a bfloat16 sum
+  # stalls once it is 256 times its terms. Read from the step's jaxpr, so
+  # no compile.
+  config = models.model_config(variant)
+  config.compute_dtype = 'bfloat16'
+  module = models.build(config, rngs=nnx.Rngs(0))
+  graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
+  batch = tiny_batch(batch_size=2, num_frames=3)
+  loss = lambda p: ts.clip_loss(nnx.merge(graphdef, p, frozen), batch,
+                                jax.random.key(0), jnp.int32(100),
+                                jnp.bool_(True), remat=('backbone', 'frame'))[0]
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+  long_sums = [(e, n) for e, n in _reduced_precision_sums(jaxpr, [])
+               if n > 16]
+  assert not long_sums, long_sums[:3]
+  # The walk does see bfloat16 sums where the model has them (the check
+  # above could not pass by missing them): summing a bfloat16 input does.
+  probe = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(
+      (p.astype(jnp.bfloat16) + jnp.ones((64, 8), jnp.bfloat16))
+      .astype(jnp.float32))))(jnp.zeros((8,))).jaxpr
+  assert max(n for _, n in _reduced_precision_sums(probe, [])) == 64
