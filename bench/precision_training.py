@@ -8,9 +8,11 @@ For each precision and seed it trains the tiny CFBI with `train.py
 --config=configs/synthetic.py` (recipe `scratch`), the only difference
 between the two runs of a seed being `--config.model.compute_dtype`
 (`float32`, or `bfloat16`: DeepLab and the collaborative ensembler compute
-in bfloat16), scores each with `evaluate.py` on held-out synthetic videos
-and writes a Markdown table (J&F per run, the paired bfloat16 - float32
-difference per seed, training time) to `--out`
+in bfloat16; a third run per seed, `float32_remat`, is the control: the
+float32 step with remat, the same arithmetic rounded in another order),
+scores each with `evaluate.py` on held-out synthetic videos
+and writes a Markdown table (J&F per run, the paired difference from
+float32 per seed, training time) to `--out`
 (`docs/precision_training.md`).
 
 What bfloat16 does not touch, by design (`models/cfbi.py`,
@@ -39,7 +41,16 @@ import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-positi
 from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-PRECISIONS = ('float32', 'bfloat16')
+# Setting -> train.py flags. `float32_remat` is the control: the float32
+# step with both remat parts, the same arithmetic in another order, so its
+# paired difference from `float32` is what rounding alone moves J&F by.
+SETTINGS = {
+    'float32': ['--config.model.compute_dtype=float32'],
+    'bfloat16': ['--config.model.compute_dtype=bfloat16'],
+    'float32_remat': ['--config.model.compute_dtype=float32',
+                      '--config.train.remat=("backbone", "frame")'],
+}
+PRECISIONS = tuple(SETTINGS)
 
 
 def run_one(args, precision: str, seed: int) -> dict:
@@ -51,7 +62,7 @@ def run_one(args, precision: str, seed: int) -> dict:
       test_data=args.test_data, crop=args.crop, num_frames=args.num_frames,
       batch_size=args.batch_size, test_seed=args.test_seed,
       test_videos=args.test_videos, test_scale=args.test_scale),
-      [f'--config.model.compute_dtype={precision}'])
+      SETTINGS[precision])
 
 
 def table(args, results) -> str:
@@ -73,19 +84,23 @@ def table(args, results) -> str:
       'initialisation and the data order; only '
       '`model.compute_dtype` differs. bfloat16 covers DeepLab and the '
       'collaborative ensembler; weights, optimizer state, the embedding, '
-      'matching, normalisation statistics and the loss stay float32.',
+      'matching, normalisation statistics, the loss and every gradient '
+      'summed over pixels stay float32. `float32_remat` is the control: '
+      'float32 with both remat parts, the same arithmetic in another '
+      'order; its paired delta is what rounding alone moves J&F by at this '
+      'budget.',
       '',
       '| precision | J&F mean | J mean | F mean | delta (paired) | '
       'per seed (J&F) | training minutes |',
       '|---|---|---|---|---|---|---|',
   ]
-  jf = {p: [100 * r['davis']['J&F-Mean'] for r in results[p]]
-        for p in PRECISIONS}
-  for p in PRECISIONS:
+  jf = {p: [100 * r['davis']['J&F-Mean'] for r in runs]
+        for p, runs in results.items()}
+  for p in results:
     runs = results[p]
     j = statistics.mean(100 * r['davis']['J-Mean'] for r in runs)
     f = statistics.mean(100 * r['davis']['F-Mean'] for r in runs)
-    if p == 'float32':
+    if p == 'float32' or 'float32' not in results:
       delta = ''
     else:
       diffs = [a - b for a, b in zip(jf[p], jf['float32'])]
@@ -103,6 +118,8 @@ def table(args, results) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+  parser.add_argument('--settings', nargs='+', default=list(PRECISIONS),
+                      choices=PRECISIONS)
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)
@@ -118,9 +135,9 @@ def main():
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
   parser.add_argument('--out', default='docs/precision_training.md')
   args = parser.parse_args()
-  results = {p: [] for p in PRECISIONS}
+  results = {p: [] for p in args.settings}
   for seed in args.seeds:
-    for p in PRECISIONS:
+    for p in args.settings:
       summary = run_one(args, p, seed)
       results[p].append(summary)
       print(f"{p:9s} seed {seed}: J&F {100 * summary['davis']['J&F-Mean']:.1f}"
