@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 from PIL import Image
@@ -265,10 +266,20 @@ def test_convert_of_a_missing_file_is_one_line(tmp_path):
 def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   """A real SIGINT / SIGTERM once segmenting has begun: one line saying
   what is kept, exit 128 + signal, and no sequence left looking finished
-  without all its outputs; the same command then completes the run."""
+  without all its outputs; the same command then completes the run.
+
+  No timing: a frame of the second video is a named pipe, so the run
+  finishes the first video and then waits on that frame (a FIFO's open
+  blocks until a writer comes) until the signal, however fast the machine.
+  """
   root, out = str(tmp_path / 'DAVIS'), str(tmp_path / 'out')
   synthetic_layouts.write_davis(root, num_videos=3, num_frames=12,
                                 size=(33, 49))
+  held = os.path.join(root, 'JPEGImages', '480p', 'video1', '00006.jpg')
+  with open(held, 'rb') as f:
+    held_bytes = f.read()
+  os.remove(held)
+  os.mkfifo(held)
   args = [sys.executable, os.path.join(REPO, 'evaluate.py'),
           '--config=configs/eval.py:dataset=davis2017',
           '--config.checkpoint=tiny_cfbi_synthetic',
@@ -278,20 +289,31 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   process = subprocess.Popen(args, cwd=str(tmp_path), env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  for line in process.stdout:  # Signal once segmenting has begun.
-    if line.startswith('outputs:'):
+  seen = []
+  # A guard, not a timing: should the run ever wait on the pipe before
+  # finishing video0, the test fails instead of hanging.
+  guard = threading.Timer(300, process.kill)
+  guard.start()
+  for line in process.stderr:  # Without a terminal: a line per sequence.
+    seen.append(line)
+    if line.startswith('1/3 video0:'):
       break
+  guard.cancel()
+  assert seen and seen[-1].startswith('1/3 video0:'), ''.join(seen)[-2000:]
   process.send_signal(signum)
-  stdout, stderr = process.communicate(timeout=300)
+  _, stderr = process.communicate(timeout=300)
+  stderr = ''.join(seen) + stderr
   assert process.returncode == code, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
   last = stderr.strip().splitlines()[-1]
   assert last == (f'{word}: the sequences finished so far are kept in the '
                   'output folder; the same command segments the rest')
-  finished = os.path.join(out, '.inputs')
-  for name in os.listdir(finished) if os.path.isdir(finished) else []:
-    seq = name[:-len('.json')]
-    assert len(os.listdir(os.path.join(out, seq))) == 12, seq
+  finished = sorted(os.listdir(os.path.join(out, '.inputs')))
+  assert finished == ['video0.json'], finished
+  assert len(os.listdir(os.path.join(out, 'video0'))) == 12
+  os.remove(held)
+  with open(held, 'wb') as f:
+    f.write(held_bytes)
   done = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
                         capture_output=True, check=False, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]

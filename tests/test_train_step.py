@@ -232,8 +232,11 @@ def test_remat_keeps_the_loss_and_gradients():
   # three, for CI's time).
   loss1, grads1 = loss_of(('backbone', 'frame'))(params)
   np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+  # The backbone runs on B frames at a time instead of B x T, so XLA sums
+  # in another order (1.3e-4 relative seen on one element); a wrong dropout
+  # mask or a dropped gradient path would differ by far more.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      a, b, rtol=1e-4, atol=1e-6), grads1, grads0)
+      a, b, rtol=1e-3, atol=1e-5), grads1, grads0)
   with pytest.raises(ValueError, match='remat parts'):
     loss_of(('ensembler_typo',))(params)
 
