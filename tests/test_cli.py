@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 
 import pytest
 from PIL import Image
@@ -268,52 +267,48 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   what is kept, exit 128 + signal, and no sequence left looking finished
   without all its outputs; the same command then completes the run.
 
-  No timing: a frame of the second video is a named pipe, so the run
-  finishes the first video and then waits on that frame (a FIFO's open
-  blocks until a writer comes) until the signal, however fast the machine.
+  No timing: a `sitecustomize` on the child's path makes it send itself
+  the signal as the second video starts, after the first is written, however
+  fast or loaded the machine. It also restores SIGINT's default handling,
+  which a child of a shell's background job inherits as ignored.
   """
   root, out = str(tmp_path / 'DAVIS'), str(tmp_path / 'out')
   synthetic_layouts.write_davis(root, num_videos=3, num_frames=12,
                                 size=(33, 49))
-  held = os.path.join(root, 'JPEGImages', '480p', 'video1', '00006.jpg')
-  with open(held, 'rb') as f:
-    held_bytes = f.read()
-  os.remove(held)
-  os.mkfifo(held)
+  hook = tmp_path / 'hook'
+  hook.mkdir()
+  (hook / 'sitecustomize.py').write_text(f"""
+import os, signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from cfbi_jax import evaluation
+_segment = evaluation.segment_sequence
+def segment_sequence(propagator, seq, config):
+  if seq.name == 'video1':
+    os.kill(os.getpid(), {int(signum)})
+    time.sleep(600)
+  return _segment(propagator, seq, config)
+evaluation.segment_sequence = segment_sequence
+""")
   args = [sys.executable, os.path.join(REPO, 'evaluate.py'),
           '--config=configs/eval.py:dataset=davis2017',
           '--config.checkpoint=tiny_cfbi_synthetic',
           f'--config.data.root={root}', '--config.data.split=train',
           f'--config.output_dir={out}',
           '--config.score=False']
-  env = dict(os.environ, PYTHONPATH=REPO)
-  process = subprocess.Popen(args, cwd=str(tmp_path), env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  seen = []
-  # A guard, not a timing: should the run ever wait on the pipe before
-  # finishing video0, the test fails instead of hanging.
-  guard = threading.Timer(300, process.kill)
-  guard.start()
-  for line in process.stderr:  # Without a terminal: a line per sequence.
-    seen.append(line)
-    if line.startswith('1/3 video0:'):
-      break
-  guard.cancel()
-  assert seen and seen[-1].startswith('1/3 video0:'), ''.join(seen)[-2000:]
-  process.send_signal(signum)
-  _, stderr = process.communicate(timeout=300)
-  stderr = ''.join(seen) + stderr
-  assert process.returncode == code, stderr[-2000:]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), REPO]))
+  first = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
+                         capture_output=True, check=False, timeout=600)
+  stderr = first.stderr
+  assert first.returncode == code, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
+  assert re.search(r'^1/3 video0: 12 frames', stderr, re.M), stderr[-2000:]
   last = stderr.strip().splitlines()[-1]
   assert last == (f'{word}: the sequences finished so far are kept in the '
                   'output folder; the same command segments the rest')
   finished = sorted(os.listdir(os.path.join(out, '.inputs')))
   assert finished == ['video0.json'], finished
   assert len(os.listdir(os.path.join(out, 'video0'))) == 12
-  os.remove(held)
-  with open(held, 'wb') as f:
-    f.write(held_bytes)
+  env = dict(os.environ, PYTHONPATH=REPO)
   done = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
                         capture_output=True, check=False, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
