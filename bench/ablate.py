@@ -39,7 +39,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -161,10 +160,7 @@ def main():
       print(f"{ablation:14s} seed {seed}: J&F "
             f"{100 * summary['davis']['J&F-Mean']:.1f}", flush=True)
   report = table(args, results)
-  with outputs.atomic_path(args.out) as tmp:
-    with open(tmp, 'w') as f:
-      f.write(report)
-  print(report)
+  synthetic_runs.write_report(args.out, report)
 
 
 if __name__ == '__main__':

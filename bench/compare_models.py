@@ -32,7 +32,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -202,10 +201,7 @@ def main():
             f"{100 * summary['davis']['J&F-Mean']:.1f}, "
             f"{synthetic_runs.steady_fps(summary):.1f} frames/s", flush=True)
   text = report(args, results)
-  with outputs.atomic_path(args.out) as tmp:
-    with open(tmp, 'w') as f:
-      f.write(text)
-  print(text)
+  synthetic_runs.write_report(args.out, text)
 
 
 if __name__ == '__main__':

@@ -38,7 +38,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Setting -> train.py flags. `float32_remat` is the control: the float32
@@ -144,10 +143,7 @@ def main():
             f" ({summary.get('train_seconds', 0.0) / 60:.1f} min)",
             flush=True)
   report = table(args, results)
-  with outputs.atomic_path(args.out) as tmp:
-    with open(tmp, 'w') as f:
-      f.write(report)
-  print(report)
+  synthetic_runs.write_report(args.out, report)
 
 
 if __name__ == '__main__':

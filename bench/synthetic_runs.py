@@ -138,6 +138,14 @@ def train_and_score(run: Run, extra_train_flags: Optional[Sequence[str]] = ()
   return summary
 
 
+def write_report(path: str, text: str) -> None:
+  """Writes a sweep's Markdown report to `path` atomically and prints it."""
+  with outputs.atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+  print(text)
+
+
 def steady_fps(summary: dict) -> float:
   """Frames per second of a scored run without its first sequence (which
   includes compilation)."""
