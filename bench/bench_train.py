@@ -74,7 +74,7 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import peak_memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   from cfbi_jax import optimizer  # pylint: disable=g-import-not-at-top
   from cfbi_jax import train_step as ts  # pylint: disable=g-import-not-at-top
@@ -103,7 +103,7 @@ def _child(variant: str, crop: int, batch: int, num_frames: int,
     state, metrics = step(state, batch_arrays, schedule)
     jax.block_until_ready(metrics['loss'])
     times.append(time.perf_counter() - t0)
-  peak_mb, peak_kind = memory.peak_memory()
+  peak_mb, peak_kind = peak_memory.peak_memory()
   step_s = float(np.min(times))
   return dict(variant=variant, params=int(num_params), step_s=step_s,
               examples_per_s=batch / step_s,

@@ -171,8 +171,8 @@ def report(args, results) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', nargs='+', default=list(common.TRAIN_MODELS),
-                      choices=list(common.TRAIN_MODELS))
+  parser.add_argument('--models', nargs='+', default=list(common.train_models()),
+                      choices=list(common.train_models()))
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
   parser.add_argument('--steps', type=int, default=400)
   parser.add_argument('--crop', type=int, default=65)

@@ -150,7 +150,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cfbi_jax import host_threads  # pylint: disable=g-import-not-at-top
   from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import memory  # pylint: disable=g-import-not-at-top
+  from cfbi_jax import peak_memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
   from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
 
@@ -177,7 +177,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   # Read now and again after the steps: the device's peak so far is the
   # compile-time peak (autotuning buffers, the first frame), which the
   # run-time peak must be told apart from.
-  compile_peak_mb, _ = memory.peak_memory()
+  compile_peak_mb, _ = peak_memory.peak_memory()
   mem = compiled.memory_analysis()
   compiled_mb = {}
   for field in ('argument_size_in_bytes', 'output_size_in_bytes',
@@ -198,7 +198,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
     states, outs = step(states)
     jax.block_until_ready(outs)
     times.append(time.perf_counter() - t)
-  steps_peak_mb, _ = memory.peak_memory()
+  steps_peak_mb, _ = peak_memory.peak_memory()
   in_use = (jax.devices()[0].memory_stats() or {}).get('bytes_in_use')
   trace_stages, trace_ops = [], []
   if trace_dir:
@@ -222,8 +222,8 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
                          .convert('RGB'))
 
     def write_png(t, labels):
-      # Palette PNG as evaluate.py writes (PIL directly: `cfbi_jax.outputs`
-      # needs PyAV, which the GPU image lacks).
+      # Palette PNG as evaluate.py writes (PIL directly:
+      # `cfbi_jax.output_files` needs PyAV, which the GPU image lacks).
       image = Image.fromarray(labels, mode='P')
       image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255] * 759)
       image.save(os.path.join(tmp, f'out_{t:05d}.png'))
@@ -236,7 +236,7 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
         stamps.append(time.perf_counter())
     loop_first_s = stamps[1] - t_loop
     steady = np.diff(stamps[2:])
-  peak_mb, peak_kind = memory.peak_memory()
+  peak_mb, peak_kind = peak_memory.peak_memory()
   return {
       'model': model, 'arch': config.arch, 'setting': setting, 'objects': k,
       'size': [h, w], 'input_size': list(spec.input_sizes[0]),

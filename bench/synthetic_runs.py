@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from cfbi_jax import outputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cfbi_jax import atomic_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -134,13 +134,13 @@ def train_and_score(run: Run, extra_train_flags: Optional[Sequence[str]] = ()
   with open(summary_path) as f:
     summary = json.load(f)
   summary['train_seconds'] = trained
-  outputs.write_json(summary_path, summary, indent=2)
+  atomic_files.write_json(summary_path, summary, indent=2)
   return summary
 
 
 def write_report(path: str, text: str) -> None:
   """Writes a sweep's Markdown report to `path` atomically and prints it."""
-  with outputs.atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     with open(tmp, 'w') as f:
       f.write(text)
   print(text)

@@ -16,10 +16,13 @@ training from scratch, a GroupNorm: `DeepLab(norm='group_norm')`).
 * `decoder_s4`: the decoder output.
 
 Attribute names follow the PyTorch module names so that `convert.py` maps the
-official state dict with a short table. Used by `model.py`.
+official state dict with a short table, `CHECKPOINT_RULES` (every model
+family builds on it: a DeepLab checkpoint loads into any of them). Used by
+the model families (`cfbi_jax/models/`).
 """
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -323,3 +326,42 @@ class DeepLab(nnx.Module):
     feats['aspp_s16'] = self.aspp(feats['backbone_s16'], dropout_rng)
     feats['decoder_s4'] = self.decoder(feats['aspp_s16'], feats['low_s4'])
     return feats
+
+
+# ---- The official DeepLab's state-dict names (applied by `convert.py`).
+_MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
+_MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,
+         'project_conv': 6, 'project_bn': 7}
+
+
+def _mnv2_block(m: re.Match) -> str:
+  index = int(m[1])
+  table = _MNV2_T1 if index == 0 else _MNV2
+  return f'.features.{index + 1}.conv.{table[m[2]]}.'
+
+
+# Regex on the dotted NNX path -> replacement, applied in order; the result
+# is the PyTorch key. A family appends its head's rules (`models/cfbi.py`).
+CHECKPOINT_RULES: List[Tuple[str, Union[str, Callable[[re.Match], str]]]] = [
+    (r'\.downsample_conv\.', '.downsample.0.'),
+    (r'\.downsample_(bn|gn)\.', '.downsample.1.'),
+    (r'\.features\.(\d+)\.(\w+)\.', _mnv2_block),
+    (r'\.backbone\.first_conv\.', '.backbone.features.0.0.'),
+    (r'\.backbone\.first_bn\.', '.backbone.features.0.1.'),
+    # ASPP branches and pooling (the DeepLab's and CFBI's ensembler's).
+    (r'\.branches\.(\d+)\.', lambda m: f'.aspp{int(m[1]) + 1}.'),
+    (r'\.pool_conv\.', '.global_avg_pool.1.'),
+    (r'\.pool_bn\.', '.global_avg_pool.2.'),
+    # Decoder.
+    (r'\.last_conv1\.', '.last_conv.0.'), (r'\.last_bn1\.', '.last_conv.1.'),
+    (r'\.last_conv2\.', '.last_conv.4.'), (r'\.last_bn2\.', '.last_conv.5.'),
+    # Leaf names.
+    (r'\.kernel$', '.weight'), (r'\.scale$', '.weight'),
+]
+
+# Alias key patterns (same tensor registered twice) -> the canonical name.
+CHECKPOINT_ALIASES: List[Tuple[str, str]] = [
+    (r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
+     r'feautre_8x|feature_16x|feature_32x)\.', 'feature_extracter.backbone.'
+     'features.'),
+]

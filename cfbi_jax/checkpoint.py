@@ -10,8 +10,9 @@ A model directory holds
 `save_model` writes both (the config atomically); `load_model` rebuilds the
 module from the stored config (plus caller overrides of evaluation-only
 fields), restores the state and fails with the offending names when the
-checkpoint does not match the model. Written by `convert.py` (and, later, by
-training); read by evaluation and training init.
+checkpoint does not match the model. Written by `convert.py` and by
+training (`trainer.write_model_dir`); read by evaluation, `Session`,
+export and training init.
 """
 
 import json
@@ -25,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from cfbi_jax import models
-from cfbi_jax import outputs
+from cfbi_jax import atomic_files
 from cfbi_jax import project_files
 
 CONFIG_FILE = 'model_config.json'
@@ -69,7 +70,7 @@ def save_model(directory: str, model_config: Mapping[str, Any],
   if jax.process_index() > 0:  # Orbax wrote the arrays from process 0.
     return
   config = dict(ml_collections.ConfigDict(dict(model_config)).to_dict())
-  outputs.write_json(os.path.join(directory, CONFIG_FILE), config, indent=2,
+  atomic_files.write_json(os.path.join(directory, CONFIG_FILE), config, indent=2,
                      sort_keys=True)
 
 
@@ -134,7 +135,7 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
     directory: a directory written by `save_model`, or a bundled model's
       name (`resolve_model_dir`).
     overrides: evaluation-only model fields to change (the family's
-      `EVAL_FIELDS`, `models.eval_fields`).
+      `eval_fields` and `bgr`, `models.eval_fields`).
     step: checkpoint step (latest if None).
 
   Returns:
@@ -149,6 +150,12 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   """
   directory = os.path.abspath(resolve_model_dir(directory))
   config = read_model_config(directory)
+  try:
+    config = models.family(config).upgrade(config)
+  except ValueError as e:
+    raise CheckpointError(
+        f'{directory}: {CONFIG_FILE} names a model this version of cfbi-jax '
+        f'does not build ({_cause(e)})') from e
   for key, value in dict(overrides or {}).items():
     if key not in models.eval_fields(config):
       raise ValueError(f'cannot override model field {key!r} when loading; '

@@ -1,7 +1,7 @@
 """What every command line shares: user errors as one line, exit code 2.
 
 `train.py`, `evaluate.py`, `python -m cfbi_jax.convert` and
-`python -m cfbi_jax.export` run their work through `run`:
+`python -m cfbi_jax.inference.export` run their work through `run`:
 
 * an error of the user's making (bad data, mask, config field or value,
   unreadable or mismatched checkpoint, unwritable output, full disk) ends

@@ -153,7 +153,7 @@ def train() -> None:
     if result['terminated']:  # SIGTERM: the step was saved, then stopped.
       raise cli.Terminated()
     if result['steps'] == config.train.steps:
-      trainer.export_model(result, config.model,
+      trainer.write_model_dir(result, config.model,
                            os.path.join(values['workdir'], 'model'))
 
   _config_command(
@@ -169,6 +169,6 @@ def convert() -> None:
 
 
 def export() -> None:
-  """`cfbi-export`: `python -m cfbi_jax.export`."""
-  from cfbi_jax import export as exporter  # pylint: disable=g-import-not-at-top
+  """`cfbi-export`: `python -m cfbi_jax.inference.export`."""
+  from cfbi_jax.inference import export as exporter  # pylint: disable=g-import-not-at-top
   cli.run(exporter.main)

@@ -20,8 +20,8 @@ torchvision-layout ResNet-101, or the official `*-deeplabv3p` DeepLab
 weights) into the `feature_extracter` of a freshly initialised model
 (seeded), for training; it reports which parts stayed at their init.
 
-The name mapping is the model family's rule table (`CHECKPOINT_RULES` in
-`models/<name>.py`) on dotted module paths, and
+The name mapping is the model family's rule table (`Family.checkpoint_rules`:
+the DeepLab's, `backbone.CHECKPOINT_RULES`, and the heads') on dotted module paths, and
 layout changes are data (`_transform`): conv OIHW -> HWIO, Linear (out, in)
 -> (in, out), (1, C, 1, 1) GCT/bias tensors -> (C,).
 """
@@ -36,13 +36,14 @@ import numpy as np
 from flax import nnx
 
 from cfbi_jax import checkpoint
+from cfbi_jax import cli
 from cfbi_jax import models
 
 def torch_key(path: Tuple, model_config) -> str:
   """The PyTorch state-dict key of an NNX state path (the model family's
   `CHECKPOINT_RULES`, applied in order)."""
   key = '.'.join(str(p) for p in path)
-  for pattern, repl in models.family(model_config).CHECKPOINT_RULES:
+  for pattern, repl in models.family(model_config).checkpoint_rules:
     key = re.sub(pattern, repl, key)
   return key
 
@@ -100,7 +101,7 @@ def resolve_aliases(sd: Mapping[str, np.ndarray],
   out, aliases = {}, {}
   for k, v in sd.items():
     canonical = k
-    for pattern, repl in models.family(model_config).CHECKPOINT_ALIASES:
+    for pattern, repl in models.family(model_config).checkpoint_aliases:
       canonical = re.sub(pattern, repl, canonical)
     (aliases if canonical != k else out)[k] = (canonical, v)
   out = {k: v for k, (_, v) in out.items()}
@@ -151,9 +152,8 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_config,
   return out
 
 
-# Backbone checkpoints: key prefixes to strip, and keys that carry no model
-# state (classifier heads, BN counters) and are reported then dropped.
-_BACKBONE_PREFIXES = ('feature_extracter.', 'backbone.', '')
+# Backbone checkpoints: keys that carry no model state (classifier heads, BN
+# counters); `convert_backbone` drops them.
 _BACKBONE_IGNORED = (r'^fc\.', r'num_batches_tracked$', r'^decoder\.last_conv\.8\.',
                      r'^classifier\.')
 
@@ -206,7 +206,7 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--variant', required=True,
-                      choices=[v for v in models.VARIANTS
+                      choices=[v for v in models.variants()
                                if not v.startswith('tiny')])
   parser.add_argument('--src', required=True)
   parser.add_argument('--dst', required=True)
@@ -216,8 +216,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   config = models.model_config(args.variant)
   family = models.family(config)
-  if not args.backbone_only and not getattr(family, 'OFFICIAL_WEIGHTS', True):
-    sys.exit(f'error: {family.NAME} has no official PyTorch weights to '
+  if not args.backbone_only and not family.official_weights:
+    raise ValueError(f'{family.name} has no official PyTorch weights to '
              'convert; use --backbone_only to start it from a DeepLab '
              'backbone checkpoint')
   sd = load_state_dict(args.src)
@@ -236,5 +236,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  from cfbi_jax import commands  # pylint: disable=g-import-not-at-top
-  commands.convert()
+  cli.run(main)

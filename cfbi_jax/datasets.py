@@ -39,84 +39,24 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from cfbi_jax import masks
+
 FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
 
 # A grayscale ('L') mask is accepted only when its values look like object
 # ids (void 255 aside); anti-aliased masks exceed this and are rejected. A
-# 0/255 binary mask is one object (`with_binary_object`).
+# 0/255 binary mask is one object (`masks.with_binary_object`).
 MAX_GRAYSCALE_ID = 100
-# Void pixels, as the DAVIS tools and many VOS datasets write them: not an
-# object, left out of the reference features and of J&F.
-VOID_ID = 255
 
 
-def with_binary_object(labels: np.ndarray) -> np.ndarray:
-  """A 0/255 binary mask -> one object (1); any other mask unchanged.
+class DatasetError(masks.LabelError):
+  """An evaluation input is missing or malformed; the message names the file.
 
-  Args:
-    labels: `[H, W]` integer mask.
-
-  Returns:
-    `[H, W]` uint8: `labels == 255` as 0/1 when the mask holds only 0 and
-    255 (and some 255), else `labels` (where 255 is then void).
+  A `masks.LabelError`, so that `except masks.LabelError` catches a bad
+  annotation file as well as a bad mask array; `read_mask` raises this
+  class for every problem with a mask, ids above `max_objects` included.
   """
-  labels = np.asarray(labels)
-  if labels.size and labels.max() == VOID_ID and not np.any(
-      (labels != 0) & (labels != VOID_ID)):
-    return (labels == VOID_ID).astype(np.uint8)
-  return labels.astype(np.uint8)
-
-
-def largest_object_id(labels: np.ndarray) -> int:
-  """The largest object id of a mask, void (255) left out; 0 if none."""
-  labels = np.asarray(labels)
-  ids = labels[labels != VOID_ID]
-  return int(ids.max()) if ids.size else 0
-
-
-def ids_above(labels: np.ndarray, max_objects: int, where: str) -> None:
-  """Raises `DatasetError` if `labels` holds object ids above `max_objects`.
-
-  Args:
-    labels: `[H, W]` mask (void 255 allowed).
-    max_objects: the run's object capacity.
-    where: what the mask is, for the message (a path, 'mask of frame 3').
-  """
-  if largest_object_id(labels) <= max_objects:
-    return
-  ids = sorted(int(v) for v in np.unique(labels)
-               if max_objects < v != VOID_ID)
-  raise DatasetError(f'{where} has object ids {ids} above max_objects='
-                     f'{max_objects}; raise it with --config.max_objects='
-                     f'{ids[-1]} (or max_objects={ids[-1]} in Python)')
-
-
-class DatasetError(ValueError):
-  """An evaluation input is missing or malformed; the message names the file."""
-
-
-def _davis_palette() -> np.ndarray:
-  """The PASCAL VOC / DAVIS colour map: the index's bits spread over RGB.
-
-  Bits 0, 1, 2 of the index set the top bit of R, G, B; bits 3, 4, 5 the
-  next bit down; and so on.
-
-  Returns:
-    `[256, 3]` uint8 array; entry 1 is (128, 0, 0), entry 255 (224, 224, 192).
-  """
-  palette = np.zeros((256, 3), np.uint8)
-  for index in range(256):
-    c, rgb = index, [0, 0, 0]
-    for bit in range(8):
-      for channel in range(3):
-        rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
-      c >>= 3
-    palette[index] = rgb
-  return palette
-
-
-DAVIS_PALETTE = _davis_palette()
 
 
 def _natural_key(name: str):
@@ -187,14 +127,14 @@ def read_mask(path: str,
         f'annotation {path} is a colour ({mode}) image; masks must be '
         'palette (mode "P") PNGs whose pixel values are object ids '
         '(0 = background, 1..N = objects). Save them as indexed/palette '
-        'PNGs, e.g. cfbi_jax.outputs.write_palette_png.')
+        'PNGs, e.g. cfbi_jax.output_files.write_palette_png.')
   if labels is None:
     raise DatasetError(f'annotation {path} has unsupported image mode {mode!r};'
                        ' save it as a palette (mode "P") PNG of object ids')
   labels = labels.astype(np.uint8)
   if not binarize:
-    labels = with_binary_object(labels)
-  top = largest_object_id(labels)
+    labels = masks.with_binary_object(labels)
+  top = masks.largest_object_id(labels)
   if mode == 'L' and not binarize and top > MAX_GRAYSCALE_ID:
     raise DatasetError(
         f'annotation {path} is a grayscale image with values up to '
@@ -208,8 +148,11 @@ def read_mask(path: str,
   if binarize:
     labels = (labels > 0).astype(np.uint8)
   if max_objects is not None:
-    ids_above(labels, max_objects, f'annotation {path}')
-  if require_object and not largest_object_id(labels):
+    try:
+      masks.ids_above(labels, max_objects, f'annotation {path}')
+    except masks.LabelError as e:
+      raise DatasetError(str(e)) from None
+  if require_object and not masks.largest_object_id(labels):
     raise DatasetError(f'first-frame annotation {path} contains no object '
                        '(all pixels are 0)')
   return labels
@@ -515,6 +458,71 @@ def davis_sequences(root: str,
   return _finish(sequences, validate)
 
 
+def read_youtube_vos_meta(
+    root: str, split: str) -> Tuple[str, Dict[str, Dict[str, List[str]]]]:
+  """Finds and reads the `meta.json` of a YouTube-VOS split.
+
+  The one reader of the file, for evaluation (`youtube_vos_sequences`) and
+  training (`input_pipeline.youtube_vos_train_videos`). The file must have
+  the release's structure, `{"videos": {<video>: {"objects": {<id>:
+  {"frames": [<frame stem>, ...], ...}}}}}`; other keys are ignored.
+
+  Args:
+    root: the split folder (holding `meta.json`, `JPEGImages`,
+      `Annotations`) or its parent (then `root/<split>` is used).
+    split: split folder name, used when `root` is the parent.
+
+  Returns:
+    `(split folder, videos)`: `videos` maps each video name, in name order,
+    to its objects' frame stems (object id -> frames as listed).
+
+  Raises:
+    DatasetError: `meta.json` is in neither folder, cannot be read, is not
+      JSON, or lacks the structure above.
+  """
+  if not os.path.isfile(os.path.join(root, 'meta.json')):
+    if not os.path.isfile(os.path.join(root, split, 'meta.json')):
+      raise DatasetError(
+          'missing YouTube-VOS meta.json: neither '
+          f'{os.path.join(root, "meta.json")} nor '
+          f'{os.path.join(root, split, "meta.json")} exists; pass the split '
+          'folder or its parent as the root')
+    root = os.path.join(root, split)
+  path = os.path.join(root, 'meta.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      meta = json.load(f)
+  except OSError as e:
+    raise DatasetError(f'unreadable YouTube-VOS meta file {path}: '
+                       f'{e.strerror or e}') from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise DatasetError(f'YouTube-VOS meta file {path} is not valid JSON '
+                       f'({e}); download or extract it again') from None
+
+  def malformed(what: str) -> DatasetError:
+    return DatasetError(f'malformed YouTube-VOS meta file {path}: {what}; '
+                        "use the release's meta.json of the split")
+
+  videos = meta.get('videos') if isinstance(meta, dict) else None
+  if not isinstance(videos, dict):
+    raise malformed('no "videos" object at the top level')
+  out = {}
+  for name in sorted(videos):
+    objects = videos[name].get('objects') if isinstance(
+        videos[name], dict) else None
+    if not isinstance(objects, dict):
+      raise malformed(f'video {name} has no "objects" object')
+    out[name] = {}
+    for obj_id, obj in objects.items():
+      frames = obj.get('frames') if isinstance(obj, dict) else None
+      if not isinstance(frames, list) or not all(
+          isinstance(fr, str) for fr in frames):
+        raise malformed(f'object {obj_id} of video {name} has no "frames" '
+                        'list of frame names')
+      out[name][obj_id] = frames
+  return root, out
+
+
 def youtube_vos_sequences(root: str,
                           split: str = 'valid',
                           max_objects: Optional[int] = None,
@@ -537,29 +545,16 @@ def youtube_vos_sequences(root: str,
     One `VideoSequence` per video of `meta.json`.
 
   Raises:
-    DatasetError: missing `meta.json`, sequence folder, frames or annotation
-      files, or a bad annotation.
+    DatasetError: missing or malformed `meta.json`, missing sequence
+      folder, frames or annotation files, or a bad annotation.
   """
-  if not os.path.isfile(os.path.join(root, 'meta.json')):
-    if os.path.isfile(os.path.join(root, split, 'meta.json')):
-      root = os.path.join(root, split)
-    else:
-      raise DatasetError(
-          f'missing YouTube-VOS meta.json: neither {root}/meta.json nor '
-          f'{root}/{split}/meta.json exists')
+  root, videos = read_youtube_vos_meta(root, split)
   meta_path = os.path.join(root, 'meta.json')
-  try:
-    with open(meta_path) as f:
-      videos = json.load(f)['videos']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise DatasetError(f'unreadable YouTube-VOS meta file {meta_path}: '
-                       f'{e!r}') from None
   sequences = []
-  for name in sorted(videos):
-    objects = videos[name].get('objects', {})
-    first_frames = {min(obj['frames']) for obj in objects.values()
-                    if obj.get('frames')}
-    frames = sorted({fr for obj in objects.values() for fr in obj['frames']})
+  for name, objects in videos.items():
+    first_frames = {min(frames) for frames in objects.values() if frames}
+    frames = sorted({fr for obj_frames in objects.values()
+                     for fr in obj_frames})
     if not frames:
       raise DatasetError(f'{meta_path}: video {name} lists no frames')
     folder = os.path.join(root, 'JPEGImages', name)

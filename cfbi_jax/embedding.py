@@ -10,7 +10,7 @@
   `smooth2` /4. The /4 top-down input is the unsmoothed /8 sum and /16 is
   not smoothed.
 
-Used by `model.py`.
+Used by the model families (`cfbi_jax/models/`).
 """
 
 from typing import Tuple

@@ -12,10 +12,9 @@ matching `[N, head_dim]` attention vector. Blocks (notes §13-16):
 * `CollaborativeEnsembler` (CFBI) and `CollaborativeEnsemblerMS` (CFBI+)
   share `_decode_and_predict` (bicubic upsampling, shortcut fusion and the
   dynamic per-object 1x1 heads).
-* `FeelvosHead`: FEELVOS's dynamic segmentation head (four depthwise
-  separable 7x7 layers and a 1x1 output, shared by all objects, no
-  attention, no low-level shortcut), the ablation baseline of CFBI Table 4
-  (`CFBI(head='feelvos')`).
+
+FEELVOS's dynamic segmentation head, the ablation baseline of CFBI Table 4
+(`CFBI(head='feelvos')`), is `models/feelvos.py::FeelvosHead`.
 
 Widths are explicit constructor fields; `dim` (256 officially) is the width
 of the stride-4 stages, 2 * dim that of the deeper ones.
@@ -280,35 +279,3 @@ def augment_background_logit(fg_logit: jnp.ndarray, bg_logit: jnp.ndarray,
   has_fg = jnp.any(fg_valid, axis=1)
   out0 = fg_logit[:, 0] + jnp.where(has_fg, bg_min, 0.0)
   return jnp.concatenate([out0[:, None], fg_logit[:, 1:]], axis=1)
-
-
-class FeelvosHead(nnx.Module):
-  """FEELVOS's dynamic segmentation head (FEELVOS §3.4; CFBI Table 4).
-
-  Four layers of [depthwise 7x7 conv, pointwise conv, GroupNorm, ReLU] at
-  width `dim`, then a 1x1 conv (with bias) to one logit per object slot.
-  The same weights run on every slot; the logits of all slots (background
-  included) meet in the softmax, as in FEELVOS. FEELVOS normalises with
-  BatchNorm; GroupNorm is used here like everywhere else in this project
-  (batch statistics over object slots would mix objects).
-  """
-
-  def __init__(self, in_dim: int, dim: int = 256, gn_groups: int = 32,
-               num_layers: int = 4, kernel_size: int = 7, *,
-               rngs: nnx.Rngs):
-    depthwise, pointwise, norms, c = [], [], [], in_dim
-    for _ in range(num_layers):
-      depthwise.append(layers.conv(c, c, kernel_size, groups=c, rngs=rngs))
-      pointwise.append(layers.conv(c, dim, 1, rngs=rngs))
-      norms.append(layers.group_norm(dim, gn_groups, rngs=rngs))
-      c = dim
-    self.depthwise = nnx.List(depthwise)
-    self.pointwise = nnx.List(pointwise)
-    self.norms = nnx.List(norms)
-    self.out = layers.conv(dim, 1, 1, use_bias=True, rngs=rngs)
-
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """`[N, h, w, in_dim]` per-object input -> `[N, h, w]` logits."""
-    for dw, pw, norm in zip(self.depthwise, self.pointwise, self.norms):
-      x = jax.nn.relu(norm(pw(dw(x))))
-    return self.out(x)[..., 0]

@@ -10,7 +10,7 @@
 3. says where outputs go and which finished sequences it reuses (a
    sequence is reused only if its outputs are complete and its inputs are
    the ones they were computed from: `input_fingerprint`), then
-   segments each other sequence with `inference.VideoPropagator` (official
+   segments each other sequence with `videos.VideoPropagator` (official
    loop, TTA; a per-frame bar with frames/s and an ETA), and writes palette
    PNGs, optional per-frame probabilities and, for own videos, overlays;
 4. packages the YouTube-VOS submission zip, or scores a DAVIS run with
@@ -48,11 +48,13 @@ from cfbi_jax import backend
 from cfbi_jax import checkpoint
 from cfbi_jax import datasets
 from cfbi_jax import host_threads
-from cfbi_jax import inference
-from cfbi_jax import memory
+from cfbi_jax import atomic_files
 from cfbi_jax import models
-from cfbi_jax import outputs
+from cfbi_jax import output_files
+from cfbi_jax import peak_memory
 from cfbi_jax import synthetic
+from cfbi_jax.inference import videos
+from cfbi_jax.models import family as family_lib
 
 DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
             'video', 'synthetic')
@@ -62,8 +64,16 @@ _DAVIS17_LAYOUT = ('davis2017', 'synthetic')
 
 def model_overrides(config, stored) -> Dict[str, Any]:
   """Evaluation-only model fields: the official flags of the stored model's
-  variant on this dataset, then the user's."""
+  variant on this dataset, then the user's (`--config.model.<field>`, any
+  evaluation field of the stored model's family; `checkpoint.load_model`
+  refuses the others in one line). The deprecated `--config.bgr` sets
+  `bgr`, with a warning."""
   overrides = models.dataset_overrides(stored, config.dataset)
+  if config.get('bgr') is not None:
+    print('warning: --config.bgr is deprecated; the input channel order is '
+          "the model's own (bgr in its model_config.json); "
+          '--config.model.bgr overrides it', file=sys.stderr)
+    overrides['bgr'] = bool(config.bgr)
   for key, value in config.model.items():
     if value is not None:
       overrides[key] = tuple(value) if isinstance(value, (list, tuple)) \
@@ -110,7 +120,7 @@ def _label_dir(config, name: str) -> str:
   return os.path.join(config.output_dir, name)
 
 
-def segment_sequence(propagator: inference.VideoPropagator,
+def segment_sequence(propagator: videos.VideoPropagator,
                      seq: datasets.VideoSequence, config) -> Dict[str, Any]:
   """Segments one sequence and writes its outputs; returns its timing.
 
@@ -137,12 +147,12 @@ def segment_sequence(propagator: inference.VideoPropagator,
 
   def write(t, labels, probs, rgb):
     name = seq.frame_names[t]
-    outputs.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
+    output_files.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
     if probs is not None:
-      outputs.write_probabilities(os.path.join(probs_dir, name + '.npz'),
+      output_files.write_probabilities(os.path.join(probs_dir, name + '.npz'),
                                   np.moveaxis(probs, -1, 0))
     if rgb is not None:
-      blended = outputs.overlay(rgb, labels)
+      blended = output_files.overlay(rgb, labels)
       _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
       overlay_frames.append(blended)
 
@@ -159,7 +169,7 @@ def segment_sequence(propagator: inference.VideoPropagator,
         first_done = time.perf_counter()
   total = time.perf_counter() - start
   if overlay_frames:
-    outputs.write_overlay_video(
+    output_files.write_overlay_video(
         os.path.join(config.output_dir, f'{seq.name}_overlay.mp4'),
         overlay_frames, fps=config.fps or seq.frame_rate() or 24.0)
   propagated = len(seq) - 1
@@ -175,7 +185,7 @@ def _bars() -> bool:
 
 def _write_rgb(path: str, rgb: np.ndarray) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  with outputs.atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     Image.fromarray(rgb).save(tmp, format='PNG')
 
 
@@ -205,12 +215,12 @@ def run(config) -> Dict[str, Any]:
   sequences = list_sequences(config)
   model, model_config = checkpoint.load_model(
       config.checkpoint, model_overrides(config, stored))
-  propagator = inference.VideoPropagator(
+  propagator = videos.VideoPropagator(
       model, scales=tuple(config.tta.scales), flip=config.tta.flip,
-      max_long_edge=config.max_long_edge, bgr=config.bgr,
+      max_long_edge=config.max_long_edge, bgr=family_lib.bgr(model_config),
       max_objects=config.max_objects)
   os.makedirs(config.output_dir, exist_ok=True)
-  _claim_output_dir(config)
+  _claim_output_dir(config, family_lib.bgr(model_config))
   complete = [seq for seq in sequences if _outputs_complete(config, seq)]
   done = {seq.name for seq in complete if _inputs_unchanged(config, seq)}
   changed = sorted(seq.name for seq in complete if seq.name not in done)
@@ -234,7 +244,7 @@ def run(config) -> Dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
       os.remove(_fingerprint_path(config, seq.name))
     rows.append(segment_sequence(propagator, seq, config))
-    outputs.write_json(_fingerprint_path(config, seq.name),
+    atomic_files.write_json(_fingerprint_path(config, seq.name),
                        input_fingerprint(seq))
     if not _bars():  # A log file gets one line per sequence, not bars.
       print(f'{len(rows) + len(skipped)}/{len(sequences)} {seq.name}: '
@@ -247,12 +257,12 @@ def run(config) -> Dict[str, Any]:
       'tta': {'scales': list(config.tta.scales), 'flip': config.tta.flip},
       'sequences': rows, 'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
-      'peak_memory_mb': memory.peak_memory()[0],
+      'peak_memory_mb': peak_memory.peak_memory()[0],
       'compilations': propagator.compilations,
       'device': str(jax.devices()[0].device_kind),
   }
   if config.dataset.startswith('youtubevos'):
-    summary['submission'] = outputs.write_youtube_vos_zip(
+    summary['submission'] = output_files.write_youtube_vos_zip(
         os.path.join(config.output_dir, 'Annotations'),
         os.path.join(config.output_dir, 'submission.zip'))
   # Only DAVIS 2017 splits with full annotations can be scored (test-dev
@@ -267,7 +277,7 @@ def run(config) -> Dict[str, Any]:
     if config.copy_first_frame_baseline:
       summary['copy_first_frame'] = copy_first_frame_baseline(
           config, sequences)
-  outputs.write_json(path, summary, indent=2, default=float)
+  atomic_files.write_json(path, summary, indent=2, default=float)
   _print_summary(summary)
   return summary
 
@@ -305,7 +315,7 @@ def checkpoint_digest(model_dir: str) -> str:
   return digest.hexdigest()
 
 
-def _claim_output_dir(config) -> None:
+def _claim_output_dir(config, bgr: bool) -> None:
   """Records which model and settings write `output_dir`; refuses others.
 
   Finished sequences are skipped on a re-run (resume), so outputs of a
@@ -318,14 +328,20 @@ def _claim_output_dir(config) -> None:
       'digest': checkpoint_digest(config.checkpoint),
       'settings': json.loads(json.dumps({
           'tta': config.tta.to_dict(), 'max_long_edge': config.max_long_edge,
-          'bgr': config.bgr, 'max_objects': config.max_objects,
+          'bgr': bgr, 'max_objects': config.max_objects,
           'model': config.model.to_dict()}, sort_keys=True, default=str)),
   }
+  # Fields left at None are the model's own: a claim written when the
+  # config had other None fields is the same claim.
+  settled = lambda c: dict(c, settings=dict(
+      c.get('settings', {}), model={k: v for k, v in c.get(
+          'settings', {}).get('model', {}).items() if v is not None}))
   path = os.path.join(config.output_dir, 'model.json')
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    differ = sorted(k for k in claim if previous.get(k) != claim[k])
+    differ = sorted(k for k in claim
+                    if settled(previous).get(k) != settled(claim)[k])
     if differ:
       raise ValueError(
           f'{config.output_dir} holds the outputs of another run '
@@ -339,7 +355,7 @@ def _claim_output_dir(config) -> None:
         f'{config.output_dir} is not empty but has no model.json, so its '
         'outputs cannot be told apart from this run\'s; pass an empty or '
         'new --config.output_dir')
-  outputs.write_json(path, claim)
+  atomic_files.write_json(path, claim)
 
 
 def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
@@ -357,7 +373,7 @@ def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
   for seq in sequences:
     first = seq.load_annotation(0)
     for name in seq.frame_names:
-      outputs.write_palette_png(os.path.join(out, seq.name, name + '.png'),
+      output_files.write_palette_png(os.path.join(out, seq.name, name + '.png'),
                                 first)
   scores = davis_eval.evaluate_davis(config.data.root, out,
                                      split=split(config))
@@ -398,7 +414,7 @@ def _fingerprint_path(config, name: str) -> str:
 
 def _outputs_complete(config, seq: datasets.VideoSequence) -> bool:
   """Whether every output file of `seq` is there."""
-  done = outputs.sequence_done(_label_dir(config, seq.name), seq.frame_names)
+  done = output_files.sequence_done(_label_dir(config, seq.name), seq.frame_names)
   if done and config.save_probs:
     probs_dir = os.path.join(config.output_dir, seq.name)
     done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))

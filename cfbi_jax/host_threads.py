@@ -3,7 +3,7 @@
 The device runs one frame while the host decodes the next one
 (`prefetch`) and writes the previous one's outputs (`BackgroundWriter`), so
 the only wait between frames is the device itself. Used by
-`inference.VideoPropagator` (frames) and `evaluation.segment_sequence`
+`inference.videos.VideoPropagator` (frames) and `evaluation.segment_sequence`
 (PNG, probability and overlay files).
 """
 

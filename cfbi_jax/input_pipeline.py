@@ -64,7 +64,6 @@ kept off accelerators at import. A 480p clip (T = 5, crop 465) took about
 
 import dataclasses
 import io
-import json
 import os
 from typing import Callable, List, Sequence, Tuple
 
@@ -121,22 +120,15 @@ def youtube_vos_train_videos(root: str,
     Videos in name order.
 
   Raises:
-    datasets.DatasetError: no or unreadable `meta.json`, or no usable video.
+    datasets.DatasetError: no, unreadable or malformed `meta.json`
+      (`datasets.read_youtube_vos_meta`), or no usable video.
   """
-  if not os.path.isfile(os.path.join(root, 'meta.json')):
-    root = os.path.join(root, split)
+  root, videos = datasets.read_youtube_vos_meta(root, split)
   meta_path = os.path.join(root, 'meta.json')
-  try:
-    with open(meta_path) as f:
-      videos = json.load(f)['videos']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise datasets.DatasetError(
-        f'unreadable YouTube-VOS meta file {meta_path}: {e!r}') from None
   out = []
-  for name in sorted(videos):
-    objects = videos[name].get('objects', {}).values()
-    frames = sorted({fr for obj in objects if len(obj.get('frames', ())) >= 2
-                     for fr in obj['frames']})
+  for name, objects in videos.items():
+    frames = sorted({fr for obj_frames in objects.values()
+                     if len(obj_frames) >= 2 for fr in obj_frames})
     if len(frames) < 2:
       continue
     out.append(TrainVideo(

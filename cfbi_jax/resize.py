@@ -13,6 +13,12 @@ depends on using the right one in the right place
 * `resize_labels_nearest`: PyTorch's legacy `mode='nearest'` with an explicit
   size, src = min(floor(dst * float32(in / out)), in - 1). It is used for
   every label map (reference, previous, CFBI's half-resolution grid).
+* `resize_cubic_cv2`: OpenCV's `INTER_CUBIC` on a float32 image (half-pixel
+  centres, Keys cubic A = -0.75 with the fourth weight as 1 minus the
+  others, replicated borders, horizontal pass first), which the official
+  loader (`dataloaders/custom_transforms.py::MultiRestrictSize`, notes §3)
+  applies to the [0, 255] float frame before normalising; the inference
+  step runs it on the device (`inference/step.py::network_input`).
 
 All functions take the spatial axes of an NHWC (or HW / NHW for labels)
 array. Sampling positions and weights are computed in NumPy float32 at trace
@@ -159,3 +165,52 @@ def stride_size(size: int, stride: int) -> int:
   for _ in range(int(np.log2(stride))):
     size = (size - 1) // 2 + 1
   return size
+
+
+def _cv2_cubic_weights(fx: np.ndarray) -> np.ndarray:
+  """OpenCV's `interpolateCubic` (float32), `[n, 4]`."""
+  a = np.float32(-0.75)
+  x = fx.astype(np.float32)
+  one = np.float32(1)
+  c0 = ((a * (x + one) - 5 * a) * (x + one) + 8 * a) * (x + one) - 4 * a
+  c1 = ((a + 2) * x - (a + 3)) * x * x + one
+  c2 = ((a + 2) * (one - x) - (a + 3)) * (one - x) * (one - x) + one
+  c3 = one - c0 - c1 - c2
+  return np.stack([c0, c1, c2, c3], axis=-1).astype(np.float32)
+
+
+def _cv2_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+  scale = 1.0 / (out_size / in_size)
+  fx = ((np.arange(out_size) + 0.5) * scale - 0.5).astype(np.float32)
+  sx = np.floor(fx).astype(np.int64)
+  weights = _cv2_cubic_weights(fx - sx.astype(np.float32))
+  index = np.clip(sx[:, None] + np.arange(-1, 3)[None], 0, in_size - 1)
+  return index, weights
+
+
+def resize_cubic_cv2(image: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
+  """`cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)` for float32.
+
+  Each output pixel accumulates its four taps from zero in tap order, first
+  along the width, then along the height, as OpenCV does; the taps are
+  static gathers.
+
+  Args:
+    image: `[H, W, C]` float32 image (values in [0, 255], not clipped).
+    size: output `(height, width)`.
+
+  Returns:
+    `[height, width, C]` float32.
+  """
+  image = jnp.asarray(image, jnp.float32)
+  if image.shape[:2] == tuple(size):
+    return image
+  cols, wx = _cv2_taps(image.shape[1], size[1])
+  rows, wy = _cv2_taps(image.shape[0], size[0])
+  tmp = jnp.zeros((image.shape[0], size[1], image.shape[2]), jnp.float32)
+  for k in range(4):
+    tmp = tmp + jnp.take(image, cols[:, k], axis=1) * wx[None, :, k, None]
+  out = jnp.zeros((size[0], size[1], image.shape[2]), jnp.float32)
+  for k in range(4):
+    out = out + jnp.take(tmp, rows[:, k], axis=0) * wy[:, k, None, None]
+  return out

@@ -32,7 +32,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from cfbi_jax import outputs
+from cfbi_jax import atomic_files
+from cfbi_jax import output_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +223,11 @@ def write_video(image_dir: str, mask_dir: str,
   os.makedirs(mask_dir, exist_ok=True)
   for t, (frame, label) in enumerate(zip(frames, labels)):
     path = os.path.join(image_dir, f'{t:05d}.jpg')
-    with outputs.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
       Image.fromarray(frame).save(tmp, format='JPEG', quality=95)
     if annotated is None or t in annotated:
-      outputs.write_palette_png(os.path.join(mask_dir, f'{t:05d}.png'), label)
+      output_files.write_palette_png(
+          os.path.join(mask_dir, f'{t:05d}.png'), label)
 
 
 def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
@@ -238,7 +240,7 @@ def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
   if os.path.exists(list_path):
     with open(list_path) as f:
       existing = [line.strip() for line in f if line.strip()]
-  with outputs.atomic_path(list_path) as tmp:
+  with atomic_files.atomic_path(list_path) as tmp:
     with open(tmp, 'w') as f:
       f.write('\n'.join(existing + [n for n in names if n not in existing])
               + '\n')

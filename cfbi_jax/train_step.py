@@ -10,10 +10,10 @@ frames to segment. `clip_loss`:
 
 1. embeds all B*T frames in one batched call (DeepLab dropout keyed per
    frame from the step's key), or frame by frame under remat;
-2. starts the `frame_step.PropagationState` carry from the reference
+2. starts the `vos.PropagationState` carry from the reference
    and moves it to frame 1 with its ground truth;
 3. unrolls the frames with `jax.lax.scan` over the same
-   `frame_step.frame_logits` / `frame_step.advance` pieces evaluation
+   `vos.frame_logits` / `vos.advance` pieces evaluation
    uses: logits at the crop size (align-corners bilinear), the
    bootstrapped cross-entropy with the scheduled k, and the next previous
    mask is the hard argmax of the prediction (no gradient) when
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cfbi_jax import frame_step
+from cfbi_jax import vos
 from cfbi_jax import losses
 
 
@@ -134,22 +134,22 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
   if unknown:
     raise ValueError(f'train.remat parts {unknown} unknown; expected some '
                      f'of {REMAT_PARTS}')
-  images = frame_step.preprocess_images(
+  images = vos.preprocess_images(
       frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
   keys = jax.random.split(rng, b * t).reshape(b, t)
   emb = embed_clips(module, images.reshape((b, t) + images.shape[1:]), keys,
                     remat='backbone' in remat)
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
   no_reference = jnp.zeros((b,), bool)
-  state = frame_step.start_state(module, at(0), labels[:, 0],
+  state = vos.start_state(module, at(0), labels[:, 0],
                                  num_ref_slots=1,
                                  memory_slots=obj_valid.shape[1])
-  state = frame_step.advance_state(module, state, at(1), labels[:, 1],
+  state = vos.advance_state(module, state, at(1), labels[:, 1],
                                    no_reference, None, training=True)
 
   def body(state, xs):
     emb_t, labels_t = xs
-    logits_of = lambda m, st, e, ov: frame_step.frame_logits(
+    logits_of = lambda m, st, e, ov: vos.frame_logits(
         m, st, e, ov, crop, training=True)
     if 'frame' in remat:
       logits, update = _rematerialised(module, logits_of, state, emb_t,
@@ -160,7 +160,7 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
         jnp.int32)
     fed = jnp.where(use_own_predictions, pred, labels_t)
-    state = frame_step.advance_state(module, state, emb_t, fed, no_reference,
+    state = vos.advance_state(module, state, emb_t, fed, no_reference,
                                      jax.lax.stop_gradient(update),
                                      training=True)
     return state, (loss_t, pred, fed)

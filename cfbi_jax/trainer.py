@@ -57,8 +57,9 @@ from cfbi_jax import backend
 from cfbi_jax import checkpoint
 from cfbi_jax import losses
 from cfbi_jax import models
+from cfbi_jax.models import family as family_lib
 from cfbi_jax import optimizer
-from cfbi_jax import outputs
+from cfbi_jax import output_files
 from cfbi_jax import sharding
 from cfbi_jax import train_step as ts
 
@@ -130,14 +131,14 @@ _STEP_FUNCTIONS: Dict[str, Any] = {}
 
 def _step_function(config, graphdef, tx, mesh):
   key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
-                    bool(config.model_bgr),
+                    family_lib.bgr(config.model),
                     list(config.train.get('remat', ())),
                     [d.id for d in mesh.devices.flat]], sort_keys=True,
                    default=str)
   if key not in _STEP_FUNCTIONS:
     replicated = sharding.replicated(mesh)
     _STEP_FUNCTIONS[key] = jax.jit(
-        ts.make_train_step(graphdef, tx, bgr=config.model_bgr,
+        ts.make_train_step(graphdef, tx, bgr=family_lib.bgr(config.model),
                            accumulate_steps=config.optim.accumulate_steps,
                            remat=tuple(config.train.get('remat', ()))),
         out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -184,8 +185,8 @@ def preview_image(frames: np.ndarray, labels: np.ndarray,
     `[2S, T*S, 3]` uint8: top row the clip with its ground truth, bottom row
     the reference and previous frames with theirs, then the predictions.
   """
-  top = [outputs.overlay(f, l) for f, l in zip(frames, labels)]
-  bottom = top[:2] + [outputs.overlay(f, p) for f, p in zip(frames[2:], preds)]
+  top = [output_files.overlay(f, l) for f, l in zip(frames, labels)]
+  bottom = top[:2] + [output_files.overlay(f, p) for f, p in zip(frames[2:], preds)]
   return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
 
 
@@ -250,6 +251,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
     by SIGTERM after saving the step)}`.
   """
   backend.use_compilation_cache(config.get('compilation_cache_dir', ''))
+  apply_deprecated_fields(config)
   # Mesh.
   mesh = sharding.make_mesh()
   global_batch = config.train.batch_size
@@ -369,8 +371,23 @@ def train(config, workdir: str) -> Dict[str, Any]:
           'steps': step, 'history': history, 'terminated': stop['flag']}
 
 
-def export_model(result: Dict[str, Any], model_config, directory: str
-                 ) -> None:
+def apply_deprecated_fields(config) -> None:
+  """Moves `config.model_bgr` (the input channel order before it became
+  the model's `config.model.bgr`, so that it is saved with the weights)
+  into `config.model`, with a warning."""
+  if config.get('model_bgr') is None:
+    return
+  logging.warning('config.model_bgr is deprecated; use --config.model.bgr '
+                  '(saved in the model directory, which evaluation reads)')
+  print('warning: config.model_bgr is deprecated; use --config.model.bgr',
+        file=sys.stderr)
+  with config.unlocked():
+    config.model.bgr = bool(config.model_bgr)
+    config.model_bgr = None
+
+
+def write_model_dir(result: Dict[str, Any], model_config, directory: str
+                    ) -> None:
   """Writes the trained model as a model directory for `evaluate.py`.
 
   A directory that already holds this step (a finished run started again)

@@ -44,17 +44,24 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-# The models a training config builds (`model=` after the colon) and the
-# backbones (`backbone=`); `variant=` is the older spelling of both.
-TRAIN_MODELS = ('cfbi', 'cfbip', 'feelvos', 'videomatch')
+# The backbones of the training configs (`backbone=` after the colon); the
+# models (`model=`) are the registered families' (`models.training_models`:
+# cfbi, cfbip, feelvos, videomatch). `variant=` is the older spelling of
+# both.
 TRAIN_BACKBONES = {'resnet': 'resnet101', 'mobilenet': 'mobilenetv2'}
 _OLD_VARIANTS = {'cfbi': ('cfbi', 'resnet'), 'cfbip': ('cfbip', 'resnet'),
                  'mobilenet': ('cfbi', 'mobilenet')}
 
 
+def train_models() -> Tuple[str, ...]:
+  """The `model=` names (`models.training_models`)."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  return models.training_models()
+
+
 def parse_training_arg(arg) -> ml_collections.ConfigDict:
-  """The arguments of the training configs: `model=cfbi|cfbip|feelvos|
-  videomatch`, `backbone=resnet|mobilenet`, `runlocal` (and the older
+  """The arguments of the training configs: `model=` one of
+  `train_models()`, `backbone=resnet|mobilenet`, `runlocal` (and the older
   `variant=cfbi|cfbip|mobilenet`)."""
   args = parse_arg(arg, model='cfbi', backbone='resnet', variant='',
                    runlocal=False)
@@ -67,18 +74,18 @@ def parse_training_arg(arg) -> ml_collections.ConfigDict:
 
 
 def training_preset(model: str, backbone: str, runlocal: bool) -> str:
-  """The model variant a training run builds (`models.VARIANTS`)."""
+  """The model variant a training run builds (`models.variants()`)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  if model not in TRAIN_MODELS:
-    raise ValueError(f'model must be one of {TRAIN_MODELS}, got {model!r}')
+  if model not in train_models():
+    raise ValueError(f'model must be one of {train_models()}, got {model!r}')
   if backbone not in TRAIN_BACKBONES:
     raise ValueError(f'backbone must be one of {sorted(TRAIN_BACKBONES)}, '
                      f'got {backbone!r}')
   preset = (f'tiny_{model}' if runlocal
             else f'{model}_{TRAIN_BACKBONES[backbone]}')
-  if preset not in models.VARIANTS:
+  if preset not in models.variants():
     raise ValueError(f'{model} has no {backbone} variant; expected one of '
-                     f'{[v for v in models.VARIANTS if v.startswith(model)]}')
+                     f'{[v for v in models.variants() if v.startswith(model)]}')
   return preset
 
 
@@ -89,16 +96,11 @@ def default_remat(preset: str) -> Tuple[str, ...]:
 
 
 def training_model_config(preset: str) -> ml_collections.ConfigDict:
-  """`models.model_config(preset)` with the training matching chunks."""
+  """`models.model_config(preset)` with the family's training changes
+  (the training matching chunks: CFBI [official] TRAIN_GLOBAL_CHUNKS 20,
+  one per scale for CFBI+; FEELVOS [ours] as CFBI's)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  model = models.model_config(preset)
-  if model.name == 'cfbi':
-    # [official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+).
-    model.global_chunks = (20,) if len(model.global_chunks) == 1 \
-        else (20, 10, 5)
-  elif model.name == 'feelvos':
-    model.global_chunks = 20  # [ours] as CFBI's
-  return model
+  return models.training_model_config(preset)
 
 
 def one_global_chunk(model: ml_collections.ConfigDict) -> None:
@@ -110,12 +112,13 @@ def one_global_chunk(model: ml_collections.ConfigDict) -> None:
                            else 1)
 
 
-def uses_own_predictions(model_name: str) -> bool:
+def uses_own_predictions(model_config) -> bool:
   """Whether a model family trains on its own previous predictions: CFBI's
   sequential training [paper]; FEELVOS trains on the ground-truth previous
   mask [paper FEELVOS §3] and VideoMatch on frame pairs [paper
-  VideoMatch §4.1], so neither does."""
-  return model_name == 'cfbi'
+  VideoMatch §4.1], so neither does (`Family.own_predictions`)."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  return models.family(model_config).own_predictions
 
 
 def optim_config(total_steps: int) -> ml_collections.ConfigDict:
@@ -144,7 +147,7 @@ def training_config(model: str, runlocal: bool,
   """The shared training recipe (module docstring); stage files adjust it.
 
   Args:
-    model: one of `TRAIN_MODELS`.
+    model: one of `train_models()`.
     runlocal: a smoke-test shrink (tiny model, crop 65, batch 2, 20 steps)
       that runs in about a minute on a laptop CPU.
     backbone: one of `TRAIN_BACKBONES`.
@@ -154,8 +157,12 @@ def training_config(model: str, runlocal: bool,
   # [ours] JAX's persistent compilation cache ('' turns it off).
   config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
   preset = training_preset(model, backbone, runlocal)
+  # `config.model.bgr`: [official] the BGR input order of the released
+  # models, saved with the weights.
   config.model = training_model_config(preset)
-  config.model_bgr = True  # [official] BGR input order of the released models.
+  # Deprecated spelling of `config.model.bgr` (`trainer.apply_deprecated_
+  # fields` moves it there, with a warning).
+  config.model_bgr = ml_collections.config_dict.placeholder(bool)
   config.data = data_config.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100_000          # [paper] CFBI+ §4 (YouTube-VOS)
@@ -167,7 +174,7 @@ def training_config(model: str, runlocal: bool,
   # step <= TRAIN_START_SEQ_TRAINING_STEPS (50k), own predictions after.
   # False: the previous mask is always the ground truth (`uses_own_
   # predictions`: FEELVOS and VideoMatch).
-  config.train.own_predictions = uses_own_predictions(config.model.name)
+  config.train.own_predictions = uses_own_predictions(config.model)
   # [ours] Parts recomputed in the backward pass instead of stored
   # (`train_step.REMAT_PARTS`: 'backbone', 'frame'): less device memory for
   # more compute, same gradients. On for the ResNet-101 models, whose step

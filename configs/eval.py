@@ -27,12 +27,15 @@ refuses it), and
 1.3, 1.5 with long edge 800 x scale). The checkpoint directory carries its
 model config and therefore the official flags of its variant; DAVIS runs of
 CFBI+ add `min_matching_pixels=100` like `davis_eval_cfbip.sh`. Fields under
-`config.model` left at None keep those settings.
+`config.model` (the evaluation fields of every model family, `bgr`
+included) left at None keep those settings; one that the loaded model's
+family does not have is refused in one line.
 """
 
 import ml_collections
 
 from cfbi_jax import backend
+from cfbi_jax import masks
 from cfbi_jax import project_files
 from configs import common
 
@@ -47,6 +50,26 @@ from configs import common
 SYNTHETIC_SCALE = 1.5
 
 BUNDLED_MODEL = project_files.find('models/tiny_cfbi_synthetic')
+
+
+def model_eval_fields() -> ml_collections.ConfigDict:
+  """`config.model`: every evaluation field of every registered family
+  (`models.eval_fields`, `bgr` included), None. A field set on the
+  command line overrides the loaded model's; one its family does not have
+  is refused when the model loads."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+  kinds = {}
+  for record in models.FAMILIES.values():
+    defaults = dict(record.defaults(), bgr=True)
+    for field in record.all_eval_fields():
+      kinds.setdefault(field, set()).add(type(defaults[field]))
+  block = ml_collections.ConfigDict()
+  for field in sorted(kinds):
+    # A field whose type differs between families (CFBI's per-scale
+    # `global_chunks` tuple, FEELVOS's int) takes any Python literal.
+    kind = kinds[field].pop() if len(kinds[field]) == 1 else object
+    block[field] = ml_collections.config_dict.placeholder(kind)
+  return block
 
 
 def get_config(arg=None):
@@ -92,19 +115,12 @@ def get_config(arg=None):
   config.tta.flip = args.tta == 'ms_flip'
   # None: the official rule (1040 single-scale, 800 multi-scale).
   config.max_long_edge = ml_collections.config_dict.placeholder(float)
-  config.bgr = True  # Official BGR input quirk.
-  config.max_objects = 10
+  # Deprecated: the input channel order is the model's (`config.model.bgr`,
+  # saved in its directory); a value here overrides it, with a warning.
+  config.bgr = ml_collections.config_dict.placeholder(bool)
+  config.max_objects = masks.MAX_OBJECTS
   # JAX's persistent compilation cache: a repeat run of the same model and
   # frame sizes skips compilation ('' turns it off).
   config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR
-  config.model = ml_collections.ConfigDict()
-  config.model.matching_dtype = ml_collections.config_dict.placeholder(str)
-  config.model.global_atrous = ml_collections.config_dict.placeholder(tuple)
-  config.model.global_chunks = ml_collections.config_dict.placeholder(tuple)
-  config.model.global_chunk_mb = ml_collections.config_dict.placeholder(float)
-  config.model.compute_dtype = ml_collections.config_dict.placeholder(str)
-  config.model.min_matching_pixels = ml_collections.config_dict.placeholder(
-      int)
-  config.model.attention_uses_atrous_labels = (
-      ml_collections.config_dict.placeholder(bool))
+  config.model = model_eval_fields()
   return config

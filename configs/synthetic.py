@@ -110,8 +110,7 @@ def get_config(arg=None):
   preset = args.preset or common.training_preset(args.model, 'resnet', True)
   config.model = common.training_model_config(preset)
   config.train.remat = common.default_remat(preset)
-  config.train.own_predictions = common.uses_own_predictions(
-      config.model.name)
+  config.train.own_predictions = common.uses_own_predictions(config.model)
   common.one_global_chunk(config.model)
   config.data.source = 'synthetic'
   config.data.root = 'runs/synthetic_data'

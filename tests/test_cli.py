@@ -29,9 +29,9 @@ import sys
 import pytest
 from PIL import Image
 
+from cfbi_jax import atomic_files
 from cfbi_jax import checkpoint
 from cfbi_jax import cli
-from cfbi_jax import outputs
 from tests import synthetic_clips
 from tests import synthetic_layouts
 
@@ -152,7 +152,7 @@ def test_unknown_config_field_names_the_closest(script, tmp_path):
 def test_full_disk_names_the_output(tmp_path):
   path = str(tmp_path / 'frame.png')
   with pytest.raises(OSError) as raised:
-    with outputs.atomic_path(path):
+    with atomic_files.atomic_path(path):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # No file.
   assert raised.value.filename == path and not os.listdir(tmp_path)
   assert cli.is_user_error(raised.value)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cfbi_jax import datasets
+from cfbi_jax import masks
 from cfbi_jax.datasets import DatasetError
 
 H, W = 24, 32
@@ -39,11 +40,11 @@ def save_mask(path, labels, mode='P'):
   labels = np.asarray(labels, np.uint8)
   if mode == 'P':
     img = Image.frombytes('P', labels.shape[::-1], labels.tobytes())
-    img.putpalette(datasets.DAVIS_PALETTE.reshape(-1).tolist())
+    img.putpalette(masks.DAVIS_PALETTE.reshape(-1).tolist())
   elif mode == 'L':
     img = Image.frombytes('L', labels.shape[::-1], labels.tobytes())
   else:
-    img = Image.fromarray(datasets.DAVIS_PALETTE[labels]).convert(mode)
+    img = Image.fromarray(masks.DAVIS_PALETTE[labels]).convert(mode)
   img.save(path)
 
 
@@ -70,7 +71,7 @@ def make_davis(root, seqs=('bear', 'cat'), n_frames=3, year_dir='2017',
 
 # ------------------------------------------------------------------ palette
 def test_palette_formula():
-  p = datasets.DAVIS_PALETTE
+  p = masks.DAVIS_PALETTE
   assert p.shape == (256, 3) and p.dtype == np.uint8
   np.testing.assert_array_equal(
       p[:6], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128],
@@ -234,6 +235,30 @@ def test_youtube_vos_errors(tmp_path):
     datasets.youtube_vos_sequences(split_dir)
 
 
+def test_youtube_vos_meta_reader(tmp_path):
+  split_dir = os.path.join(str(tmp_path), 'valid')
+  with pytest.raises(DatasetError, match='neither .*meta.json nor .*valid'):
+    datasets.read_youtube_vos_meta(str(tmp_path), 'valid')
+  make_youtube_vos(split_dir)
+  root, videos = datasets.read_youtube_vos_meta(str(tmp_path), 'valid')
+  assert root == split_dir and list(videos) == ['v0', 'v1']
+  assert videos['v1'] == {'1': ['00000', '00005', '00010'],
+                          '2': ['00005', '00010']}
+  meta_path = os.path.join(split_dir, 'meta.json')
+  for text, message in [
+      ('{"videos": ', 'meta.json is not valid JSON'),
+      ('[]', 'no "videos" object'),
+      ('{"videos": {"v": {}}}', 'video v has no "objects"'),
+      ('{"videos": {"v": {"objects": {"1": {}}}}}',
+       'object 1 of video v has no "frames"'),
+      ('{"videos": {"v": {"objects": {"1": {"frames": [0]}}}}}',
+       'object 1 of video v has no "frames"')]:
+    with open(meta_path, 'w') as f:
+      f.write(text)
+    with pytest.raises(DatasetError, match=message):
+      datasets.read_youtube_vos_meta(split_dir, 'valid')
+
+
 def test_youtube_vos_max_objects(tmp_path):
   make_youtube_vos(str(tmp_path))
   with pytest.raises(DatasetError, match=r'00005.png has object ids \[2\]'):
@@ -246,16 +271,16 @@ def test_own_frame_folder_natural_order(tmp_path):
   frames.mkdir()
   for k, stem in enumerate(['f10', 'f1', 'f2']):
     Image.fromarray(frame_rgb(k)).save(frames / f'{stem}.png')
-  masks = tmp_path / 'masks'
-  save_mask(str(masks / 'f1.png'), box_mask(1))
-  save_mask(str(masks / 'f10.png'), box_mask(2, top=14, left=20, size=6))
-  seq = datasets.own_video_sequence(str(frames), str(masks))
+  mask_dir = tmp_path / 'masks'
+  save_mask(str(mask_dir / 'f1.png'), box_mask(1))
+  save_mask(str(mask_dir / 'f10.png'), box_mask(2, top=14, left=20, size=6))
+  seq = datasets.own_video_sequence(str(frames), str(mask_dir))
   assert seq.name == 'clip'
   assert seq.frame_names == ['f1', 'f2', 'f10']
   assert sorted(seq.annotated) == [0, 2]
   # PNG frames are lossless; f10 was written first (seed 0).
   np.testing.assert_array_equal(seq.load_frame(2), frame_rgb(0))
-  single = datasets.own_video_sequence(str(frames), str(masks / 'f1.png'),
+  single = datasets.own_video_sequence(str(frames), str(mask_dir / 'f1.png'),
                                        name='x')
   assert single.name == 'x' and list(single.annotated) == [0]
 
@@ -280,10 +305,10 @@ def write_test_video(path, n, h=H, w=W):
 def test_own_video_file(tmp_path):
   video = tmp_path / 'walk.mp4'
   write_test_video(video, 6)
-  masks = tmp_path / 'masks'
-  save_mask(str(masks / '00000.png'), box_mask(1))
-  save_mask(str(masks / '3.png'), box_mask(2, top=14, left=20, size=6))
-  seq = datasets.own_video_sequence(str(video), str(masks))
+  mask_dir = tmp_path / 'masks'
+  save_mask(str(mask_dir / '00000.png'), box_mask(1))
+  save_mask(str(mask_dir / '3.png'), box_mask(2, top=14, left=20, size=6))
+  seq = datasets.own_video_sequence(str(video), str(mask_dir))
   assert seq.name == 'walk' and seq.video_path == str(video)
   assert seq.frame_names == [f'{i:05d}' for i in range(6)]
   assert seq.frame_size == (H, W) and sorted(seq.annotated) == [0, 3]
@@ -301,7 +326,7 @@ def test_own_video_file(tmp_path):
   # A sequence claiming more frames than the file holds.
   longer = datasets.VideoSequence(
       name='walk', frame_names=[f'{i:05d}' for i in range(8)],
-      annotated={0: str(masks / '00000.png')}, video_path=str(video))
+      annotated={0: str(mask_dir / '00000.png')}, video_path=str(video))
   with pytest.raises(DatasetError, match='walk.mp4 has 6 frames, expected 8'):
     longer.validate()
   with pytest.raises(DatasetError, match='ended after 6 frames; frame 7'):
@@ -331,13 +356,13 @@ def test_own_video_errors(tmp_path):
   frames = tmp_path / 'frames'
   for i in range(3):
     save_frame(str(frames / f'{i:05d}.jpg'), i)
-  masks = tmp_path / 'masks'
-  save_mask(str(masks / '00001.png'), box_mask(1))
+  mask_dir = tmp_path / 'masks'
+  save_mask(str(mask_dir / '00001.png'), box_mask(1))
   with pytest.raises(DatasetError, match='no mask for the first frame'):
-    datasets.own_video_sequence(str(frames), str(masks))
-  save_mask(str(masks / 'other.png'), box_mask(1))
+    datasets.own_video_sequence(str(frames), str(mask_dir))
+  save_mask(str(mask_dir / 'other.png'), box_mask(1))
   with pytest.raises(DatasetError, match='name no frame.*other.png'):
-    datasets.own_video_sequence(str(frames), str(masks))
+    datasets.own_video_sequence(str(frames), str(mask_dir))
   with pytest.raises(DatasetError, match='missing mask'):
     datasets.own_video_sequence(str(frames), str(tmp_path / 'nomask'))
 
@@ -382,7 +407,7 @@ def test_void_pixels_are_kept_as_void(tmp_path):
   save_mask(str(path), labels)
   seq = datasets.own_video_sequence(str(frames), str(path), max_objects=2)
   np.testing.assert_array_equal(seq.load_annotation(0), labels)
-  assert datasets.largest_object_id(labels) == 2
+  assert masks.largest_object_id(labels) == 2
 
 
 def test_mask_size_empty_and_max_objects(tmp_path):

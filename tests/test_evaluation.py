@@ -30,7 +30,7 @@ from cfbi_jax import checkpoint
 from cfbi_jax import datasets
 from cfbi_jax import evaluation
 from cfbi_jax import models
-from cfbi_jax import outputs
+from cfbi_jax import output_files
 from cfbi_jax import Session
 from configs import eval as eval_config
 from configs import video as video_config
@@ -50,7 +50,7 @@ def _tiny_checkpoint(directory):
 def _save_png(path, array, palette=True):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if palette:
-    outputs.write_palette_png(path, array)
+    output_files.write_palette_png(path, array)
   else:
     Image.fromarray(array).save(path)
 
@@ -248,7 +248,7 @@ def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
   # Even sizes: yuv420p video would pad odd ones.
   frames, labels = synthetic_clips.two_squares(num_frames=4, size=(34, 50))
   video = str(tmp_path / 'clip.mp4')
-  outputs.write_overlay_video(video, frames, fps=10)
+  output_files.write_overlay_video(video, frames, fps=10)
   mask = str(tmp_path / 'first.png')
   _save_png(mask, labels[0])
   out = str(tmp_path / 'out')

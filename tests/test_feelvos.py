@@ -16,6 +16,7 @@ from flax import nnx
 from cfbi_jax import frame_step
 from cfbi_jax import models
 from cfbi_jax.models import feelvos
+from tests.random_weights import randn, random_model
 
 
 def np_distance(a, b):
@@ -153,3 +154,44 @@ def test_memory_follows_the_paper(tiny):
   inferred = np.asarray(tiny.advance_memory(state, current, labels, own))
   np.testing.assert_allclose(inferred[..., :3], 1 / 3, rtol=1e-6)
   assert inferred.shape == (1, 9, 11, 4)
+
+
+# --------------------------------------------------------------- FeelvosHead
+def _np_group_norm(x, groups, scale, bias, eps=1e-5):
+  n, h, w, c = x.shape
+  g = x.reshape(n, h, w, groups, c // groups)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = ((g - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+def _np_depthwise(x, kernel):
+  """'same' depthwise conv; kernel `[k, k, 1, C]`."""
+  k = kernel.shape[0]
+  p = k // 2
+  xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  out = np.zeros_like(x)
+  for dy in range(k):
+    for dx in range(k):
+      out += xp[:, dy:dy + x.shape[1], dx:dx + x.shape[2]] * kernel[dy, dx, 0]
+  return out
+
+
+def test_feelvos_head_matches_numpy():
+  """Four [depthwise 7x7, 1x1, GN, ReLU] layers and a 1x1 logit, per slot."""
+  rng = np.random.default_rng(7)
+  in_dim, dim, groups = 6, 8, 2
+  model = random_model(lambda: feelvos.FeelvosHead(
+      in_dim, dim, groups, rngs=nnx.Rngs(0)), 5)
+  x = randn(rng, 3, 9, 11, in_dim)
+  got = np.asarray(nnx.jit(lambda m, v: m(v))(model, jnp.asarray(x)))
+  y = x.astype(np.float64)
+  for dw, pw, norm in zip(model.depthwise, model.pointwise, model.norms):
+    y = _np_depthwise(y, np.asarray(dw.kernel[...], np.float64))
+    y = y @ np.asarray(pw.kernel[...], np.float64)[0, 0]
+    y = np.maximum(_np_group_norm(y, groups, np.asarray(norm.scale[...]),
+                                  np.asarray(norm.bias[...])), 0)
+  want = (y @ np.asarray(model.out.kernel[...])[0, 0, :, 0]
+          + np.asarray(model.out.bias[...])[0])
+  assert got.shape == (3, 9, 11)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

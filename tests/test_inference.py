@@ -149,7 +149,7 @@ def test_tta_average_of_scales_and_flips():
 
 def test_advance_fills_reference_slots_in_order():
   emb = lambda v: frame_step.FrameEmbedding(
-      low_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
+      features_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
   labels = lambda v: jnp.full((1, 3, 3), v, jnp.int32)
   state = frame_step.start(emb(1.0), labels(1), num_ref_slots=3)
   state = frame_step.advance(state, emb(2.0), labels(2), jnp.asarray([False]))

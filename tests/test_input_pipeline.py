@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from cfbi_jax import input_pipeline
-from cfbi_jax import outputs
+from cfbi_jax import output_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def box_labels(number, objects):
 
 def write_mask(path, labels):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  outputs.write_palette_png(path, labels)
+  output_files.write_palette_png(path, labels)
 
 
 YTB_VIDEOS = {

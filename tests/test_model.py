@@ -58,9 +58,9 @@ def _inputs(module, rng, batch=1, num_objects=2, num_slots=None, refs=1):
   images = jnp.asarray(rng.normal(size=(batch * 2, H, W, 3)), jnp.float32)
   emb = _embed(module, images)
   ref = frame_step.FrameEmbedding(
-      low_s4=emb.low_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
+      features_s4=emb.features_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
   cur = frame_step.FrameEmbedding(
-      low_s4=emb.low_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
+      features_s4=emb.features_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
   ref_scales = tuple(jnp.repeat(s[:, None], refs, axis=1) for s in ref.scales)
   labels = np.stack([_labels(rng, num_objects) for _ in range(batch)])
   ref_labels = jnp.asarray(np.repeat(labels[:, None], refs, axis=1))

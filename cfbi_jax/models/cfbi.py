@@ -2,47 +2,43 @@
 
 * `CFBI`: one NNX module for both papers (`arch='cfbi'` or `'cfbip'`), the
   composition of the shared blocks (`backbone`, `embedding`, `matching`,
-  `attention`, `ensembler`). Its two stages, shared by training and
-  inference, are the `frame_step.VOSModel` protocol:
+  `attention`, `ensembler`). Its stages, shared by training and inference,
+  are the `vos.VOSModel` protocol:
   - `embed(images)` -> `FrameEmbedding`: backbone + embedding head (CFBI) or
     FPN (CFBI+), for a batch of frames (training embeds all frames of a clip
     in one call);
-  - `segment(...)` -> `(logits_s4, aux)`: matching against the references
-    and the previous frame, attention vectors and the collaborative
-    ensembler for one frame. Objects are padded to a fixed number of slots
-    (slot 0 is the background) with an `obj_valid` mask; the object axis is
-    vmapped in the matching functions and folded into the batch axis of the
-    ensembler, never looped over in Python.
+  - `segment(state, current, obj_valid)` -> `vos.Segmentation`: matching
+    against the references and the previous frame, attention vectors and
+    the collaborative ensembler for one frame. Objects are padded to a
+    fixed number of slots (slot 0 is the background) with an `obj_valid`
+    mask; the object axis is vmapped in the matching functions and folded
+    into the batch axis of the ensembler, never looped over in Python.
   Label maps enter at mask resolution (the original frame size at
   evaluation, the crop size in training) and are resized to every feature
   grid with the official legacy-nearest rule. Logits come out at stride 4,
   NHWC with the object slot last; invalid slots hold `INVALID_LOGIT`.
-* `from_config(config.model)`: the only place where a config meets the
-  model.
-* `VARIANTS` / `model_config(variant)`: the released variants and the tiny
-  test models. The defaults are the constructor's, written once; a variant
-  lists only what it changes. The official variants carry the evaluation
-  flags of their official scripts (`cfbi-official-notes.md` §20.1):
-  `cfbi_resnet101` and `cfbi_mobilenetv2` as `ytb_eval.sh` /
-  `davis_eval.sh` run them (float32 matching, global atrous 1, 4 global
-  chunks), `cfbip_resnet101` as `ytb_eval_cfbip.sh` (global atrous 2 at /4,
-  chunks 4/1/1); `dataset_overrides` gives the DAVIS-script flags (CFBI+:
+* `VARIANTS`: the released variants and the tiny test models, as changes to
+  the constructor's defaults (which are the official `cfbi_resnet101`).
+  The official variants carry the evaluation flags of their official
+  scripts (`cfbi-official-notes.md` §20.1): `cfbi_resnet101` and
+  `cfbi_mobilenetv2` as `ytb_eval.sh` / `davis_eval.sh` run them (float32
+  matching, global atrous 1, 4 global chunks), `cfbip_resnet101` as
+  `ytb_eval_cfbip.sh` (global atrous 2 at /4, chunks 4/1/1); the DAVIS
+  scripts' flags are the family's dataset overrides (CFBI+:
   `min_matching_pixels=100`).
 * `EVAL_FIELDS`: fields that change how the model evaluates, not its
   weights.
 * `CHECKPOINT_RULES` / `CHECKPOINT_ALIASES`: the official state-dict names
-  (`convert.py` applies them).
-* `INIT_HOOKS`: the `config.init` switches of this family
-  (`zero_attention_gates`).
+  (the DeepLab's, `backbone.CHECKPOINT_RULES`, and the heads'; `convert.py`
+  applies them).
+* `zero_attention_gates`: the `config.init` switch of this family.
+* `FAMILY`: the record `models` registers (`models/family.py`).
 """
 
-import inspect
-import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from cfbi_jax import attention
@@ -52,19 +48,20 @@ from cfbi_jax import ensembler as ensembler_lib
 from cfbi_jax import layers
 from cfbi_jax import matching
 from cfbi_jax import resize
-from cfbi_jax.frame_step import FrameEmbedding
-from cfbi_jax.frame_step import INVALID_LOGIT
+from cfbi_jax.vos import FrameEmbedding
+from cfbi_jax.vos import INVALID_LOGIT
+from cfbi_jax.vos import PropagationState
+from cfbi_jax.vos import Segmentation
+from cfbi_jax.models import family as family_lib
+from cfbi_jax.models import feelvos
 
-NAME = 'cfbi'
-
-_DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
-           'bfloat16': jnp.bfloat16}
+_DTYPES = family_lib.DTYPES
 
 
 class CFBI(nnx.Module):
   """CFBI (`arch='cfbi'`) or CFBI+ (`arch='cfbip'`).
 
-  Constructor fields are plain values (see `from_config`):
+  Constructor fields are plain values (`models.build` passes them):
     arch: 'cfbi' or 'cfbip'.
     backbone: 'resnet' or 'mobilenetv2'; resnet_blocks / resnet_width size
       the ResNet.
@@ -186,7 +183,7 @@ class CFBI(nnx.Module):
       self.dynamic_prehead = ensembler_lib.DynamicPreHead(
           map_dim, prehead_dim, gn_groups_refine, rngs=rngs)
       if head == 'feelvos':
-        self.dynamic_seghead = ensembler_lib.FeelvosHead(
+        self.dynamic_seghead = feelvos.FeelvosHead(
             3 * embedding_dim + prehead_dim, ensembler_dim, gn_groups,
             rngs=rngs)
       else:
@@ -231,37 +228,33 @@ class CFBI(nnx.Module):
     else:
       scales = self.embedding(feats['decoder_s4'], feats['mid_s8'],
                               feats['aspp_s16'])
-    return FrameEmbedding(low_s4=feats['low_s4'], scales=tuple(scales)), feats
+    return FrameEmbedding(features_s4=feats['low_s4'], scales=tuple(scales)), feats
 
   # ---------------------------------------------------------------- segment
-  def segment(self, ref_scales: Sequence[jnp.ndarray], ref_labels: jnp.ndarray,
-              ref_valid: jnp.ndarray, prev_scales: Sequence[jnp.ndarray],
-              prev_labels: jnp.ndarray, current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False,
-              memory: Any = ()
-              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  def segment(self, state: PropagationState, current: FrameEmbedding,
+              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
     """Segments one frame against its references and previous frame.
 
     Args:
-      ref_scales: per scale `[B, R, h_s, w_s, C_s]` reference embeddings.
-      ref_labels: `[B, R, H, W]` int reference labels at mask resolution.
-      ref_valid: `[B, R]` bool, False for unused reference slots.
-      prev_scales: per scale `[B, h_s, w_s, C_s]` previous-frame embeddings.
-      prev_labels: `[B, H, W]` int previous-frame labels (hard).
+      state: the carried state (batch B): per scale `[B, R, h_s, w_s, C_s]`
+        reference and `[B, h_s, w_s, C_s]` previous-frame embeddings,
+        `[B, R, H, W]` reference and `[B, H, W]` previous labels at mask
+        resolution, `[B, R]` filled reference slots. CFBI has no memory.
       current: the current frame's `FrameEmbedding` (batch B).
       obj_valid: `[B, K+1]` bool object slots (slot 0, background, valid).
       training: the official training path: the global-matching lattice is
         applied to every object (min pixels 0), which also reaches the
         attention vector when `attention_uses_atrous_labels`.
-      memory: unused (CFBI carries nothing beyond the references and the
-        previous frame).
 
     Returns:
-      `(logits, aux)`: `[B, h4, w4, K+1]` stride-4 logits (invalid slots set
-      to `INVALID_LOGIT`) and a dict of named intermediates, object-first
+      `[B, h4, w4, K+1]` stride-4 logits (invalid slots set to
+      `INVALID_LOGIT`) and, in `aux`, named intermediates, object-first
       `[B, K+1, h, w(, L)]` (`global_fg_s4`, `local_bg_s8`, `attention_s4`,
       `fg_logit`, ...).
     """
+    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
+                                         state.ref_valid)
+    prev_scales, prev_labels = state.prev_scales, state.prev_labels
     num_slots = obj_valid.shape[1]
     dtype = _DTYPES[self.matching_dtype]
     aux = {}
@@ -336,7 +329,7 @@ class CFBI(nnx.Module):
 
     batch = obj_valid.shape[0]
     fold = lambda x: x.reshape((batch * num_slots,) + x.shape[2:])
-    low = jnp.repeat(current.low_s4, num_slots, axis=0)
+    low = jnp.repeat(current.features_s4, num_slots, axis=0)
     head = fold(heads)
     with jax.named_scope('ensembler'):
       dtype = _DTYPES[self.compute_dtype]
@@ -362,7 +355,7 @@ class CFBI(nnx.Module):
     aux['fg_logit'], aux['bg_logit'] = fg, bg
     logits = ensembler_lib.augment_background_logit(fg, bg, obj_valid)
     logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
-    return jnp.moveaxis(logits, 1, -1), aux
+    return Segmentation(logits=jnp.moveaxis(logits, 1, -1), aux=aux)
 
 
   # ------------------------------------------------------------ memory
@@ -414,80 +407,46 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
   return jnp.concatenate([cur, prev[:, None] * m, bg], axis=-1)
 
 
-def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> CFBI:
-  """Builds `CFBI` from `config.model` (the one config-to-model place).
-
-  Args:
-    model_config: a `ConfigDict` (or mapping) with the constructor fields of
-      `CFBI`; any other field is an error.
-    rngs: initialisation streams (seed 0 if omitted).
-
-  Returns:
-    The module.
-  """
-  fields = dict(model_config)
-  fields.pop('name', None)
-  fields.pop('variant', None)
-  fields.pop('max_objects', None)
-  allowed = set(inspect.signature(CFBI.__init__).parameters) - {'self', 'rngs'}
-  unknown = sorted(set(fields) - allowed)
-  if unknown:
-    raise ValueError(f'unknown model config fields: {unknown}')
-  tuple_fields = ('resnet_blocks', 'matching_dims', 'local_atrous',
-                  'global_atrous', 'global_chunks')
-  for k in tuple_fields:
-    if k in fields:
-      fields[k] = tuple(fields[k])
-  if 'local_windows' in fields:
-    fields['local_windows'] = tuple(tuple(w) for w in fields['local_windows'])
-  return CFBI(**fields, rngs=rngs or nnx.Rngs(0))
-
-
-VARIANTS = ('cfbi_resnet101', 'cfbi_mobilenetv2', 'cfbip_resnet101',
-            'tiny_cfbi', 'tiny_cfbip')
-
 _CFBI_WINDOWS = (2, 4, 6, 8, 10, 12)
-
-
-def model_config(variant: str) -> ml_collections.ConfigDict:
-  """The `config.model` block of `variant` (one of `VARIANTS`): the
-  constructor's defaults (the official `cfbi_resnet101`), then the
-  variant's changes."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r}; expected one of {VARIANTS}')
-  c = {name: p.default for name, p in
-       inspect.signature(CFBI.__init__).parameters.items()
-       if p.default is not inspect.Parameter.empty}
-  c.update(name=NAME, variant=variant)
-  if variant == 'cfbi_mobilenetv2':
-    c.update(backbone='mobilenetv2')
-  elif variant == 'cfbip_resnet101':
-    c.update(arch='cfbip', embedding_dim=256, matching_dims=(32, 64, 128),
-             local_windows=((4, 8, 12, 16, 20, 24), _CFBI_WINDOWS,
-                            (2, 4, 6, 8, 10)),
-             local_atrous=(2, 1, 1), local_downsample=False,
-             global_atrous=(2, 1, 1), global_chunks=(4, 1, 1))
-  elif variant.startswith('tiny'):
-    # About 1M parameters: ResNet with one block per stage, width 8.
-    c.update(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
+# A ResNet with one block per stage, width 8 (about 1M parameters).
+_TINY = dict(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
              decoder_channels=32, embedding_dim=16, matching_dims=(16,),
              gn_groups=4, gn_embedding_groups=4, gn_groups_refine=4,
              prehead_dim=16, ensembler_dim=32, refine_dim=16,
              local_windows=((2, 4),), global_chunks=(1,))
-    if variant == 'tiny_cfbip':
-      c.update(arch='cfbip', embedding_dim=16, matching_dims=(8, 8, 16),
-               local_windows=((2, 4), (2, 4), (2,)), local_atrous=(2, 1, 1),
-               local_downsample=False, global_atrous=(2, 1, 1),
-               global_chunks=(2, 1, 1))
-  return ml_collections.ConfigDict(c)
+
+# The released variants and the tiny test models: what each changes from
+# the constructor's defaults (the official `cfbi_resnet101`).
+VARIANTS = {
+    'cfbi_resnet101': {},
+    'cfbi_mobilenetv2': dict(backbone='mobilenetv2'),
+    'cfbip_resnet101': dict(
+        arch='cfbip', embedding_dim=256, matching_dims=(32, 64, 128),
+        local_windows=((4, 8, 12, 16, 20, 24), _CFBI_WINDOWS,
+                       (2, 4, 6, 8, 10)),
+        local_atrous=(2, 1, 1), local_downsample=False,
+        global_atrous=(2, 1, 1), global_chunks=(4, 1, 1)),
+    'tiny_cfbi': _TINY,
+    'tiny_cfbip': dict(
+        _TINY, arch='cfbip', embedding_dim=16, matching_dims=(8, 8, 16),
+        local_windows=((2, 4), (2, 4), (2,)), local_atrous=(2, 1, 1),
+        local_downsample=False, global_atrous=(2, 1, 1),
+        global_chunks=(2, 1, 1)),
+}
 
 
-def dataset_overrides(variant: str, dataset: str) -> dict:
+def _dataset_overrides(variant: str, dataset: str) -> dict:
   """Model fields that the official evaluation scripts of `dataset` set
   differently from the variant's own (`davis_eval_cfbip.sh`)."""
   if dataset.startswith('davis') and variant == 'cfbip_resnet101':
     return {'min_matching_pixels': 100}
   return {}
+
+
+def _training_overrides(model_config) -> dict:
+  """[official] TRAIN_GLOBAL_CHUNKS: 20 (CFBI), one per scale (CFBI+)."""
+  single = len(model_config['global_chunks']) == 1
+  return {'global_chunks': (20,) if single else (20, 10, 5)}
 
 
 # Fields that change how the model evaluates but not its parameters; a
@@ -498,35 +457,9 @@ EVAL_FIELDS = ('global_atrous', 'global_chunks', 'global_chunk_mb',
                'use_background', 'use_matching_bias', 'use_attention')
 
 
-# ---- The official checkpoint's names (applied by `convert.py`).
-_MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
-_MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,
-         'project_conv': 6, 'project_bn': 7}
-
-
-def _mnv2_block(m: re.Match) -> str:
-  index = int(m[1])
-  table = _MNV2_T1 if index == 0 else _MNV2
-  return f'.features.{index + 1}.conv.{table[m[2]]}.'
-
-
-Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
-
-# Applied in order to the dotted NNX path; the result is the PyTorch key.
-CHECKPOINT_RULES: List[Rule] = [
-    # DeepLab backbone.
-    (r'\.downsample_conv\.', '.downsample.0.'),
-    (r'\.downsample_(bn|gn)\.', '.downsample.1.'),
-    (r'\.features\.(\d+)\.(\w+)\.', _mnv2_block),
-    (r'\.backbone\.first_conv\.', '.backbone.features.0.0.'),
-    (r'\.backbone\.first_bn\.', '.backbone.features.0.1.'),
-    # ASPP (DeepLab and ensembler) branches and pooling.
-    (r'\.branches\.(\d+)\.', lambda m: f'.aspp{int(m[1]) + 1}.'),
-    (r'\.pool_conv\.', '.global_avg_pool.1.'),
-    (r'\.pool_bn\.', '.global_avg_pool.2.'),
-    # DeepLab decoder.
-    (r'\.last_conv1\.', '.last_conv.0.'), (r'\.last_bn1\.', '.last_conv.1.'),
-    (r'\.last_conv2\.', '.last_conv.4.'), (r'\.last_bn2\.', '.last_conv.5.'),
+# ---- The official checkpoint's names (applied by `convert.py`) beyond the
+# DeepLab's (`backbone.CHECKPOINT_RULES`).
+CHECKPOINT_RULES: List[family_lib.Rule] = backbone_lib.CHECKPOINT_RULES + [
     # Embedding heads: CFBI's are top-level modules, CFBI+'s FPN is `fpn`.
     (r'^embedding\.(\w+)\.conv\.', r'fpn.\1.0.'),
     (r'^embedding\.(\w+)\.gn\.', r'fpn.\1.1.'),
@@ -536,20 +469,15 @@ CHECKPOINT_RULES: List[Rule] = [
      lambda m: f'dynamic_seghead.IA{int(m[1]) + 1}.'),
     (r'^dynamic_seghead\.stages\.(\d+)\.',
      lambda m: f'dynamic_seghead.layer{int(m[1]) + 1}.'),
-    # Leaf names.
-    (r'\.kernel$', '.weight'), (r'\.scale$', '.weight'),
 ]
 
 # Alias key patterns (same tensor registered twice) -> the canonical name.
-CHECKPOINT_ALIASES: List[Rule] = [
+CHECKPOINT_ALIASES: List[family_lib.Rule] = [
     (r'^semantic_embedding\.0\.', 'seperate_conv.'),
     (r'^semantic_embedding\.1\.', 'bn1.'),
     (r'^semantic_embedding\.3\.', 'embedding_conv.'),
     (r'^semantic_embedding\.4\.', 'bn2.'),
-    (r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
-     r'feautre_8x|feature_16x|feature_32x)\.', 'feature_extracter.backbone.'
-     'features.'),
-]
+] + backbone_lib.CHECKPOINT_ALIASES
 
 
 def zero_attention_gates(module: nnx.Module) -> int:
@@ -567,7 +495,10 @@ def zero_attention_gates(module: nnx.Module) -> int:
   return count
 
 
-# `config.init` switch -> hook applied to a freshly initialised module.
-INIT_HOOKS: Dict[str, Callable[[nnx.Module], int]] = {
-    'zero_attention_gates': zero_attention_gates,
-}
+FAMILY = family_lib.Family(
+    name='cfbi', module=CFBI, variants=VARIANTS, eval_fields=EVAL_FIELDS,
+    checkpoint_rules=CHECKPOINT_RULES, checkpoint_aliases=CHECKPOINT_ALIASES,
+    official_weights=True,
+    init_hooks={'zero_attention_gates': zero_attention_gates},
+    dataset_overrides=_dataset_overrides,
+    training_overrides=_training_overrides, own_predictions=True)

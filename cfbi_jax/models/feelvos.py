@@ -20,7 +20,7 @@ any other):
 * the dynamic segmentation head, run once per object with shared weights
   on [backbone features | G_o | L_o | previous probability of o]: 4 layers
   of 7x7 depthwise + 1x1 pointwise convolutions of 256 channels with ReLU,
-  then a 1x1 convolution to one logit (`ensembler.FeelvosHead`); the
+  then a 1x1 convolution to one logit (`FeelvosHead`); the
   logits of all objects meet in a softmax.
 
 Training is the paper's: reference, previous and current frames, the
@@ -42,31 +42,28 @@ Differences from the paper, all deliberate:
   pasted annotation, the average over test-time augmentations) it is the
   one-hot of the final label.
 
-The module follows `frame_step.VOSModel`: objects in `K + 1` slots with an
-`obj_valid` mask, never a Python loop over objects.
+The module follows `vos.VOSModel`: objects in `K + 1` slots with an
+`obj_valid` mask, never a Python loop over objects. `FAMILY` is the record
+`models` registers.
 """
 
-import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from cfbi_jax import backbone as backbone_lib
-from cfbi_jax import ensembler as ensembler_lib
 from cfbi_jax import layers
 from cfbi_jax import matching
 from cfbi_jax import resize
-from cfbi_jax.frame_step import FrameEmbedding
-from cfbi_jax.frame_step import INVALID_LOGIT
-from cfbi_jax.models import cfbi
+from cfbi_jax.vos import FrameEmbedding
+from cfbi_jax.vos import INVALID_LOGIT
+from cfbi_jax.vos import PropagationState
+from cfbi_jax.vos import Segmentation
+from cfbi_jax.models import family as family_lib
 
-NAME = 'feelvos'
-
-_DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
-           'bfloat16': jnp.bfloat16}
+_DTYPES = family_lib.DTYPES
 
 
 def embedding_distance(squared_distance: jnp.ndarray) -> jnp.ndarray:
@@ -166,10 +163,42 @@ def previous_probabilities(own_probs: jnp.ndarray, labels: jnp.ndarray,
   return jnp.where(agree[..., None], probs, hard)
 
 
+class FeelvosHead(nnx.Module):
+  """FEELVOS's dynamic segmentation head (FEELVOS §3.4; CFBI Table 4).
+
+  Four layers of [depthwise 7x7 conv, pointwise conv, GroupNorm, ReLU] at
+  width `dim`, then a 1x1 conv (with bias) to one logit per object slot.
+  The same weights run on every slot; the logits of all slots (background
+  included) meet in the softmax, as in FEELVOS. FEELVOS normalises with
+  BatchNorm; GroupNorm is used here like everywhere else in this project
+  (batch statistics over object slots would mix objects).
+  """
+
+  def __init__(self, in_dim: int, dim: int = 256, gn_groups: int = 32,
+               num_layers: int = 4, kernel_size: int = 7, *,
+               rngs: nnx.Rngs):
+    depthwise, pointwise, norms, c = [], [], [], in_dim
+    for _ in range(num_layers):
+      depthwise.append(layers.conv(c, c, kernel_size, groups=c, rngs=rngs))
+      pointwise.append(layers.conv(c, dim, 1, rngs=rngs))
+      norms.append(layers.group_norm(dim, gn_groups, rngs=rngs))
+      c = dim
+    self.depthwise = nnx.List(depthwise)
+    self.pointwise = nnx.List(pointwise)
+    self.norms = nnx.List(norms)
+    self.out = layers.conv(dim, 1, 1, use_bias=True, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[N, h, w, in_dim]` per-object input -> `[N, h, w]` logits."""
+    for dw, pw, norm in zip(self.depthwise, self.pointwise, self.norms):
+      x = jax.nn.relu(norm(pw(dw(x))))
+    return self.out(x)[..., 0]
+
+
 class FEELVOS(nnx.Module):
   """FEELVOS on one of our DeepLabV3+ backbones (module docstring).
 
-  Constructor fields are plain values (see `from_config`):
+  Constructor fields are plain values (`models.build` passes them):
     backbone, resnet_blocks, resnet_width, aspp_channels, decoder_channels,
       backbone_norm, gn_groups: the DeepLab, as in `CFBI`.
     embedding_dim: embedding width (100).
@@ -207,7 +236,7 @@ class FEELVOS(nnx.Module):
         use_bias=True, rngs=rngs)
     self.embedding_pointwise = layers.conv(decoder_channels, embedding_dim,
                                            1, use_bias=True, rngs=rngs)
-    self.dynamic_seghead = ensembler_lib.FeelvosHead(
+    self.dynamic_seghead = FeelvosHead(
         decoder_channels + 3, head_dim, gn_groups, head_layers, head_kernel,
         rngs=rngs)
 
@@ -216,7 +245,7 @@ class FEELVOS(nnx.Module):
             ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
     """`[B, H, W, 3]` normalised images -> (embedding, DeepLab features).
 
-    `FrameEmbedding.low_s4` holds the decoder output (the head's shared
+    `FrameEmbedding.features_s4` holds the decoder output (the head's shared
     backbone features), `scales` the one stride-4 embedding.
     """
     dtype = _DTYPES[self.compute_dtype]
@@ -226,31 +255,31 @@ class FEELVOS(nnx.Module):
              for k, v in feats.items()}
     decoder = feats['decoder_s4']
     emb = self.embedding_pointwise(self.embedding_depthwise(decoder))
-    return FrameEmbedding(low_s4=decoder, scales=(emb,)), feats
+    return FrameEmbedding(features_s4=decoder, scales=(emb,)), feats
 
-  def segment(self, ref_scales, ref_labels: jnp.ndarray,
-              ref_valid: jnp.ndarray, prev_scales, prev_labels: jnp.ndarray,
-              current: FrameEmbedding, obj_valid: jnp.ndarray,
-              training: bool = False, memory: Any = ()
-              ) -> Tuple[jnp.ndarray, Dict[str, Any]]:
+  def segment(self, state: PropagationState, current: FrameEmbedding,
+              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
     """One frame: matching, then the dynamic head on every object slot.
 
     Args:
-      ref_scales: `([B, R, h, w, C],)` reference embeddings.
-      ref_labels: `[B, R, H, W]` int reference labels (mask resolution).
-      ref_valid: `[B, R]` bool filled reference slots.
-      prev_scales: `([B, h, w, C],)` previous-frame embedding.
-      prev_labels: `[B, H, W]` int previous labels (hard).
+      state: the carried state: `([B, R, h, w, C],)` reference and
+        `([B, h, w, C],)` previous-frame embeddings, `[B, R, H, W]`
+        reference and `[B, H, W]` previous labels (mask resolution),
+        `[B, R]` filled reference slots, and the memory: `[B, h, w, S]`
+        previous probabilities (`S >= K + 1`).
       current: this frame's embedding.
       obj_valid: `[B, K + 1]` bool object slots.
       training: unused (matching is the same in training).
-      memory: `[B, h, w, S]` previous probabilities (`S >= K + 1`).
 
     Returns:
-      `(logits, aux)`: `[B, h, w, K + 1]` stride-4 logits (invalid slots
-      `INVALID_LOGIT`) and `{'global': [B, K + 1, h, w], 'local': ...,
-      'previous': ..., 'memory_update': [B, h, w, K + 1] softmax}`.
+      `[B, h, w, K + 1]` stride-4 logits (invalid slots `INVALID_LOGIT`),
+      the softmax `[B, h, w, K + 1]` as `memory_update`, and `aux`
+      `{'global': [B, K + 1, h, w], 'local': ..., 'previous': ...}`.
     """
+    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
+                                         state.ref_valid)
+    prev_scales, prev_labels = state.prev_scales, state.prev_labels
+    memory = state.memory
     del training
     num_slots = obj_valid.shape[1]
     cur = current.scales[0]
@@ -270,8 +299,8 @@ class FEELVOS(nnx.Module):
     previous = jnp.moveaxis(memory[..., :num_slots], -1, 1)  # [B, K+1, h, w]
     batch = obj_valid.shape[0]
     features = jnp.broadcast_to(
-        current.low_s4[:, None],
-        (batch, num_slots) + current.low_s4.shape[1:])
+        current.features_s4[:, None],
+        (batch, num_slots) + current.features_s4.shape[1:])
     x = jnp.concatenate([features, global_maps[..., None],
                          local_maps[..., None], previous[..., None]], axis=-1)
     x = x.reshape((batch * num_slots,) + x.shape[2:])
@@ -282,8 +311,9 @@ class FEELVOS(nnx.Module):
     logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
     logits = jnp.moveaxis(logits, 1, -1)                     # [B, h, w, K+1]
     own = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
-    return logits, {'global': global_maps, 'local': local_maps,
-                    'previous': previous, 'memory_update': own}
+    return Segmentation(logits=logits, memory_update=own,
+                        aux={'global': global_maps, 'local': local_maps,
+                             'previous': previous})
 
   def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
                    memory_slots: int) -> jnp.ndarray:
@@ -301,59 +331,29 @@ class FEELVOS(nnx.Module):
     return previous_probabilities(update, labels, memory_slots)
 
 
-def from_config(model_config, *, rngs: Optional[nnx.Rngs] = None) -> FEELVOS:
-  """Builds `FEELVOS` from `config.model` (the one config-to-model place);
-  any field the constructor does not take is an error."""
-  fields = dict(model_config)
-  for key in ('name', 'variant', 'max_objects'):
-    fields.pop(key, None)
-  allowed = set(inspect.signature(FEELVOS.__init__).parameters) - {
-      'self', 'rngs'}
-  unknown = sorted(set(fields) - allowed)
-  if unknown:
-    raise ValueError(f'unknown model config fields: {unknown}')
-  if 'resnet_blocks' in fields:
-    fields['resnet_blocks'] = tuple(fields['resnet_blocks'])
-  return FEELVOS(**fields, rngs=rngs or nnx.Rngs(0))
-
-
-VARIANTS = ('feelvos_resnet101', 'feelvos_mobilenetv2', 'tiny_feelvos')
-
-
-def model_config(variant: str) -> ml_collections.ConfigDict:
-  """The `config.model` block of `variant`: the constructor's defaults (the
-  paper's sizes on a ResNet-101 DeepLab), then the variant's changes."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r}; expected one of {VARIANTS}')
-  c = {name: p.default for name, p in
-       inspect.signature(FEELVOS.__init__).parameters.items()
-       if p.default is not inspect.Parameter.empty}
-  c.update(name=NAME, variant=variant)
-  if variant == 'feelvos_mobilenetv2':
-    c.update(backbone='mobilenetv2')
-  elif variant == 'tiny_feelvos':
+# What each variant changes from the constructor's defaults (the paper's
+# sizes on a ResNet-101 DeepLab).
+VARIANTS = {
+    'feelvos_resnet101': {},
+    'feelvos_mobilenetv2': dict(backbone='mobilenetv2'),
     # The tiny DeepLab of `tiny_cfbi`; a window of 4 at stride 4 is the
     # paper's 15 scaled to the synthetic world's 120-pixel frames (15 is an
     # eighth of a 480-pixel DAVIS frame's stride-4 grid).
-    c.update(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
-             decoder_channels=32, gn_groups=4, embedding_dim=16,
-             head_dim=32, head_kernel=7, local_window=4, global_chunks=1)
-  return ml_collections.ConfigDict(c)
-
-
-def dataset_overrides(variant: str, dataset: str) -> dict:
-  """No dataset-specific evaluation flags."""
-  del variant, dataset
-  return {}
-
-
-# Fields that change how the model evaluates but not its parameters.
-EVAL_FIELDS = ('global_chunks', 'global_chunk_mb', 'compute_dtype')
+    'tiny_feelvos': dict(
+        resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
+        decoder_channels=32, gn_groups=4, embedding_dim=16, head_dim=32,
+        head_kernel=7, local_window=4, global_chunks=1),
+}
 
 # There are no official FEELVOS weights in PyTorch to convert; a DeepLab
 # backbone checkpoint (`convert.py --backbone_only`) loads into
-# `feature_extracter` under CFBI's names, which are the same modules.
-OFFICIAL_WEIGHTS = False
-CHECKPOINT_RULES: List[Any] = cfbi.CHECKPOINT_RULES
-CHECKPOINT_ALIASES: List[Any] = cfbi.CHECKPOINT_ALIASES
-INIT_HOOKS: Dict[str, Any] = {}
+# `feature_extracter` under the DeepLab's names.
+FAMILY = family_lib.Family(
+    name='feelvos', module=FEELVOS, variants=VARIANTS,
+    # Fields that change how the model evaluates but not its parameters.
+    eval_fields=('global_chunks', 'global_chunk_mb', 'compute_dtype'),
+    checkpoint_rules=backbone_lib.CHECKPOINT_RULES,
+    checkpoint_aliases=backbone_lib.CHECKPOINT_ALIASES,
+    training_overrides=lambda model_config: {'global_chunks': 20},  # [ours]
+    # [paper FEELVOS §3] the ground-truth previous mask in training.
+    own_predictions=False)

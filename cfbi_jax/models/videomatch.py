@@ -54,7 +54,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -62,14 +61,13 @@ from cfbi_jax import backbone as backbone_lib
 from cfbi_jax import layers
 from cfbi_jax import matching
 from cfbi_jax import resize
-from cfbi_jax.frame_step import FrameEmbedding
-from cfbi_jax.frame_step import INVALID_LOGIT
-from cfbi_jax.models import cfbi
+from cfbi_jax.vos import FrameEmbedding
+from cfbi_jax.vos import INVALID_LOGIT
+from cfbi_jax.vos import PropagationState
+from cfbi_jax.vos import Segmentation
+from cfbi_jax.models import family as family_lib
 
-NAME = 'videomatch'
-
-_DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
-           'bfloat16': jnp.bfloat16}
+_DTYPES = family_lib.DTYPES
 
 # Probabilities enter the logits as log(max(p, _EPS)).
 _EPS = 1e-6
@@ -276,7 +274,7 @@ def write_sets(memory: Dict[str, jnp.ndarray], features: jnp.ndarray,
 class VideoMatch(nnx.Module):
   """VideoMatch on one of our DeepLabV3+ backbones (module docstring).
 
-  Constructor fields are plain values (see `from_config`):
+  Constructor fields are plain values (`models.build` passes them):
     backbone, resnet_blocks, resnet_width, aspp_channels, decoder_channels,
       backbone_norm, gn_groups: the DeepLab, as in `CFBI`.
     embedding_dim: matching features' width.
@@ -289,7 +287,8 @@ class VideoMatch(nnx.Module):
     erosion: erosion of the final mask before it joins m_F, in grid pixels.
     update_capacity: P, pixels of the online-update buffer.
     outlier_removal, online_update: switch the two inference steps.
-    chunk_mb: bound on one query chunk of the soft matching in MiB.
+    global_chunk_mb: bound on one query chunk of the soft matching in MiB
+      (`chunk_mb` in older model directories).
     compute_dtype: dtype of DeepLab; the matching stays float32.
   """
 
@@ -303,7 +302,7 @@ class VideoMatch(nnx.Module):
                confidence: float = 0.95, background_threshold: float = 0.4,
                erosion: float = 1.0, update_capacity: int = 16384,
                outlier_removal: bool = True, online_update: bool = True,
-               chunk_mb: float = 256.0, compute_dtype: str = 'float32', *,
+               global_chunk_mb: float = 256.0, compute_dtype: str = 'float32', *,
                rngs: nnx.Rngs):
     if match_stride not in (4, 8):
       raise ValueError(f'match_stride must be 4 or 8, got {match_stride}')
@@ -319,7 +318,7 @@ class VideoMatch(nnx.Module):
     self.update_capacity = int(update_capacity)
     self.outlier_removal = bool(outlier_removal)
     self.online_update = bool(online_update)
-    self.chunk_mb = float(chunk_mb)
+    self.global_chunk_mb = float(global_chunk_mb)
     self.compute_dtype = compute_dtype
     self.feature_extracter = backbone_lib.DeepLab(
         backbone, aspp_channels, decoder_channels, resnet_blocks,
@@ -341,33 +340,32 @@ class VideoMatch(nnx.Module):
     x = self.projection(feats['decoder_s4'])
     if self.match_stride == 8:
       x = x[:, ::2, ::2]
-    return FrameEmbedding(low_s4=feats['decoder_s4'], scales=(x,)), feats
+    return FrameEmbedding(features_s4=feats['decoder_s4'], scales=(x,)), feats
 
-  def segment(self, ref_scales, ref_labels: jnp.ndarray,
-              ref_valid: jnp.ndarray, prev_scales, prev_labels: jnp.ndarray,
-              current: FrameEmbedding, obj_valid: jnp.ndarray,
-              training: bool = False, memory: Any = ()
-              ) -> Tuple[jnp.ndarray, Dict[str, Any]]:
+  def segment(self, state: PropagationState, current: FrameEmbedding,
+              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
     """Soft matching to every object's sets, weighted softmax, outlier
     removal (not in training), fusion.
 
     Args:
-      ref_scales: `([B, R, h, w, C],)` reference features.
-      ref_labels: `[B, R, H, W]` int reference labels (mask resolution).
-      ref_valid: `[B, R]` bool.
-      prev_scales: unused (VideoMatch does not match the previous frame).
-      prev_labels: `[B, H, W]` previous labels (for outlier removal).
+      state: the carried state: `([B, R, h, w, C],)` reference features,
+        `[B, R, H, W]` reference labels (mask resolution), `[B, R]` filled
+        reference slots, `[B, H, W]` previous labels (for outlier
+        removal), and the memory, the online-update buffer (module
+        docstring). VideoMatch does not match the previous frame.
       current: this frame's features.
       obj_valid: `[B, K + 1]` bool.
       training: the paper's training pairs: no outlier removal.
-      memory: the online-update buffer (module docstring).
 
     Returns:
-      `(logits, aux)`: `[B, h, w, K + 1]` fused logits (at the matching
-      grid; `frame_step` upsamples them) and `{'fg_score', 'bg_score',
-      'initial', 'final': [B, K + 1, h, w], 'memory_update'}`.
+      `[B, h, w, K + 1]` fused logits (at the matching grid; the step
+      upsamples them), what the online update needs as `memory_update`
+      (None in training or without the update), and `aux` `{'fg_score',
+      'bg_score', 'initial', 'final': [B, K + 1, h, w]}`.
     """
-    del prev_scales
+    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
+                                         state.ref_valid)
+    prev_labels, memory = state.prev_labels, state.memory
     num_slots = obj_valid.shape[1]
     cur = current.scales[0]
     batch, grid, channels = cur.shape[0], cur.shape[1:3], cur.shape[-1]
@@ -390,7 +388,7 @@ class VideoMatch(nnx.Module):
     with jax.named_scope('global_matching'):
       s_f, s_b = jax.vmap(lambda q, c, f, b: soft_matching(
           q, c, f, b, k=self.top_k,
-          max_chunk_bytes=int(self.chunk_mb * 2**20)))(cur, candidates, fg, bg)
+          max_chunk_bytes=int(self.global_chunk_mb * 2**20)))(cur, candidates, fg, bg)
     weight = self.softmax_weight[...]
     initial = jax.nn.sigmoid(weight * (s_f - s_b))             # [B, S, h, w]
     aux = {'fg_score': s_f, 'bg_score': s_b, 'initial': initial}
@@ -405,11 +403,12 @@ class VideoMatch(nnx.Module):
       extruded = jnp.ones(initial.shape, bool)
     aux['final'] = final
     logits = fused_logits(final, obj_valid, self.background_threshold)
+    update = None
     if not training and self.online_update:
-      aux['memory_update'] = {'initial_fg': initial > 0.5,
-                              'extruded': extruded, 'final': final,
-                              'obj_valid': obj_valid}
-    return jnp.moveaxis(logits, 1, -1), aux
+      update = {'initial_fg': initial > 0.5, 'extruded': extruded,
+                'final': final, 'obj_valid': obj_valid}
+    return Segmentation(logits=jnp.moveaxis(logits, 1, -1),
+                        memory_update=update, aux=aux)
 
   def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
                    memory_slots: int) -> Dict[str, jnp.ndarray]:
@@ -445,64 +444,33 @@ class VideoMatch(nnx.Module):
         flat(to_fg), flat(to_bg))
 
 
-def from_config(model_config, *,
-                rngs: Optional[nnx.Rngs] = None) -> VideoMatch:
-  """Builds `VideoMatch` from `config.model` (the one config-to-model
-  place); any field the constructor does not take is an error."""
-  fields = dict(model_config)
-  for key in ('name', 'variant', 'max_objects'):
-    fields.pop(key, None)
-  allowed = set(inspect.signature(VideoMatch.__init__).parameters) - {
-      'self', 'rngs'}
-  unknown = sorted(set(fields) - allowed)
-  if unknown:
-    raise ValueError(f'unknown model config fields: {unknown}')
-  if 'resnet_blocks' in fields:
-    fields['resnet_blocks'] = tuple(fields['resnet_blocks'])
-  return VideoMatch(**fields, rngs=rngs or nnx.Rngs(0))
-
-
-VARIANTS = ('videomatch_resnet101', 'videomatch_mobilenetv2',
-            'tiny_videomatch')
-
-
-def model_config(variant: str) -> ml_collections.ConfigDict:
-  """The `config.model` block of `variant`: the constructor's defaults (the
-  paper's settings on a ResNet-101 DeepLab), then the variant's changes."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r}; expected one of {VARIANTS}')
-  c = {name: p.default for name, p in
-       inspect.signature(VideoMatch.__init__).parameters.items()
-       if p.default is not inspect.Parameter.empty}
-  c.update(name=NAME, variant=variant)
-  if variant == 'videomatch_mobilenetv2':
-    c.update(backbone='mobilenetv2')
-  elif variant == 'tiny_videomatch':
+# What each variant changes from the constructor's defaults (the paper's
+# settings on a ResNet-101 DeepLab).
+VARIANTS = {
+    'videomatch_resnet101': {},
+    'videomatch_mobilenetv2': dict(backbone='mobilenetv2'),
     # The tiny DeepLab of `tiny_cfbi`, matching at stride 4 like the other
     # tiny models (stride 8 leaves 13x13 features of a 97-pixel crop), d_c
     # scaled to 120-pixel frames as 100 is to 480-pixel DAVIS frames.
-    c.update(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
-             decoder_channels=32, gn_groups=4, embedding_dim=16,
-             match_stride=4, outlier_distance=25.0, update_capacity=2048)
-  return ml_collections.ConfigDict(c)
-
-
-def dataset_overrides(variant: str, dataset: str) -> dict:
-  """No dataset-specific evaluation flags."""
-  del variant, dataset
-  return {}
-
-
-# Fields that change how the model evaluates but not its parameters.
-EVAL_FIELDS = ('top_k', 'outlier_distance', 'confidence',
-               'background_threshold', 'erosion', 'update_capacity',
-               'outlier_removal', 'online_update', 'chunk_mb',
-               'compute_dtype')
+    'tiny_videomatch': dict(
+        resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
+        decoder_channels=32, gn_groups=4, embedding_dim=16, match_stride=4,
+        outlier_distance=25.0, update_capacity=2048),
+}
 
 # No official VideoMatch weights exist in PyTorch; a DeepLab backbone
 # checkpoint (`convert.py --backbone_only`) loads into `feature_extracter`
-# under CFBI's names.
-OFFICIAL_WEIGHTS = False
-CHECKPOINT_RULES: List[Any] = cfbi.CHECKPOINT_RULES
-CHECKPOINT_ALIASES: List[Any] = cfbi.CHECKPOINT_ALIASES
-INIT_HOOKS: Dict[str, Any] = {}
+# under the DeepLab's names.
+FAMILY = family_lib.Family(
+    name='videomatch', module=VideoMatch, variants=VARIANTS,
+    # Fields that change how the model evaluates but not its parameters.
+    eval_fields=('top_k', 'outlier_distance', 'confidence',
+                 'background_threshold', 'erosion', 'update_capacity',
+                 'outlier_removal', 'online_update', 'global_chunk_mb',
+                 'compute_dtype'),
+    checkpoint_rules=backbone_lib.CHECKPOINT_RULES,
+    checkpoint_aliases=backbone_lib.CHECKPOINT_ALIASES,
+    # [paper VideoMatch §4.1] frame pairs: the ground truth, never its own
+    # predictions.
+    own_predictions=False,
+    renamed_fields={'chunk_mb': 'global_chunk_mb'})

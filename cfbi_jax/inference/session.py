@@ -7,11 +7,11 @@ objects.
       labels = session.push(frame, mask)  # HxW uint8 labels
 
 A `Session` holds one stream's carried state on the device and feeds each
-frame to the pure per-frame step (`frame_step.next_frame`), so its memory
+frame to the pure per-frame step (`step.next_frame`), so its memory
 is flat in the number of frames. The first frame needs a mask; a mask given
 later adds the objects it holds from that frame on (YouTube-VOS style), and
 that frame becomes a reference. Test-time augmentation (scales x flip) is
-inside the session, as in the official loop. `inference.VideoPropagator`,
+inside the session, as in the official loop. `videos.VideoPropagator`,
 which `evaluate.py` runs, is a loop over sessions, so at the same settings a
 session's labels are what `evaluate.py` writes.
 
@@ -28,71 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfbi_jax import datasets
-from cfbi_jax import frame_step
-from cfbi_jax import layers
-from cfbi_jax import preprocessing
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """One test-time augmentation: a scale and an optional horizontal flip."""
-  scale: float
-  flip: bool
-
-
-def augmentations(scales: Sequence[float], flip: bool) -> Tuple[
-    Augmentation, ...]:
-  """The official order: [s1, flip(s1), s2, flip(s2), ...]."""
-  out = []
-  for s in scales:
-    out.append(Augmentation(float(s), False))
-    if flip:
-      out.append(Augmentation(float(s), True))
-  return tuple(out)
+from cfbi_jax import masks
+from cfbi_jax import vos
+from cfbi_jax.inference import step as step_lib
 
 
 def bucket(n: int) -> int:
   """Rounds up to a power of two, at least 1 (bounds the number of
   compiled shapes)."""
   return 1 << (max(n, 1) - 1).bit_length()
-
-
-# The largest object id a mask may hold unless told otherwise.
-MAX_OBJECTS = 10
-
-
-def object_valid(num_objects: int,
-                 max_objects: int = MAX_OBJECTS) -> np.ndarray:
-  """The `obj_valid` mask of a frame with objects 1..K known before it.
-
-  The official number of slots, K + 1 (background included; at least 2):
-  no slot is computed for nothing. A stream compiles one step per object
-  count it meets (the persistent compilation cache keeps them across
-  runs); rounding up to buckets would save compilations but run up to
-  twice the ensembler on every frame.
-
-  Returns:
-    `[max(K + 1, 2)]` bool, True for slots 0..K.
-  """
-  num_slots = max(min(num_objects, max_objects) + 1, 2)
-  return np.arange(num_slots) <= num_objects
-
-
-def split_for_inference(model: nnx.Module) -> Tuple[Any, Any]:
-  """`nnx.split` of a copy of `model` made for inference.
-
-  The copy has its frozen BatchNorms folded into their convolutions
-  (`layers.fold_frozen_batchnorm`); `model` itself is not changed. Every
-  inference entry (`Session`, `inference.VideoPropagator`, `export`) runs
-  the step on this.
-
-  Returns:
-    `(graphdef, params)`.
-  """
-  model = nnx.clone(model)
-  layers.fold_frozen_batchnorm(model)
-  return nnx.split(model)
 
 
 @dataclasses.dataclass
@@ -132,38 +76,41 @@ class Session:
     flip: add horizontally flipped copies of every scale.
     max_long_edge: the long-edge cap before scaling; None for the official
       rule (1040 single-scale, 800 with several scales).
-    bgr: the official BGR input order.
+    bgr: the input channel order; None: the model directory's
+      (`config.model.bgr`), or the official BGR for an NNX model.
     max_objects: the largest object id a mask may hold.
     reference_slots: reference frames to allocate up front (first frame
       plus frames with new objects); more are added when needed, at the cost
       of one compilation each time the count passes a power of two.
     with_probs: keep each frame's probabilities (`Pending.probs`).
-    steps, params: compiled steps (`frame_step.compile_steps`) and the
+    steps, params: compiled steps (`step.compile_steps`) and the
       model state (`nnx.split(model)[1]`) to share, e.g. across the videos
       of an evaluation; made from `model` if None.
   """
 
   def __init__(self, model: Union[str, nnx.Module, None], *,
                scales: Sequence[float] = (1.0,), flip: bool = False,
-               max_long_edge: Optional[float] = None, bgr: bool = True,
-               max_objects: int = MAX_OBJECTS, reference_slots: int = 1,
+               max_long_edge: Optional[float] = None,
+               bgr: Optional[bool] = None,
+               max_objects: int = masks.MAX_OBJECTS, reference_slots: int = 1,
                with_probs: bool = False,
-               steps: Optional[frame_step.CompiledSteps] = None,
+               steps: Optional[step_lib.CompiledSteps] = None,
                params: Any = None):
     if isinstance(model, str):
       from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
-      model, _ = checkpoint.load_model(model)
+      from cfbi_jax.models import family  # pylint: disable=g-import-not-at-top
+      model, model_config = checkpoint.load_model(model)
+      if bgr is None:
+        bgr = family.bgr(model_config)
     if steps is None or params is None:
       if model is None:
         raise ValueError('Session needs a model, or both steps and params')
-      graphdef, params = split_for_inference(model)
-      steps = steps or frame_step.compile_steps(graphdef)
+      graphdef, params = step_lib.split_for_inference(model)
+      steps = steps or step_lib.compile_steps(graphdef)
     self.steps, self.params = steps, params
-    self.augs = augmentations(scales, flip)
-    if max_long_edge is None:  # The official rule (tools/eval_net.py).
-      max_long_edge = 1040 if list(scales) == [1.0] else 800
+    self.augs = step_lib.augmentations(scales, flip)
     self.max_long_edge = max_long_edge
-    self.bgr = bgr
+    self.bgr = True if bgr is None else bool(bgr)
     self.max_objects = max_objects
     self.with_probs = with_probs
     self._ref_slots = bucket(reference_slots)
@@ -184,15 +131,12 @@ class Session:
     return self._known
 
   def spec(self, frame_size: Tuple[int, int],
-           num_ref_slots: int) -> frame_step.StepSpec:
+           num_ref_slots: int) -> step_lib.StepSpec:
     """The static step settings for frames of `frame_size` `(H, W)`."""
-    sizes = tuple(preprocessing.input_size(*frame_size, aug.scale,
-                                           self.max_long_edge)
-                  for aug in self.augs)
-    return frame_step.StepSpec(
-        input_sizes=sizes, flips=tuple(a.flip for a in self.augs),
+    return step_lib.make_spec(
+        frame_size, augs=self.augs, max_long_edge=self.max_long_edge,
         bgr=self.bgr, num_ref_slots=num_ref_slots,
-        with_probs=self.with_probs, memory_slots=self.max_objects + 1)
+        with_probs=self.with_probs, max_objects=self.max_objects)
 
   def _check(self, frame: np.ndarray, mask: Optional[np.ndarray]):
     if frame.ndim != 3 or frame.shape[-1] != 3:
@@ -208,8 +152,8 @@ class Session:
     if mask.shape != frame.shape[:2]:
       raise ValueError(f'mask of frame {self._index} is {mask.shape}, the '
                        f'frame is {frame.shape[:2]}')
-    mask = datasets.with_binary_object(mask)
-    datasets.ids_above(mask, self.max_objects, f'mask of frame {self._index}')
+    mask = masks.with_binary_object(mask)
+    masks.ids_above(mask, self.max_objects, f'mask of frame {self._index}')
     return mask
 
   def push_async(self, frame: np.ndarray,
@@ -236,12 +180,12 @@ class Session:
           self.params, jax.device_put(frame),
           jax.device_put(mask.astype(np.int32)),
           spec=self.spec(self._size, self._ref_slots))
-      self._known = datasets.largest_object_id(mask)
+      self._known = masks.largest_object_id(mask)
       self._used_refs, self._index = 1, 1
       return Pending(index, self._known, mask)
     if mask is not None and self._used_refs == self._ref_slots:
       self._ref_slots *= 2
-      self._states = tuple(frame_step.grow_references(s, self._ref_slots)
+      self._states = tuple(vos.grow_references(s, self._ref_slots)
                            for s in self._states)
     known = self._known
     # Every argument has the same kind (device array) on every frame, so
@@ -250,12 +194,12 @@ class Session:
         self.params, self._states, jax.device_put(frame),
         jax.device_put(mask) if mask is not None else self._no_annotation,
         jax.device_put(np.asarray(mask is not None)),
-        jax.device_put(object_valid(known, self.max_objects)),
+        jax.device_put(step_lib.object_valid(known, self.max_objects)),
         spec=self.spec(self._size, self._ref_slots))
     for value in outputs.values():
       value.copy_to_host_async()
     if mask is not None:
-      self._known = max(known, datasets.largest_object_id(mask))
+      self._known = max(known, masks.largest_object_id(mask))
       self._used_refs += 1
     self._index += 1
     return Pending(index, known, outputs)

@@ -1,5 +1,8 @@
 """The official evaluation loop over videos: a loop over `Session`s.
 
+`evaluation.run` (what `evaluate.py` runs) segments every video of a
+dataset with one `VideoPropagator`.
+
 `VideoPropagator.run` segments one video the way
 `networks/engine/eval_manager.py` does (notes §17): a `session.Session`
 (test-time augmentations inside: probabilities averaged at the original
@@ -22,9 +25,10 @@ from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 from flax import nnx
 
-from cfbi_jax import frame_step
 from cfbi_jax import host_threads
-from cfbi_jax import session as session_lib
+from cfbi_jax import masks
+from cfbi_jax.inference import session as session_lib
+from cfbi_jax.inference import step as step_lib
 
 class VideoPropagator:
   """Runs the official evaluation loop over one video at a time.
@@ -35,9 +39,9 @@ class VideoPropagator:
 
   def __init__(self, model: nnx.Module, *, scales: Sequence[float] = (1.0,),
                flip: bool = False, max_long_edge: Optional[float] = None,
-               bgr: bool = True, max_objects: int = 10):
-    graphdef, self.params = session_lib.split_for_inference(model)
-    self.steps = frame_step.compile_steps(graphdef)
+               bgr: bool = True, max_objects: int = masks.MAX_OBJECTS):
+    graphdef, self.params = step_lib.split_for_inference(model)
+    self.steps = step_lib.compile_steps(graphdef)
     self.options = dict(scales=tuple(scales), flip=flip,
                         max_long_edge=max_long_edge, bgr=bgr,
                         max_objects=max_objects)

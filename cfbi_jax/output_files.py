@@ -1,61 +1,27 @@
-"""Evaluation outputs: palette PNGs, probabilities, JSON, submission zips, videos.
+"""Evaluation output files: palette PNGs, probabilities, zips, overlays.
 
 Evaluation (`evaluation.py`, the demo notebook) writes one palette PNG per
 frame in the DAVIS / YouTube-VOS result layouts
 (`../shared/reference/cfbi-official-notes.md` §17), optionally the
 per-frame probabilities, the CodaLab zip for YouTube-VOS and an overlay video
-for looking at results. Every file is written atomically: to a hidden
-temporary file in the destination folder, then `os.replace`d onto the final
-name, so an interrupted run never leaves a truncated file under a final name
-and `sequence_done` can safely skip finished sequences on resume. Parent
+for looking at results; training draws overlays for its image summaries.
+Every file is written atomically (`atomic_files.atomic_path`), so an
+interrupted run never leaves a truncated file under a final name and
+`sequence_done` can safely skip finished sequences on resume. Parent
 folders are created as needed.
 """
 
-import contextlib
 import fractions
-import json
 import os
-import uuid
 import zipfile
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import av
 import numpy as np
 from PIL import Image
 
-from cfbi_jax.datasets import DAVIS_PALETTE
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path next to `path`; renames it onto `path` on success.
-
-  The temporary name is hidden ('.'-prefixed) and keeps the extension, so
-  writers that infer the format from it still work. On error it is removed
-  and `path` is left as it was; an `OSError` that names no file (a full
-  disk) is raised again naming `path`.
-
-  Args:
-    path: final file name.
-
-  Yields:
-    The temporary file name to write.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  stem, ext = os.path.splitext(os.path.basename(path))
-  tmp = os.path.join(directory, f'.{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}')
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException as e:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    if isinstance(e, OSError) and e.errno is not None and not e.filename:
-      # A write error (full disk...) names no file: name the output.
-      raise OSError(e.errno, os.strerror(e.errno), path) from e
-    raise
+from cfbi_jax import atomic_files
+from cfbi_jax import masks
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
@@ -71,7 +37,7 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
 
 def write_palette_png(path: str,
                       labels: np.ndarray,
-                      palette: np.ndarray = DAVIS_PALETTE) -> None:
+                      palette: np.ndarray = masks.DAVIS_PALETTE) -> None:
   """Writes a label map as an 8-bit palette PNG (pixel value = object id).
 
   Args:
@@ -83,15 +49,8 @@ def write_palette_png(path: str,
   height, width = labels.shape
   img = Image.frombytes('P', (width, height), labels.tobytes())
   img.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
-  with atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     img.save(tmp, format='PNG')
-
-
-def write_json(path: str, obj, **dump_kwargs) -> None:
-  """Writes `obj` as JSON (`json.dump` keyword arguments pass through)."""
-  with atomic_path(path) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, **dump_kwargs)
 
 
 def write_probabilities(path: str, probs: np.ndarray) -> None:
@@ -109,7 +68,7 @@ def write_probabilities(path: str, probs: np.ndarray) -> None:
   if probs.ndim != 3 or probs.dtype.kind != 'f':
     raise ValueError(f'probs must be a [K + 1, H, W] float array, got '
                      f'{probs.dtype} {probs.shape}')
-  with atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, probs=probs.astype(np.float32))
 
@@ -160,7 +119,7 @@ def write_youtube_vos_zip(annotations_dir: str, zip_path: str) -> str:
         entries.append((os.path.join(seq_dir, f), f'Annotations/{seq}/{f}'))
   if not entries:
     raise ValueError(f'no <seq>/<frame>.png files in {annotations_dir}')
-  with atomic_path(zip_path) as tmp:
+  with atomic_files.atomic_path(zip_path) as tmp:
     # PNGs are already compressed; storing them keeps zipping fast.
     with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED) as zf:
       for src, arcname in entries:
@@ -170,7 +129,7 @@ def write_youtube_vos_zip(annotations_dir: str, zip_path: str) -> str:
 
 def overlay(rgb: np.ndarray,
             labels: np.ndarray,
-            palette: np.ndarray = DAVIS_PALETTE,
+            palette: np.ndarray = masks.DAVIS_PALETTE,
             alpha: float = 0.5,
             boundary_color: Optional[Sequence[int]] = (0, 0, 0)) -> np.ndarray:
   """Blends object colours into a frame and outlines the objects.
@@ -242,7 +201,7 @@ def write_overlay_video(path: str,
   codec = _video_codec()
   rate = fractions.Fraction(fps).limit_denominator(1001)
   count, size = 0, None
-  with atomic_path(path) as tmp:
+  with atomic_files.atomic_path(path) as tmp:
     with av.open(tmp, mode='w') as container:
       stream = None
       for frame in frames:

@@ -1,7 +1,8 @@
 r"""The per-frame step as a standalone artifact (`jax.export`), weights baked in.
 
-    python -m cfbi_jax.export --checkpoint DIR --height H --width W \
-        --objects K --out OUT
+    cfbi-export --checkpoint DIR --height H --width W --objects K --out OUT
+
+(or `python -m cfbi_jax.inference.export ...`)
 
 writes, for frames of H x W and masks with object ids 0..K:
 
@@ -12,7 +13,7 @@ writes, for frames of H x W and masks with object ids 0..K:
   settings, and the state: a flat tuple of arrays (shapes, dtypes and what
   each holds), which is the only structure a caller passes around.
 
-Both are `frame_step.first_frame` / `frame_step.next_frame` (single scale,
+Both are `step.first_frame` / `step.next_frame` (single scale,
 no flip, official preprocessing on the device) with the model's weights as
 constants, serialized by `jax.export` for every platform JAX can lower to
 here (CPU and CUDA by default). Running them needs only `jax` and
@@ -38,9 +39,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfbi_jax import frame_step
-from cfbi_jax import outputs
-from cfbi_jax import session as session_lib
+from cfbi_jax import atomic_files
+from cfbi_jax import cli
+from cfbi_jax.inference import step as step_lib
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
@@ -60,24 +61,22 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
     num_objects: K, the largest object id of the first mask.
     platforms: `jax.export` platforms.
     scale: test scale (the network input is the official size at it).
-    bgr: the official BGR input order.
+    bgr: the model's input channel order (`config.model.bgr`).
     max_long_edge: long-edge cap (None: the official rule).
     model_config: recorded in the signature.
 
   Returns:
     The signature.
   """
-  graphdef, params = session_lib.split_for_inference(model)
-  stream = session_lib.Session(None, steps=frame_step.compile_steps(graphdef),
-                               params=params, scales=(scale,), bgr=bgr,
-                               max_long_edge=max_long_edge,
-                               max_objects=max(num_objects, 1))
-  spec = stream.spec((height, width), 1)
-  obj_valid = jnp.asarray(session_lib.object_valid(num_objects,
-                                                   stream.max_objects))
+  graphdef, params = step_lib.split_for_inference(model)
+  max_objects = max(num_objects, 1)
+  spec = step_lib.make_spec(
+      (height, width), augs=step_lib.augmentations((scale,), False),
+      max_long_edge=max_long_edge, bgr=bgr, max_objects=max_objects)
+  obj_valid = jnp.asarray(step_lib.object_valid(num_objects, max_objects))
   frame_aval = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
   mask_aval = jax.ShapeDtypeStruct((height, width), jnp.uint8)
-  first = lambda frame, mask: frame_step.first_frame(
+  first = lambda frame, mask: step_lib.first_frame(
       params, frame, mask.astype(jnp.int32), graphdef=graphdef, spec=spec)
   state_shapes = jax.eval_shape(first, frame_aval, mask_aval)
   treedef = jax.tree.structure(state_shapes)
@@ -86,7 +85,7 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
     return tuple(jax.tree.leaves(first(frame, mask)))
 
   def step(state, frame):
-    states, outs = frame_step.next_frame(
+    states, outs = step_lib.next_frame(
         params, jax.tree.unflatten(treedef, list(state)), frame,
         jnp.zeros((height, width), jnp.uint8), jnp.asarray(False), obj_valid,
         graphdef=graphdef, spec=spec)
@@ -114,10 +113,10 @@ def export_step(model: nnx.Module, out_dir: str, *, height: int, width: int,
   os.makedirs(out_dir, exist_ok=True)
   for name, exported in (('init.bin', exported_init),
                          ('step.bin', exported_step)):
-    with outputs.atomic_path(os.path.join(out_dir, name)) as tmp:
+    with atomic_files.atomic_path(os.path.join(out_dir, name)) as tmp:
       with open(tmp, 'wb') as f:
         f.write(exported.serialize())
-  outputs.write_json(os.path.join(out_dir, 'signature.json'), signature,
+  atomic_files.write_json(os.path.join(out_dir, 'signature.json'), signature,
                      indent=2, default=str)
   return signature
 
@@ -137,22 +136,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--platforms', nargs='+',
                       default=list(DEFAULT_PLATFORMS))
   parser.add_argument('--rgb', action='store_true',
-                      help='feed RGB instead of the official BGR order')
+                      help='deprecated: the input channel order is the '
+                      "model's (config.model.bgr)")
   args = parser.parse_args(argv)
   from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  try:
-    model, config = checkpoint.load_model(args.checkpoint)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  from cfbi_jax.models import family  # pylint: disable=g-import-not-at-top
+  model, config = checkpoint.load_model(args.checkpoint)
+  bgr = family.bgr(config)
+  if args.rgb:
+    print('warning: --rgb is deprecated; the input channel order is the '
+          "model's own (bgr in its model_config.json)", file=sys.stderr)
+    bgr = False
   signature = export_step(
       model, args.out, height=args.height, width=args.width,
       num_objects=args.objects, platforms=args.platforms, scale=args.scale,
-      bgr=not args.rgb,
-      model_config=config.to_dict())
+      bgr=bgr, model_config=config.to_dict())
   print(f"wrote {args.out}/init.bin, step.bin, signature.json for "
         f"{signature['platforms']}, {len(signature['state'])} state arrays")
 
 
 if __name__ == '__main__':
-  from cfbi_jax import commands  # pylint: disable=g-import-not-at-top
-  commands.export()
+  cli.run(main)
