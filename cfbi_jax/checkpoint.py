@@ -151,7 +151,7 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   directory = os.path.abspath(resolve_model_dir(directory))
   config = read_model_config(directory)
   try:
-    config = models.family(config).upgrade(config)
+    config = models.family_of(config).upgrade(config)
   except ValueError as e:
     raise CheckpointError(
         f'{directory}: {CONFIG_FILE} names a model this version of cfbi-jax '

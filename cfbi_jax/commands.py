@@ -8,7 +8,6 @@ runs `evaluation.run` or `trainer.train`, all under `cli.run` (user errors
 in one line, exit code 2; `--verbose` for the traceback).
 """
 
-import os
 import sys
 from typing import Any, Callable, Dict
 
@@ -20,7 +19,7 @@ from ml_collections import config_flags
 from cfbi_jax import cli
 
 
-_EVALUATE_USAGE = """Evaluate CFBI, CFBI+, FEELVOS or VideoMatch on DAVIS,
+_EVALUATE_USAGE = """Evaluate a model directory (any model family) on DAVIS,
 YouTube-VOS or your own video.
 
     cfbi-evaluate      (the bundled model on 20 synthetic test videos)
@@ -30,8 +29,9 @@ YouTube-VOS or your own video.
         --config.masks=PNG_OR_DIR --config.checkpoint=DIR --config.output_dir=OUT
 """
 
-_TRAIN_USAGE = """Train CFBI, CFBI+, FEELVOS or VideoMatch
-(`model=cfbi|cfbip|feelvos|videomatch` after the config file).
+_TRAIN_USAGE = """Train a model: `model=NAME` after the config file, one of
+`cfbi_jax.models.training_models()` (cfbi, cfbip, feelvos, videomatch and
+any family you register).
 
     cfbi-train --config=configs/ytvos.py:model=cfbi \\
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos
@@ -149,12 +149,9 @@ def train() -> None:
     trainer = _import_trainer()
     if not config.data.root and config.data.source != 'tfds':
       raise ValueError('--config.data.root (the dataset folder) is required')
-    result = trainer.train(config, values['workdir'])
+    result = trainer.train_and_write(config, values['workdir'])
     if result['terminated']:  # SIGTERM: the step was saved, then stopped.
       raise cli.Terminated()
-    if result['steps'] == config.train.steps:
-      trainer.write_model_dir(result, config.model,
-                           os.path.join(values['workdir'], 'model'))
 
   _config_command(
       _TRAIN_USAGE, 'configs/ytvos.py', 'Training config file.', body,

@@ -43,7 +43,7 @@ def torch_key(path: Tuple, model_config) -> str:
   """The PyTorch state-dict key of an NNX state path (the model family's
   `CHECKPOINT_RULES`, applied in order)."""
   key = '.'.join(str(p) for p in path)
-  for pattern, repl in models.family(model_config).checkpoint_rules:
+  for pattern, repl in models.family_of(model_config).checkpoint_rules:
     key = re.sub(pattern, repl, key)
   return key
 
@@ -101,7 +101,7 @@ def resolve_aliases(sd: Mapping[str, np.ndarray],
   out, aliases = {}, {}
   for k, v in sd.items():
     canonical = k
-    for pattern, repl in models.family(model_config).checkpoint_aliases:
+    for pattern, repl in models.family_of(model_config).checkpoint_aliases:
       canonical = re.sub(pattern, repl, canonical)
     (aliases if canonical != k else out)[k] = (canonical, v)
   out = {k: v for k, (_, v) in out.items()}
@@ -215,7 +215,7 @@ def main(argv=None) -> None:
                       help='init seed of the parts --backbone_only leaves')
   args = parser.parse_args(argv)
   config = models.model_config(args.variant)
-  family = models.family(config)
+  family = models.family_of(config)
   if not args.backbone_only and not family.official_weights:
     raise ValueError(f'{family.name} has no official PyTorch weights to '
              'convert; use --backbone_only to start it from a DeepLab '

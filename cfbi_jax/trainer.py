@@ -371,6 +371,20 @@ def train(config, workdir: str) -> Dict[str, Any]:
           'steps': step, 'history': history, 'terminated': stop['flag']}
 
 
+def train_and_write(config, workdir: str) -> Dict[str, Any]:
+  """What `train.py` runs: `train`, then, once every step is done, the
+  model directory `workdir/model` (`write_model_dir`) that evaluation,
+  `Session` and export read.
+
+  Returns:
+    `train`'s result.
+  """
+  result = train(config, workdir)
+  if not result['terminated'] and result['steps'] == config.train.steps:
+    write_model_dir(result, config.model, os.path.join(workdir, 'model'))
+  return result
+
+
 def apply_deprecated_fields(config) -> None:
   """Moves `config.model_bgr` (the input channel order before it became
   the model's `config.model.bgr`, so that it is saved with the weights)

@@ -31,8 +31,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 PACKAGE = 'cfbi_jax'
 
 
-def _module_name(path: str) -> str:
-  rel = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+def _module_name(path: str, root: str) -> str:
+  rel = os.path.relpath(path, root)[:-len('.py')].split(os.sep)
   if rel[-1] == '__init__':
     rel = rel[:-1]
   return '.'.join(rel)
@@ -43,10 +43,10 @@ def scan(root: str = ROOT) -> Tuple[Set[str], List[Tuple[str, str, bool]]]:
   files = []
   for folder, _, names in os.walk(os.path.join(root, PACKAGE)):
     files += [os.path.join(folder, n) for n in names if n.endswith('.py')]
-  modules = {_module_name(f) for f in files}
+  modules = {_module_name(f, root) for f in files}
   edges = set()
   for path in files:
-    source = _module_name(path)
+    source = _module_name(path, root)
     with open(path) as f:
       tree = ast.parse(f.read())
     top = {id(node) for node in tree.body}

@@ -45,7 +45,7 @@ def variants() -> Tuple[str, ...]:
   return tuple(v for record in FAMILIES.values() for v in record.variants)
 
 
-def family(model_config: Mapping[str, Any]) -> Family:
+def family_of(model_config: Mapping[str, Any]) -> Family:
   """The family of a `config.model` block (by its `name`)."""
   name = dict(model_config).get('name') or cfbi.FAMILY.name
   if name not in FAMILIES:
@@ -66,7 +66,7 @@ def family_of_variant(variant: str) -> Family:
 def build(model_config: Mapping[str, Any], *,
           rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
   """The module of a `config.model` block."""
-  return family(model_config).build(model_config, rngs=rngs)
+  return family_of(model_config).build(model_config, rngs=rngs)
 
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
@@ -76,20 +76,20 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 
 def eval_fields(model_config: Mapping[str, Any]) -> Tuple[str, ...]:
   """Fields that may change at load time without new weights."""
-  return family(model_config).all_eval_fields()
+  return family_of(model_config).all_eval_fields()
 
 
 def dataset_overrides(model_config: Mapping[str, Any],
                       dataset: str) -> Dict[str, Any]:
   """The official evaluation flags of the model's variant on `dataset`."""
-  return family(model_config).dataset_overrides(
+  return family_of(model_config).dataset_overrides(
       dict(model_config).get('variant', ''), dataset)
 
 
 def init_hooks(model_config: Mapping[str, Any]
                ) -> Dict[str, Callable[[nnx.Module], Any]]:
   """`config.init` switch -> hook, for the model's family."""
-  return dict(family(model_config).init_hooks)
+  return dict(family_of(model_config).init_hooks)
 
 
 def training_models() -> Tuple[str, ...]:
@@ -101,7 +101,7 @@ def training_models() -> Tuple[str, ...]:
 def training_model_config(variant: str) -> ml_collections.ConfigDict:
   """`model_config(variant)` with the family's training changes."""
   config = model_config(variant)
-  record = family(config)
+  record = family_of(config)
   config.update(record.training_overrides(config))
   return config
 
