@@ -158,9 +158,10 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
         f'does not build ({_cause(e)})') from e
   for key, value in dict(overrides or {}).items():
     if key not in models.eval_fields(config):
-      raise ValueError(f'cannot override model field {key!r} when loading; '
-                       f'only {models.eval_fields(config)} change without '
-                       'new weights')
+      raise ValueError(
+          f'model field {key!r} cannot be set for {directory}, a '
+          f'{models.family_of(config).name} model: its evaluation fields '
+          f'are {", ".join(models.eval_fields(config))}')
     config[key] = value
   try:
     abstract = nnx.eval_shape(lambda: models.build(config))

@@ -24,6 +24,8 @@ feeds RGB.
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +197,22 @@ def test_input_order_is_the_models(ytb_root, tmp_path):
     session_probs[bgr] = stream.push_async(frames[1]).probs()
   np.testing.assert_allclose(probs, session_probs[False], atol=1e-6)
   assert np.abs(session_probs[True] - session_probs[False]).max() > 1e-3
+
+
+def test_evaluation_takes_the_fields_of_the_loaded_family(tmp_path):
+  """`--config.model.<field>` exists for every family's evaluation fields;
+  one the loaded model's family lacks is refused in one line (exit 2)."""
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  model = eval_config.get_config().model
+  for record in models.FAMILIES.values():
+    assert set(record.all_eval_fields()) <= set(model)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, os.path.join(repo, 'evaluate.py'),
+       '--config.model.top_k=5', f'--config.output_dir={tmp_path / "out"}'],
+      cwd=str(tmp_path), capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=repo))
+  assert out.returncode == 2, out.stderr[-2000:]
+  error = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(error) == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert "'top_k'" in error[0] and 'a cfbi model' in error[0]

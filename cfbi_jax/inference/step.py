@@ -173,7 +173,7 @@ class StepSpec:
   bgr: bool = True
   num_ref_slots: int = 1
   with_probs: bool = False
-  memory_slots: int = 11
+  memory_slots: int = masks.MAX_OBJECTS + 1
 
 
 def network_input(frame: jnp.ndarray, size: Tuple[int, int], flip: bool,
