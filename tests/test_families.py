@@ -216,3 +216,24 @@ def test_evaluation_takes_the_fields_of_the_loaded_family(tmp_path):
   error = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(error) == 1 and 'Traceback' not in out.stderr, out.stderr
   assert "'top_k'" in error[0] and 'a cfbi model' in error[0]
+
+
+def test_old_channel_order_flags_still_work(capsys):
+  """`config.model_bgr` (training) and `config.bgr` (evaluation) still set
+  the order, with a deprecation line; a directory without `bgr` is BGR."""
+  from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  config = ytvos_config.get_config('runlocal')
+  assert config.model.bgr is True and config.model_bgr is None
+  config.model_bgr = False
+  trainer.apply_deprecated_fields(config)
+  assert config.model.bgr is False and config.model_bgr is None
+  assert 'model_bgr is deprecated' in capsys.readouterr().err
+  config = eval_config.get_config('dataset=davis2017')
+  stored = models.model_config('tiny_cfbi')
+  assert evaluation.model_overrides(config, stored) == {}
+  config.bgr = False
+  assert evaluation.model_overrides(config, stored) == {'bgr': False}
+  assert '--config.bgr is deprecated' in capsys.readouterr().err
+  del stored['bgr']
+  assert models.family_lib.bgr(stored) is True
