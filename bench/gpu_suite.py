@@ -9,12 +9,12 @@ weights: speed does not depend on them) and measures, on a DAVIS-480p-like
 video (480x854 frames, network input 481x849, K disk objects):
 
 * `compile_s`: ahead-of-time compilation of the per-frame step
-  (`frame_step.next_frame`: on-device resize, embedding, matching,
+  (`inference.step.next_frame`: on-device resize, embedding, matching,
   ensembler, upsampling, softmax, argmax, state update);
 * `step_s`: median seconds of one step called on a frame already on the
   device and waited for (what `official_cfbi_gpu.py` times);
 * `loop_s`: seconds per frame of the whole evaluation loop
-  (`inference.VideoPropagator` over uint8 host frames decoded from PNG on
+  (`videos.VideoPropagator` over uint8 host frames decoded from PNG on
   its reader thread, labels fetched, palette PNGs written behind), after
   its first two frames; its compilation comes from the persistent cache;
 * `peak_mb`: the device's `peak_bytes_in_use` (the process's peak RSS on
@@ -149,24 +149,24 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cfbi_jax import host_threads  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
   from cfbi_jax import peak_memory  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax.inference import step as step_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax.inference import videos  # pylint: disable=g-import-not-at-top
 
   config = models.model_config(model)
   config.update(setting_overrides(setting, config.arch))
   module = models.build(config, rngs=nnx.Rngs(0))
   h, w = size
   video = [_disks(h, w, k, t) for t in range(frames)]
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   spec = prop.session().spec((h, w), 1)
   first, labels0 = video[0]
   # Device arrays, as the loop's session passes them (one signature).
   states = prop.steps.first(prop.params, jax.device_put(first),
                             jax.device_put(labels0.astype(np.int32)),
                             spec=spec)
-  obj_valid = session_lib.object_valid(k)
+  obj_valid = step_lib.object_valid(k)
   no_annotation = jax.numpy.zeros((h, w), np.uint8)
   frame = jax.device_put(video[1][0])
   args = (prop.params, states, frame, no_annotation, np.asarray(False),
@@ -256,19 +256,19 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
 def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
   """Compiled memory of the per-frame step by K, frame size and references.
 
-  Compiles only (`memory_analysis()` of `frame_step.next_frame`), nothing
+  Compiles only (`memory_analysis()` of `inference.step.next_frame`), nothing
   runs, so it works for the full models on any backend.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import inference  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax.inference import step as step_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax.inference import videos  # pylint: disable=g-import-not-at-top
 
   config = models.model_config(model)
   config.update(setting_overrides(setting, config.arch))
-  prop = inference.VideoPropagator(models.build(config, rngs=nnx.Rngs(0)))
+  prop = videos.VideoPropagator(models.build(config, rngs=nnx.Rngs(0)))
   rows = []
   for h, w in sizes:
     for r in refs:
@@ -278,7 +278,7 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
           prop.steps.first, prop.params, frame,
           jax.ShapeDtypeStruct((h, w), np.int32), spec=spec)
       for k in objects:
-        num_slots = len(session_lib.object_valid(k))
+        num_slots = len(step_lib.object_valid(k))
         t0 = time.perf_counter()
         compiled = prop.steps.next.lower(
             prop.params, states, frame, jax.ShapeDtypeStruct((h, w), np.uint8),

@@ -4,8 +4,9 @@
 
 For every variant of the official parity fixtures (`../shared/fixtures/
 parity`, or `CFBI_PARITY_DIR`), the fixture weights are converted and the
-whole clip is segmented by the evaluation loop (`inference.VideoPropagator`,
-its own predictions fed back, as the official loop does) in each setting:
+whole clip is segmented by the evaluation loop
+(`inference.videos.VideoPropagator`, its own predictions fed back, as the
+official loop does) in each setting:
 
 * `float32`: the official setting (the parity tests' path);
 * `compute_bf16` / `compute_f16`: `model.compute_dtype=bfloat16` /
@@ -32,7 +33,7 @@ import numpy as np
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-from cfbi_jax import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cfbi_jax.inference import videos  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests import parity_fixtures as pf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SETTINGS = {
@@ -55,7 +56,7 @@ def run(variant: str, fields: dict):
   frames = [np.asarray(Image.open(os.path.join(frames_dir, n)).convert('RGB'))
             for n in names]
   first = np.asarray(Image.open(pf.path('clip', 'annotations', '00000.png')))
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   outs = list(prop.run(frames, {0: first}, len(frames), with_probs=True))
   return [o[1] for o in outs], outs[1][2]
 

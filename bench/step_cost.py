@@ -5,15 +5,15 @@
     python bench/step_cost.py --models tiny_cfbi --no-memory --out /tmp/c
 
 For each model variant, frame size and object count K, the per-frame step
-that `evaluate.py` and `Session` run (`frame_step.next_frame`, one scale,
-no flip, one reference slot, the model as `session.split_for_inference`
-makes it, with abstract parameters) is traced in the form the GPU runs
-(`backend.tracing_for('cuda')`: every `backend.is_cpu()` branch takes its
-GPU side) and lowered for CUDA, which needs no GPU. The StableHLO module is
-then read, not run:
+that `evaluate.py` and `Session` run (`inference.step.next_frame`, one
+scale, no flip, one reference slot, the model as
+`inference.step.split_for_inference` makes it, with abstract parameters)
+is traced in the form the GPU runs (`backend.tracing_for('cuda')`: every
+`backend.is_cpu()` branch takes its GPU side) and lowered for CUDA, which
+needs no GPU. The StableHLO module is then read, not run:
 
 * `gflop`: convolution and dot FLOPs (2 per multiply-add), per named stage
-  (the `jax.named_scope`s of `frame_step` and the models: `embed`,
+  (the `jax.named_scope`s of `inference.step` and the models: `embed`,
   `global_matching`, `local_matching`, `attention`, `ensembler`, ...), each
   op weighted by the trips of the loops around it. XLA's `cost_analysis`
   counts a loop body once, so it cannot give this.
@@ -24,7 +24,8 @@ then read, not run:
 * `temp_mb`, `args_mb`: `memory_analysis()` of the same traced program
   compiled for this machine's CPU (buffer assignment; the CUDA compiler is
   not available without a GPU). `--no-memory` skips the compile.
-* `slots`: the object slots the step runs (`session.object_valid(K)`).
+* `slots`: the object slots the step runs
+  (`inference.step.object_valid(K)`).
 
 One summary line per configuration,
 
@@ -231,15 +232,13 @@ def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import frame_step  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import preprocessing  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import session as session_lib  # pylint: disable=g-import-not-at-top
+  from cfbi_jax.inference import step as step_lib  # pylint: disable=g-import-not-at-top
 
   from cfbi_jax import layers  # pylint: disable=g-import-not-at-top
 
   def inference_model():
-    # What `session.split_for_inference` runs (an older checkout has no
+    # What `step.split_for_inference` runs (an older checkout has no
     # folding).
     model = models.build(models.model_config(variant), rngs=nnx.Rngs(0))
     if hasattr(layers, 'fold_frozen_batchnorm'):
@@ -248,14 +247,12 @@ def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
 
   graphdef, params = nnx.split(nnx.eval_shape(inference_model))
   h, w = frame_size
-  spec = frame_step.StepSpec(
-      input_sizes=(preprocessing.input_size(h, w),), flips=(False,),
-      num_ref_slots=refs, memory_slots=session_lib.MAX_OBJECTS + 1)
-  obj_valid = np.asarray(session_lib.object_valid(objects))
+  spec = step_lib.make_spec((h, w), num_ref_slots=refs)
+  obj_valid = np.asarray(step_lib.object_valid(objects))
   frame = jax.ShapeDtypeStruct((h, w, 3), np.uint8)
   t0 = time.perf_counter()
   with _gpu_form():
-    steps = frame_step.compile_steps(graphdef)
+    steps = step_lib.compile_steps(graphdef)
     states = jax.eval_shape(steps.first, params, frame,
                             jax.ShapeDtypeStruct((h, w), np.int32),
                             spec=spec)

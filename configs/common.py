@@ -118,7 +118,7 @@ def uses_own_predictions(model_config) -> bool:
   mask [paper FEELVOS §3] and VideoMatch on frame pairs [paper
   VideoMatch §4.1], so neither does (`Family.own_predictions`)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-  return models.family(model_config).own_predictions
+  return models.family_of(model_config).own_predictions
 
 
 def optim_config(total_steps: int) -> ml_collections.ConfigDict:

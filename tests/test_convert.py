@@ -226,7 +226,7 @@ def test_baselines_take_a_deeplab_backbone_only(variant):
   """FEELVOS and VideoMatch have no official weights: a full conversion is
   refused with the way out, and their DeepLab has the official CFBI
   model's backbone names, so `--backbone_only` checkpoints fit."""
-  with pytest.raises(SystemExit, match='--backbone_only'):
+  with pytest.raises(ValueError, match='--backbone_only'):
     convert.main(['--variant', variant, '--src', 'unused.pth', '--dst',
                   'unused'])
   from flax import nnx  # pylint: disable=g-import-not-at-top

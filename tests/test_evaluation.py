@@ -32,6 +32,7 @@ from cfbi_jax import evaluation
 from cfbi_jax import models
 from cfbi_jax import output_files
 from cfbi_jax import Session
+from cfbi_jax.models import family
 from configs import eval as eval_config
 from configs import video as video_config
 from tests import parity_fixtures as pf
@@ -331,11 +332,13 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
                     output_dir=str(tmp_path / 'out2'))
   other.data.synthetic_videos = 1
   os.makedirs(other.output_dir)  # As evaluation.run does before claiming.
-  evaluation._claim_output_dir(other)  # pylint: disable=protected-access
+  # The input channel order the run claims: the model's own.
+  bgr = family.bgr(checkpoint.read_model_config(config.checkpoint))
+  evaluation._claim_output_dir(other, bgr)  # pylint: disable=protected-access
   shutil.copy(os.path.join(config.checkpoint, checkpoint.CONFIG_FILE),
               config_json)
   with pytest.raises(ValueError, match='digest differ'):
-    evaluation._claim_output_dir(other)  # pylint: disable=protected-access
+    evaluation._claim_output_dir(other, bgr)  # pylint: disable=protected-access
   # Outputs without a claim (written before claims existed) are refused.
   os.remove(os.path.join(config.output_dir, 'model.json'))
   with pytest.raises(ValueError, match='has no model.json'):

@@ -1,9 +1,10 @@
-"""Tests for `cfbi_jax.export`: the artifact runs with `jax` alone.
+"""Tests for `cfbi_jax.inference.export`: the artifact runs with `jax`
+alone.
 
-`python -m cfbi_jax.export` writes the bundled model's per-frame step; a
-subprocess in which `import flax` and `import cfbi_jax` fail deserializes
-it, segments a clip and saves the labels, which must equal a `Session`'s on
-the same model directory and frames.
+`python -m cfbi_jax.inference.export` writes the bundled model's per-frame
+step; a subprocess in which `import flax` and `import cfbi_jax` fail
+deserializes it, segments a clip and saves the labels, which must equal a
+`Session`'s on the same model directory and frames.
 """
 
 import json
@@ -48,8 +49,8 @@ def export_and_run(ckpt, frames, mask, scale, tmp_path, platforms=()):
   out = str(tmp_path / 'export')
   env = dict(os.environ, PYTHONPATH=pf.REPO)
   made = subprocess.run(
-      [sys.executable, '-m', 'cfbi_jax.export', '--checkpoint', ckpt,
-       '--height', str(height), '--width', str(width), '--objects',
+      [sys.executable, '-m', 'cfbi_jax.inference.export', '--checkpoint',
+       ckpt, '--height', str(height), '--width', str(width), '--objects',
        str(int(mask.max())), '--scale', str(scale), '--out', out]
       + (['--platforms', *platforms] if platforms else []),
       env=env, cwd=pf.REPO, capture_output=True, text=True)

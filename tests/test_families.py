@@ -11,7 +11,8 @@ linear colour embedding), the same checks:
 2. that directory round-trips: `checkpoint.load_model` gives back the
    trained weights, bit for bit, and the family and variant;
 3. it streams: `Session(directory)` gives the labels of the evaluation
-   loop (`videos.VideoPropagator`) on a clip with a late object;
+   loop (`videos.VideoPropagator`) on a clip with a late object, and the
+   model's own memory keeps its shapes and stays finite;
 4. it exports: the `jax.export` artifact's labels equal the session's.
 
 The toy family touches nothing but this file and `models.register`, which
@@ -145,9 +146,16 @@ def test_family_trains_round_trips_streams_and_exports(variant, ytb_root,
   loop = [l for _, l, _ in videos.VideoPropagator(module).run(
       frames, annotations, len(frames))]
   stream = session_lib.Session(directory)
-  streamed = [stream.push(f, annotations.get(t)) for t, f in enumerate(frames)]
+  streamed, memory_shapes = [], []
+  for t, frame in enumerate(frames):
+    streamed.append(stream.push(frame, annotations.get(t)))
+    memory = stream._states[0].memory  # pylint: disable=protected-access
+    memory_shapes.append([x.shape for x in jax.tree.leaves(memory)])
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(memory))
   for t, (a, b) in enumerate(zip(streamed, loop)):
     np.testing.assert_array_equal(a, b, err_msg=f'frame {t}')
+  # The model's own memory keeps its shapes when objects arrive.
+  assert all(s == memory_shapes[0] for s in memory_shapes)
 
   # The exported step gives the session's labels (objects known at frame 0).
   height, width = frames[0].shape[:2]
@@ -157,7 +165,9 @@ def test_family_trains_round_trips_streams_and_exports(variant, ytb_root,
       (tmp_path / 'export' / name).read_bytes())
   init, step = load('init.bin'), load('step.bin')
   state = init.call(frames[0], annotations[0])
-  stream = session_lib.Session(directory)
+  # A new stream on the same compiled steps (no second compilation).
+  stream = session_lib.Session(None, steps=stream.steps, params=stream.params,
+                               bgr=stream.bgr)
   stream.push(frames[0], annotations[0])
   for t in range(1, len(frames)):
     state, exported = step.call(state, frames[t])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfbi_jax import frame_step
 from cfbi_jax import models
+from cfbi_jax import vos
 from cfbi_jax.models import feelvos
 from tests.random_weights import randn, random_model
 
@@ -112,10 +112,9 @@ def tiny_inputs(model, swap=False):
   if swap:
     labels = np.where(labels > 0, 3 - labels, 0)
   at = lambda i: jax.tree.map(lambda x: x[i:i + 1], emb)
-  state = frame_step.start_state(model, at(0), jnp.asarray(labels[:1]), 1, 4)
-  state = frame_step.advance_state(model, state, at(1),
-                                   jnp.asarray(labels[1:]),
-                                   jnp.asarray([False]), None)
+  state = vos.start_state(model, at(0), jnp.asarray(labels[:1]), 1, 4)
+  state = vos.advance_state(model, state, at(1), jnp.asarray(labels[1:]),
+                            jnp.asarray([False]), None)
   obj_valid = jnp.asarray([[True, True, True, False]])
   return state, at(1), obj_valid
 
@@ -124,19 +123,14 @@ def test_head_weights_are_shared_across_objects(tiny):
   """Exchanging two objects' ids exchanges their logits and nothing else:
   the head has no per-object weights (one head, run on every slot)."""
   state, current, obj_valid = tiny_inputs(tiny)
-  logits, aux = tiny.segment(state.ref_scales, state.ref_labels,
-                             state.ref_valid, state.prev_scales,
-                             state.prev_labels, current, obj_valid,
-                             memory=state.memory)
+  out = tiny.segment(state, current, obj_valid)
+  logits, aux = out.logits, out.aux
   state_s, current_s, _ = tiny_inputs(tiny, swap=True)
-  swapped, _ = tiny.segment(state_s.ref_scales, state_s.ref_labels,
-                            state_s.ref_valid, state_s.prev_scales,
-                            state_s.prev_labels, current_s, obj_valid,
-                            memory=state_s.memory)
+  swapped = tiny.segment(state_s, current_s, obj_valid).logits
   logits, swapped = np.asarray(logits), np.asarray(swapped)
   np.testing.assert_allclose(swapped[..., [0, 2, 1]], logits[..., :3],
                              atol=1e-5)
-  assert np.all(logits[..., 3] == frame_step.INVALID_LOGIT)
+  assert np.all(logits[..., 3] == vos.INVALID_LOGIT)
   # The previous-frame input is the carried one-hot ground truth.
   prev = np.asarray(aux['previous'])[0]
   assert set(np.unique(prev)) <= {0.0, 1.0}

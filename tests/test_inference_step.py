@@ -1,4 +1,5 @@
-"""Tests for `cfbi_jax.frame_step` and the device loop of `inference`.
+"""Tests for `cfbi_jax.inference.step` and the device loop of
+`inference.videos`.
 
 Independent references: `VideoPropagator`'s outputs against the step's
 pieces called one by one with host-side NumPy preprocessing (the official
@@ -14,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfbi_jax import backend
-from cfbi_jax import frame_step
-from cfbi_jax import inference
-from cfbi_jax import preprocessing
 from cfbi_jax import resize
+from cfbi_jax import vos
+from cfbi_jax.inference import step as step_lib
+from cfbi_jax.inference import videos
 from tests import random_weights
 from tests import synthetic_clips
 
@@ -28,14 +29,14 @@ _tiny = random_weights.tiny_cfbi
 def test_network_input_is_the_official_loader_order():
   rng = np.random.default_rng(0)
   frame = rng.integers(0, 256, (20, 31, 3), dtype=np.uint8)
-  ours = np.asarray(frame_step.network_input(jnp.asarray(frame), (17, 33),
-                                             True, True))
+  ours = np.asarray(step_lib.network_input(jnp.asarray(frame), (17, 33),
+                                           True, True))
   # Host reference: cubic resize of the float frame, flip, BGR, then the
   # RGB-ordered ImageNet constants on the B, G, R channels (notes §3).
-  image = np.asarray(preprocessing.resize_cubic_cv2(
+  image = np.asarray(resize.resize_cubic_cv2(
       frame.astype(np.float32), (17, 33)))[:, ::-1, ::-1] / 255.0
-  expected = (image - np.array(frame_step.IMAGENET_MEAN)) / np.array(
-      frame_step.IMAGENET_STD)
+  expected = (image - np.array(vos.IMAGENET_MEAN)) / np.array(
+      vos.IMAGENET_STD)
   np.testing.assert_allclose(ours[0], expected, atol=1e-5)
 
 
@@ -44,19 +45,17 @@ def test_loop_equals_the_step_pieces_with_host_preprocessing():
   called separately on a frame resized on the host."""
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=3, size=(40, 52))
-  prop = inference.VideoPropagator(module, scales=(1.3,), max_long_edge=52)
+  prop = videos.VideoPropagator(module, scales=(1.3,), max_long_edge=52)
   outs = list(prop.run(frames, {0: labels[0]}, 3, with_probs=True))
-  size = preprocessing.input_size(40, 52, 1.3, 52)
+  size = step_lib.input_size(40, 52, 1.3, 52)
   assert size != (40, 52)
-  host = lambda f: frame_step.preprocess_images(jnp.asarray(np.asarray(
-      preprocessing.resize_cubic_cv2(f.astype(np.float32), size)))[None])
+  host = lambda f: vos.preprocess_images(jnp.asarray(np.asarray(
+      resize.resize_cubic_cv2(f.astype(np.float32), size)))[None])
   emb0, _ = module.embed(host(frames[0]))
   emb1, _ = module.embed(host(frames[1]))
-  state = frame_step.start(emb0, jnp.asarray(labels[0])[None], 1)
-  logits, _ = module.segment(state.ref_scales, state.ref_labels,
-                             state.ref_valid, state.prev_scales,
-                             state.prev_labels, emb1,
-                             jnp.asarray([[True, True, True, False]]))
+  state = vos.start(emb0, jnp.asarray(labels[0])[None], 1)
+  logits = module.segment(state, emb1,
+                          jnp.asarray([[True, True, True, False]])).logits
   probs = jax.nn.softmax(resize.resize_bilinear_ac(logits, (40, 52))[
       ..., :3], axis=-1)[0]
   np.testing.assert_allclose(outs[1][2], probs, atol=1e-5)
@@ -67,7 +66,7 @@ def test_loop_equals_the_step_pieces_with_host_preprocessing():
 def test_probabilities_come_back_only_when_asked():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=3)
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   assert all(p is None for _, _, p in prop.run(frames, {0: labels[0]}, 3))
   with_probs = list(prop.run(frames, {0: labels[0]}, 3, with_probs=True))
   assert with_probs[1][2].shape == labels[0].shape + (3,)
@@ -76,7 +75,7 @@ def test_probabilities_come_back_only_when_asked():
 def test_one_compilation_per_object_count_and_none_across_frames():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=8, late_object=True)
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   # Object 2 appears at frame 2: 2 slots (K=1), then 3 (K=2).
   list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames)))
   assert prop.steps.first._cache_size() == 1
@@ -93,7 +92,7 @@ def test_one_compilation_per_object_count_and_none_across_frames():
 def test_state_is_donated_and_memory_is_flat_in_video_length():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=2)
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   spec = prop.session().spec(labels[0].shape, 1)
   states = prop.steps.first(prop.params, frames[0],
                             labels[0].astype(np.int32), spec=spec)
@@ -127,11 +126,11 @@ def _equations(jaxpr):
 
 def test_bfloat16_compute_runs_in_bfloat16_and_stays_close():
   frames, labels = synthetic_clips.two_squares(num_frames=2)
-  images = frame_step.preprocess_images(jnp.asarray(frames[1][None]))
+  images = vos.preprocess_images(jnp.asarray(frames[1][None]))
   probs, embs = {}, {}
   for dtype in ('float32', 'bfloat16'):
     module = _tiny(compute_dtype=dtype)
-    prop = inference.VideoPropagator(module)
+    prop = videos.VideoPropagator(module)
     probs[dtype] = list(prop.run(frames, {0: labels[0]}, 2,
                                  with_probs=True))[1][2]
     embs[dtype] = np.asarray(module.embed(images)[0].scales[0])
@@ -150,13 +149,6 @@ def test_bfloat16_compute_runs_in_bfloat16_and_stays_close():
   assert 0 < diff < 0.1, diff
 
 
-def test_merge_annotation_pastes_objects_and_keeps_void():
-  predicted = np.array([[1, 1, 2], [0, 2, 2]], np.uint8)
-  annotation = np.array([[0, 3, 255], [255, 0, 1]], np.uint8)
-  merged = frame_step.merge_annotation(predicted, annotation)
-  np.testing.assert_array_equal(merged, [[1, 3, 2], [0, 2, 1]])
-
-
 def test_the_gpu_form_of_the_step_gives_the_cpu_forms_outputs():
   """The program a GPU runs (every `backend.is_cpu()` branch on its GPU
   side: masked global minima, XLA's convolutions), traced and run here,
@@ -164,10 +156,10 @@ def test_the_gpu_form_of_the_step_gives_the_cpu_forms_outputs():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=4, late_object=True)
   annotations = {0: labels[0], 2: labels[2]}
-  cpu = list(inference.VideoPropagator(module).run(
+  cpu = list(videos.VideoPropagator(module).run(
       frames, annotations, 4, with_probs=True))
   with backend.tracing_for('cuda'):
-    gpu = list(inference.VideoPropagator(module).run(
+    gpu = list(videos.VideoPropagator(module).run(
         frames, annotations, 4, with_probs=True))
   for (_, cpu_labels, cpu_probs), (_, gpu_labels, gpu_probs) in zip(cpu, gpu):
     np.testing.assert_array_equal(gpu_labels, cpu_labels)

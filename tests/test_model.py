@@ -1,4 +1,4 @@
-"""Tests for `cfbi_jax.model` on the tiny presets (fast, no fixtures).
+"""Tests for `cfbi_jax.models.cfbi` on the tiny presets (fast, no fixtures).
 
 Full-size behaviour is covered by `test_parity.py`; here: shapes on odd
 sizes, invariance to padded object slots, unused reference slots and batch
@@ -15,8 +15,8 @@ from flax import nnx
 from cfbi_jax import attention
 from cfbi_jax import matching
 from cfbi_jax import models
-from cfbi_jax import frame_step
 from cfbi_jax import resize
+from cfbi_jax import vos
 
 H, W = 65, 81
 
@@ -49,17 +49,20 @@ def _embed(module, images):
 @nnx.jit(static_argnames='training')
 def _segment(module, ref, ref_labels, ref_valid, prev, prev_labels, cur,
              obj_valid, training=False):
-  return module.segment(ref, ref_labels, ref_valid, prev, prev_labels, cur,
-                        obj_valid, training=training)
+  state = vos.PropagationState(
+      ref_scales=ref, ref_labels=ref_labels, ref_valid=ref_valid,
+      prev_scales=prev, prev_labels=prev_labels)
+  out = module.segment(state, cur, obj_valid, training=training)
+  return out.logits, out.aux
 
 
 def _inputs(module, rng, batch=1, num_objects=2, num_slots=None, refs=1):
   num_slots = num_slots or num_objects + 1
   images = jnp.asarray(rng.normal(size=(batch * 2, H, W, 3)), jnp.float32)
   emb = _embed(module, images)
-  ref = frame_step.FrameEmbedding(
+  ref = vos.FrameEmbedding(
       features_s4=emb.features_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
-  cur = frame_step.FrameEmbedding(
+  cur = vos.FrameEmbedding(
       features_s4=emb.features_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
   ref_scales = tuple(jnp.repeat(s[:, None], refs, axis=1) for s in ref.scales)
   labels = np.stack([_labels(rng, num_objects) for _ in range(batch)])
@@ -85,7 +88,7 @@ def test_shapes_and_padded_slots(variant):
   padded = dict(x, obj_valid=jnp.asarray([[True] * 3 + [False] * 2]))
   logits_p, _ = _segment(module, **padded)
   np.testing.assert_allclose(logits_p[..., :3], logits, atol=1e-5)
-  assert np.all(np.asarray(logits_p[..., 3:]) == frame_step.INVALID_LOGIT)
+  assert np.all(np.asarray(logits_p[..., 3:]) == vos.INVALID_LOGIT)
 
 
 def test_unused_reference_slots_are_ignored():
@@ -141,11 +144,11 @@ def test_preprocess_images_is_official_bgr_normalisation():
   bgr = rgb[..., ::-1].astype(np.float64)
   expected = (bgr / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
       [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(frame_step.preprocess_images(rgb), expected,
+  np.testing.assert_allclose(vos.preprocess_images(rgb), expected,
                              atol=1e-6)
   rgb_expected = (rgb / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
       [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(frame_step.preprocess_images(rgb, bgr=False),
+  np.testing.assert_allclose(vos.preprocess_images(rgb, bgr=False),
                              rgb_expected, atol=1e-6)
 
 

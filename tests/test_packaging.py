@@ -60,7 +60,8 @@ else:
 # the streaming session, export, and an artifact's serialization.
 _INFERENCE_PATH = '''
 import jax, jax.numpy as jnp
-from cfbi_jax import commands, evaluation, export, session, inference, cli
+from cfbi_jax import commands, evaluation, cli
+from cfbi_jax.inference import export, session, step, videos
 exported = jax.export.export(jax.jit(lambda x: x + 1))(
     jax.ShapeDtypeStruct((2,), jnp.float32))
 jax.export.deserialize(exported.serialize())
@@ -131,7 +132,7 @@ def test_training_in_an_inference_install_is_one_line(tmp_path):
 
 @pytest.mark.parametrize('command', [
     ['evaluate.py'], ['train.py'], ['-m', 'cfbi_jax.convert'],
-    ['-m', 'cfbi_jax.export']])
+    ['-m', 'cfbi_jax.inference.export']])
 def test_every_help_exits_zero(command, tmp_path):
   if command[0] != '-m':
     command = [os.path.join(pf.REPO, command[0])]

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfbi_jax import frame_step
 from cfbi_jax import resize
+from cfbi_jax import vos
 from tests import parity_fixtures as pf
 
 pytestmark = [pf.requires_parity, pytest.mark.slow]
@@ -42,16 +42,15 @@ def _embed(module, images):
 
 @nnx.jit
 def _segment(module, state, current, obj_valid):
-  return module.segment(state.ref_scales, state.ref_labels, state.ref_valid,
-                        state.prev_scales, state.prev_labels, current,
-                        obj_valid)
+  out = module.segment(state, current, obj_valid)
+  return out.logits, out.aux
 
 
 @functools.lru_cache(maxsize=None)
 def _run(variant: str, setting: str):
   """Embeds every frame and segments frames 1.. teacher-forced.
 
-  The frames run through the per-frame carry of `cfbi_jax.frame_step`
+  The frames run through the per-frame carry of `cfbi_jax.vos`
   (`start`, then `segment` and `advance` per frame), with the official
   labels fed back in place of our own: the previous mask, and the merged
   label of every frame that became a reference (where `n_refs` grows).
@@ -79,7 +78,7 @@ def _run(variant: str, setting: str):
     np.testing.assert_array_equal(seq['prev_mask_fed'], labels[:-1])
   ref_slots = int(n_refs[-1])
   num_slots = int(np.max(gt_ids)) + 1 + EXTRA_SLOTS
-  state = frame_step.start(embs[0], jnp.asarray(labels[:1]), ref_slots)
+  state = vos.start(embs[0], jnp.asarray(labels[:1]), ref_slots)
   outputs = {}
   for t in range(1, num_frames):
     assert int(np.sum(state.ref_valid)) == n_refs[t]
@@ -87,8 +86,8 @@ def _run(variant: str, setting: str):
     logits, aux = _segment(module, state, embs[t], jnp.asarray(obj_valid))
     outputs[t] = (np.asarray(logits[0]), jax.tree.map(np.asarray, aux))
     becomes_reference = t + 1 < num_frames and n_refs[t + 1] > n_refs[t]
-    state = frame_step.advance(state, embs[t], jnp.asarray(labels[t:t + 1]),
-                              jnp.asarray([becomes_reference]))
+    state = vos.advance(state, embs[t], jnp.asarray(labels[t:t + 1]),
+                        jnp.asarray([becomes_reference]))
   return embs, feats, outputs
 
 
@@ -185,7 +184,7 @@ def test_frame1(variant):
   _check(variant, 'ensembler_logits', pf.nchw(logits[..., :k1]),
          f1['ensembler_logits'][0])
   # Padded slots never win.
-  assert np.all(logits[..., k1:] == frame_step.INVALID_LOGIT)
+  assert np.all(logits[..., k1:] == vos.INVALID_LOGIT)
   orig = tuple(int(v) for v in pf.load_npz('clip', 'inputs.npz')['orig_size'])
   probs = jax.nn.softmax(resize.resize_bilinear_ac(
       jnp.asarray(logits[None, ..., :k1]), orig), axis=-1)[0]

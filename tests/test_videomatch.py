@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfbi_jax import frame_step
 from cfbi_jax import models
 from cfbi_jax import resize
+from cfbi_jax import vos
 from cfbi_jax.models import videomatch
 
 
@@ -166,11 +166,11 @@ def test_online_update_reaches_the_matching():
   emb, _ = model.embed(images)
   labels = np.zeros((1, 33, 41), np.int32)
   labels[0, 8:16, 10:18] = 1
-  state = frame_step.start_state(model, emb, jnp.asarray(labels), 1, 2)
+  state = vos.start_state(model, emb, jnp.asarray(labels), 1, 2)
   obj_valid = jnp.asarray([[True, True]])
-  segment = lambda st, training=False: model.segment(
-      st.ref_scales, st.ref_labels, st.ref_valid, st.prev_scales,
-      st.prev_labels, emb, obj_valid, training=training, memory=st.memory)
+  def segment(st, training=False):
+    out = model.segment(st, emb, obj_valid, training=training)
+    return out.logits, out.aux
   _, before = segment(state)
   grid = emb.scales[0].shape[1:3]
   # Outlier removal: object 1's probability survives only within d_c (in
@@ -186,8 +186,8 @@ def test_online_update_reaches_the_matching():
   update = {'initial_fg': jnp.ones((1, 2) + grid, bool),
             'extruded': jnp.zeros((1, 2) + grid, bool),
             'final': jnp.zeros((1, 2) + grid), 'obj_valid': obj_valid}
-  moved = frame_step.advance_state(model, state, emb, jnp.asarray(labels),
-                                   jnp.asarray([False]), update)
+  moved = vos.advance_state(model, state, emb, jnp.asarray(labels),
+                            jnp.asarray([False]), update)
   assert int(moved.memory['count'][0]) == grid[0] * grid[1]
   _, after = segment(moved)
   # The frame's own features are now in object 1's background set: each

@@ -1,4 +1,5 @@
-"""Tests for `cfbi_jax.inference` and `cfbi_jax.preprocessing` (tiny model).
+"""Tests for `cfbi_jax.inference.videos`, the official input sizing
+(`inference.step.input_size`) and `resize.resize_cubic_cv2` (tiny model).
 
 Independent references: the official size table of the notes, the
 definition of OpenCV's cubic resize evaluated pixel by pixel, manual calls
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfbi_jax import frame_step
-from cfbi_jax import inference
-from cfbi_jax import preprocessing
 from cfbi_jax import resize
+from cfbi_jax import vos
+from cfbi_jax.inference import step as step_lib
+from cfbi_jax.inference import videos
 from tests import random_weights
 from tests import synthetic_clips
 
@@ -33,7 +34,7 @@ from tests import synthetic_clips
     ((480, 640), 1.5, 800, (721, 961)),
 ])
 def test_input_size_matches_official_table(size, scale, max_edge, expected):
-  assert preprocessing.input_size(*size, scale, max_edge) == expected
+  assert step_lib.input_size(*size, scale, max_edge) == expected
 
 
 def _naive_cv2_cubic(image, size):
@@ -71,7 +72,7 @@ def _naive_cv2_cubic(image, size):
 def test_cv2_cubic_matches_definition(src, dst):
   rng = np.random.default_rng(0)
   image = (rng.random(src + (2,)) * 255).astype(np.float32)
-  np.testing.assert_allclose(preprocessing.resize_cubic_cv2(image, dst),
+  np.testing.assert_allclose(resize.resize_cubic_cv2(image, dst),
                              _naive_cv2_cubic(image.astype(np.float64), dst),
                              atol=2e-3)
 
@@ -83,13 +84,16 @@ _tiny = random_weights.tiny_cfbi
 def _segment_jit(module, ref_frames, ref_labels, prev_frame, prev_labels,
                  frame, num_objects, out_size):
   """`model.segment` called directly with explicit reference lists."""
-  emb = lambda f: module.embed(frame_step.preprocess_images(f))[0]
+  emb = lambda f: module.embed(vos.preprocess_images(f))[0]
   refs = emb(ref_frames)                                  # batch = references
   ref_scales = tuple(s[None] for s in refs.scales)
-  logits, _ = module.segment(
-      ref_scales, ref_labels[None], jnp.ones((1, ref_frames.shape[0]), bool),
-      emb(prev_frame[None]).scales, prev_labels[None], emb(frame[None]),
-      jnp.ones((1, num_objects + 1), bool))
+  state = vos.PropagationState(
+      ref_scales=ref_scales, ref_labels=ref_labels[None],
+      ref_valid=jnp.ones((1, ref_frames.shape[0]), bool),
+      prev_scales=emb(prev_frame[None]).scales,
+      prev_labels=prev_labels[None])
+  logits = module.segment(state, emb(frame[None]),
+                          jnp.ones((1, num_objects + 1), bool)).logits
   return jax.nn.softmax(resize.resize_bilinear_ac(logits, out_size), -1)[0]
 
 
@@ -105,7 +109,7 @@ def _manual_segment(module, refs, prev, frame, num_objects, out_size):
 def test_new_objects_join_as_references():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(late_object=True)
-  prop = inference.VideoPropagator(module)
+  prop = videos.VideoPropagator(module)
   outs = list(prop.run(frames, {0: labels[0], 2: labels[2]}, len(frames),
                            with_probs=True))
   # Frame 2 predicts only the objects known before it (K = 1) ...
@@ -129,13 +133,13 @@ def test_tta_average_of_scales_and_flips():
   frames, labels = synthetic_clips.two_squares(
       num_frames=2, size=(40, 52), seed=1, late_object=True)
   scales = (1.0, 1.3)
-  prop = inference.VideoPropagator(module, scales=scales, flip=True,
+  prop = videos.VideoPropagator(module, scales=scales, flip=True,
                                    max_long_edge=40)
   outs = list(prop.run(frames, {0: labels[0]}, 2, with_probs=True))
   per_aug = []
   for scale in scales:
-    size = preprocessing.input_size(40, 52, scale, 40)
-    resized = [preprocessing.resize_cubic_cv2(f.astype(np.float32), size)
+    size = step_lib.input_size(40, 52, scale, 40)
+    resized = [resize.resize_cubic_cv2(f.astype(np.float32), size)
                for f in frames]
     for flip in (False, True):
       f = [r[:, ::-1] if flip else r for r in resized]
@@ -147,24 +151,9 @@ def test_tta_average_of_scales_and_flips():
   assert len(per_aug) == 4
 
 
-def test_advance_fills_reference_slots_in_order():
-  emb = lambda v: frame_step.FrameEmbedding(
-      features_s4=jnp.zeros((1, 2, 2, 1)), scales=(jnp.full((1, 2, 2, 1), v),))
-  labels = lambda v: jnp.full((1, 3, 3), v, jnp.int32)
-  state = frame_step.start(emb(1.0), labels(1), num_ref_slots=3)
-  state = frame_step.advance(state, emb(2.0), labels(2), jnp.asarray([False]))
-  state = frame_step.advance(state, emb(3.0), labels(3), jnp.asarray([True]))
-  np.testing.assert_array_equal(state.ref_valid, [[True, True, False]])
-  np.testing.assert_array_equal(state.ref_scales[0][0, :, 0, 0, 0],
-                                [1.0, 3.0, 0.0])
-  np.testing.assert_array_equal(state.ref_labels[0, :, 0, 0], [1, 3, 0])
-  np.testing.assert_array_equal(state.prev_labels, labels(3))
-  assert float(state.prev_scales[0][0, 0, 0, 0]) == 3.0
-
-
 def test_too_many_objects_is_an_error():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=2, late_object=True)
-  prop = inference.VideoPropagator(module, max_objects=1)
+  prop = videos.VideoPropagator(module, max_objects=1)
   with pytest.raises(ValueError, match='max_objects'):
     list(prop.run(frames, {0: labels[1] * 0 + (labels[1] > 0) * 2}, 2))
