@@ -328,6 +328,12 @@ class DeepLab(nnx.Module):
     return feats
 
 
+# The DeepLab of the tiny test models of every family (`tiny_cfbi`, ...):
+# a ResNet with one block per stage, width 8, 32-wide ASPP and decoder.
+TINY_DEEPLAB = dict(resnet_blocks=(1, 1, 1, 1), resnet_width=8,
+                    aspp_channels=32, decoder_channels=32, gn_groups=4)
+
+
 # ---- The official DeepLab's state-dict names (applied by `convert.py`).
 _MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
 _MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,

@@ -409,9 +409,8 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
 
 _CFBI_WINDOWS = (2, 4, 6, 8, 10, 12)
 # A ResNet with one block per stage, width 8 (about 1M parameters).
-_TINY = dict(resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
-             decoder_channels=32, embedding_dim=16, matching_dims=(16,),
-             gn_groups=4, gn_embedding_groups=4, gn_groups_refine=4,
+_TINY = dict(backbone_lib.TINY_DEEPLAB, embedding_dim=16, matching_dims=(16,),
+             gn_embedding_groups=4, gn_groups_refine=4,
              prehead_dim=16, ensembler_dim=32, refine_dim=16,
              local_windows=((2, 4),), global_chunks=(1,))
 

@@ -340,8 +340,7 @@ VARIANTS = {
     # paper's 15 scaled to the synthetic world's 120-pixel frames (15 is an
     # eighth of a 480-pixel DAVIS frame's stride-4 grid).
     'tiny_feelvos': dict(
-        resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
-        decoder_channels=32, gn_groups=4, embedding_dim=16, head_dim=32,
+        backbone_lib.TINY_DEEPLAB, embedding_dim=16, head_dim=32,
         head_kernel=7, local_window=4, global_chunks=1),
 }
 

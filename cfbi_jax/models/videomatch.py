@@ -453,8 +453,7 @@ VARIANTS = {
     # tiny models (stride 8 leaves 13x13 features of a 97-pixel crop), d_c
     # scaled to 120-pixel frames as 100 is to 480-pixel DAVIS frames.
     'tiny_videomatch': dict(
-        resnet_blocks=(1, 1, 1, 1), resnet_width=8, aspp_channels=32,
-        decoder_channels=32, gn_groups=4, embedding_dim=16, match_stride=4,
+        backbone_lib.TINY_DEEPLAB, embedding_dim=16, match_stride=4,
         outlier_distance=25.0, update_capacity=2048),
 }
 
