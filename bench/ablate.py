@@ -49,13 +49,22 @@ def _config_arg(args, ablation: str) -> str:
 
 def run_one(args, ablation: str, seed: int) -> dict:
   """Trains and scores one (ablation, seed); returns its summary."""
-  return synthetic_runs.train_and_score(synthetic_runs.Run(
-      run_dir=os.path.join(args.workdir, f'{ablation}-seed{seed}'),
-      config_arg=_config_arg(args, ablation), seed=seed,
-      backbone_from=args.backbone_from, train_data=args.train_data,
-      test_data=args.test_data, crop=args.crop, num_frames=args.num_frames,
-      batch_size=args.batch_size, test_seed=args.test_seed,
-      test_videos=args.test_videos, test_scale=args.test_scale))
+  return synthetic_runs.train_and_score(
+      synthetic_runs.Run(
+          run_dir=os.path.join(args.workdir, f'{ablation}-seed{seed}'),
+          config_arg=_config_arg(args, ablation),
+          seed=seed,
+          backbone_from=args.backbone_from,
+          train_data=args.train_data,
+          test_data=args.test_data,
+          crop=args.crop,
+          num_frames=args.num_frames,
+          batch_size=args.batch_size,
+          test_seed=args.test_seed,
+          test_videos=args.test_videos,
+          test_scale=args.test_scale,
+      )
+  )
 
 
 def table(args, results) -> str:
@@ -63,7 +72,8 @@ def table(args, results) -> str:
   lines = [
       '# Ablations on the synthetic benchmark',
       '',
-      'Written by `' + ' '.join(['python bench/ablate.py'] + sys.argv[1:])
+      'Written by `'
+      + ' '.join(['python bench/ablate.py'] + sys.argv[1:])
       + '`.',
       '',
       f'Each run trains `tiny_cfbi` for {args.steps} steps '
@@ -75,10 +85,13 @@ def table(args, results) -> str:
       'Spread = (max - min) / 2 and std = sample standard deviation over '
       f'the seeds {", ".join(map(str, args.seeds))} (seed = init and data '
       'order). '
-      + (f'The DeepLab feature extractor starts from `{args.backbone_from}` '
-         '(as the papers start from a pretrained DeepLabV3+); everything '
-         'after it starts from the seed.' if args.backbone_from else
-         'Everything starts from the seed.'),
+      + (
+          f'The DeepLab feature extractor starts from `{args.backbone_from}` '
+          '(as the papers start from a pretrained DeepLabV3+); everything '
+          'after it starts from the seed.'
+          if args.backbone_from
+          else 'Everything starts from the seed.'
+      ),
       '',
       'Delta = J&F minus that of `none` (full CFBI) trained with the same '
       'seed, averaged over the seeds, then per seed: runs of one seed share '
@@ -89,8 +102,10 @@ def table(args, results) -> str:
       'per seed | J mean | F mean | runs (J&F) |',
       '|---|---|---|---|---|---|---|---|---|---|',
   ]
-  jf_of = {ablation: [100 * r['davis']['J&F-Mean'] for r in runs]
-           for ablation, runs in results.items()}
+  jf_of = {
+      ablation: [100 * r['davis']['J&F-Mean'] for r in runs]
+      for ablation, runs in results.items()
+  }
   full = jf_of.get('none')
   for ablation in args.ablations:
     runs = results[ablation]
@@ -109,42 +124,62 @@ def table(args, results) -> str:
         f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.stdev(jf):.1f} | '
         f'{delta} | {per_seed} | {statistics.mean(j):.1f} | '
         f'{statistics.mean(f):.1f} | '
-        + ', '.join(f'{v:.1f}' for v in jf) + ' |')
+        + ', '.join(f'{v:.1f}' for v in jf)
+        + ' |'
+    )
   first = results[args.ablations[0]][0]
   if 'copy_first_frame' in first:
     base = first['copy_first_frame']
-    lines.append(f"| copy first frame | no model: frame 0's mask everywhere | "
-                 f"{100 * base['J&F-Mean']:.1f} | | | | | "
-                 f"{100 * base['J-Mean']:.1f} | {100 * base['F-Mean']:.1f} | |")
-  minutes = sum(r.get('train_seconds', 0.0) for runs in results.values()
-                for r in runs) / 60
+    lines.append(
+        f"| copy first frame | no model: frame 0's mask everywhere | "
+        f"{100 * base['J&F-Mean']:.1f} | | | | | "
+        f"{100 * base['J-Mean']:.1f} | {100 * base['F-Mean']:.1f} | |"
+    )
+  minutes = (
+      sum(
+          r.get('train_seconds', 0.0) for runs in results.values() for r in runs
+      )
+      / 60
+  )
   lines += ['', f'Training time, all runs: {minutes:.0f} minutes.', '']
   return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--ablations', nargs='+',
-                      default=list(synthetic_config.ABLATIONS),
-                      choices=list(synthetic_config.ABLATIONS))
+  parser.add_argument(
+      '--ablations',
+      nargs='+',
+      default=list(synthetic_config.ABLATIONS),
+      choices=list(synthetic_config.ABLATIONS),
+  )
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-  parser.add_argument('--recipe', default='scratch',
-                      choices=list(synthetic_config.RECIPES),
-                      help='configs/synthetic.py recipe '
-                      '(docs/ablations_sgd.md was written with sgd)')
+  parser.add_argument(
+      '--recipe',
+      default='scratch',
+      choices=list(synthetic_config.RECIPES),
+      help='configs/synthetic.py recipe '
+      '(docs/ablations_sgd.md was written with sgd)',
+  )
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--test_seed', type=int, default=3)
   parser.add_argument('--test_videos', type=int, default=10)
-  parser.add_argument('--test_scale', type=float,
-                      default=eval_config.SYNTHETIC_SCALE,
-                      help='single test scale (the default evaluation\'s)')
+  parser.add_argument(
+      '--test_scale',
+      type=float,
+      default=eval_config.SYNTHETIC_SCALE,
+      help="single test scale (the default evaluation's)",
+  )
   parser.add_argument('--workdir', default='runs/ablate')
-  parser.add_argument('--backbone_from', default='models/tiny_cfbi_synthetic',
-                      help="model directory whose DeepLab initialises every "
-                      "run ('' = all from scratch)")
+  parser.add_argument(
+      '--backbone_from',
+      default='models/tiny_cfbi_synthetic',
+      help='model directory whose DeepLab initialises every '
+      "run ('' = all from scratch)",
+  )
   parser.add_argument('--train_data', default='runs/synthetic_data')
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
   parser.add_argument('--out', default='docs/ablations.md')
@@ -157,8 +192,11 @@ def main():
     for seed in args.seeds:
       summary = run_one(args, ablation, seed)
       results[ablation].append(summary)
-      print(f"{ablation:14s} seed {seed}: J&F "
-            f"{100 * summary['davis']['J&F-Mean']:.1f}", flush=True)
+      print(
+          f'{ablation:14s} seed {seed}: J&F '
+          f"{100 * summary['davis']['J&F-Mean']:.1f}",
+          flush=True,
+      )
   report = table(args, results)
   synthetic_runs.write_report(args.out, report)
 

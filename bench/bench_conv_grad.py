@@ -69,34 +69,48 @@ def _layer_rows(repeats):
   for name, (n, h, w, c, o, k, s, d) in LAYERS:
     p = d * (k - 1) // 2
     x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c),
-                         jnp.float32)
+    kernel = jnp.asarray(
+        rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c), jnp.float32
+    )
 
     def xla_conv(x, kernel, s=s, d=d, p=p):
       return jax.lax.conv_general_dilated(
-          x, kernel, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+          x,
+          kernel,
+          (s, s),
+          ((p, p), (p, p)),
+          rhs_dilation=(d, d),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
 
-    tap_conv = functools.partial(layers.conv_tap_backward, stride=s,
-                                 dilation=d, padding=p)
+    tap_conv = functools.partial(
+        layers.conv_tap_backward, stride=s, dilation=d, padding=p
+    )
     xs = jnp.stack([x, jnp.flip(x, 1), jnp.flip(x, 2)])  # 3 "frames".
     row = [name]
     for scanned in (False, True):
       grads, times = {}, {}
       for label, conv in (('xla', xla_conv), ('tap', tap_conv)):
         if scanned:  # As in the train step: inside the lax.scan over frames.
+
           def loss(xs, kernel, conv=conv):
             def body(total, x):
               return total + jnp.sum(jnp.sin(conv(x, kernel))), None
+
             return jax.lax.scan(body, jnp.zeros(()), xs)[0]
+
         else:
+
           def loss(xs, kernel, conv=conv):
             return sum(jnp.sum(jnp.sin(conv(x, kernel))) for x in xs)
+
         fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
         times[label] = _best(fn, (xs, kernel), repeats)
         grads[label] = fn(xs, kernel)
-      diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
-                 for a, b in zip(grads['xla'], grads['tap']))
+      diff = max(
+          float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+          for a, b in zip(grads['xla'], grads['tap'])
+      )
       row += [times['xla'], times['tap'], diff]
     rows.append(tuple(row))
   return rows
@@ -111,12 +125,16 @@ def _step_times(repeats):
 
   config = synthetic.get_config()  # The recipe as `train.py` runs it.
   crop = config.data.crop_size
-  arrays = bench_train.disc_batch(config.train.batch_size,
-                                  config.train.num_frames + 2, crop,
-                                  config.data.max_objects + 1)
+  arrays = bench_train.disc_batch(
+      config.train.batch_size,
+      config.train.num_frames + 2,
+      crop,
+      config.data.max_objects + 1,
+  )
   # The second half's schedule: hardest 15%, own previous predictions.
-  schedule = trainer.schedule_values(config.train.steps, config.train,
-                                     crop * crop)
+  schedule = trainer.schedule_values(
+      config.train.steps, config.train, crop * crop
+  )
 
   def build():
     graphdef, tx, state = trainer.create_state(config)
@@ -133,8 +151,10 @@ def _step_times(repeats):
     layers.SpatialConv.__call__ = original
   times = {'xla': [], 'tap': []}
   for _ in range(repeats):  # Alternate, so that drift hits both alike.
-    for label, step, state in (('xla', xla_step, xla_state),
-                               ('tap', tap_step, tap_state)):
+    for label, step, state in (
+        ('xla', xla_step, xla_state),
+        ('tap', tap_step, tap_state),
+    ):
       t0 = time.perf_counter()
       jax.block_until_ready(step(state, arrays, schedule))
       times[label].append(time.perf_counter() - t0)
@@ -147,13 +167,19 @@ def main():
   parser.add_argument('--no-step', action='store_true')
   args = parser.parse_args()
   if jax.default_backend() != 'cpu':
-    print(f'note: backend is {jax.default_backend()}; SpatialConv uses '
-          "XLA's gradients there, this compares the two forms anyway")
-  print(f'forward + backward, best of {args.repeats}, on '
-        f'{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs)\n')
+    print(
+        f'note: backend is {jax.default_backend()}; SpatialConv uses '
+        "XLA's gradients there, this compares the two forms anyway"
+    )
+  print(
+      f'forward + backward, best of {args.repeats}, on '
+      f'{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs)\n'
+  )
   print(f'  {"":34s}{"3 frames unrolled":^34s}{"3 frames in lax.scan":^34s}')
-  print(f'  {"":34s}' + f'{"XLA ms":>9s}{"tap ms":>9s}{"ratio":>7s}'
-        f'{"rel diff":>9s}' * 2)
+  print(
+      f'  {"":34s}' + f'{"XLA ms":>9s}{"tap ms":>9s}{"ratio":>7s}'
+      f'{"rel diff":>9s}' * 2
+  )
   for name, *cells in _layer_rows(args.repeats):
     line = f'  {name:34s}'
     for xla, tap, diff in (cells[:3], cells[3:]):
@@ -161,8 +187,10 @@ def main():
     print(line)
   if not args.no_step:
     xla, tap = _step_times(args.repeats)
-    print(f'\n  {"synthetic-recipe train step":36s}{1e3 * xla:10.1f}'
-          f'{1e3 * tap:10.1f}{xla / tap:7.1f}x')
+    print(
+        f'\n  {"synthetic-recipe train step":36s}{1e3 * xla:10.1f}'
+        f'{1e3 * tap:10.1f}{xla / tap:7.1f}x'
+    )
 
 
 if __name__ == '__main__':

@@ -38,25 +38,33 @@ from configs import synthetic as synthetic_config  # pylint: disable=g-import-no
 
 # model -> (paper, what it matches, what the papers report on DAVIS).
 PAPERS = {
-    'cfbi': ('CFBI (ECCV 2020)',
-             'foreground and background, to the first frame (global) and '
-             'the previous frame (multi-window local); instance attention; '
-             'collaborative ensembler',
-             'DAVIS 2017 val J&F 81.9; DAVIS 2016 val J&F 89.4 (86.1 '
-             'without YouTube-VOS training)'),
-    'cfbip': ('CFBI+ (TPAMI 2021)',
-              'as CFBI, at strides 4, 8 and 16 with atrous matching',
-              'DAVIS 2017 val J&F 82.9 (official README, DAVIS model)'),
-    'feelvos': ('FEELVOS (CVPR 2019)',
-                'each object (background included) to the first frame '
-                '(global) and the previous frame (local, k = 15); dynamic '
-                'segmentation head',
-                'DAVIS 2017 val J&F 71.5; DAVIS 2016 val J&F 81.7 (J 81.1)'),
-    'videomatch': ('VideoMatch (ECCV 2018)',
-                   'foreground and background sets of the first frame, '
-                   'top-K cosine soft matching; outlier removal; online '
-                   'update',
-                   'DAVIS 2016 val J 81.0 (J&F 80.9, CFBI Table 2)'),
+    'cfbi': (
+        'CFBI (ECCV 2020)',
+        'foreground and background, to the first frame (global) and '
+        'the previous frame (multi-window local); instance attention; '
+        'collaborative ensembler',
+        'DAVIS 2017 val J&F 81.9; DAVIS 2016 val J&F 89.4 (86.1 '
+        'without YouTube-VOS training)',
+    ),
+    'cfbip': (
+        'CFBI+ (TPAMI 2021)',
+        'as CFBI, at strides 4, 8 and 16 with atrous matching',
+        'DAVIS 2017 val J&F 82.9 (official README, DAVIS model)',
+    ),
+    'feelvos': (
+        'FEELVOS (CVPR 2019)',
+        'each object (background included) to the first frame '
+        '(global) and the previous frame (local, k = 15); dynamic '
+        'segmentation head',
+        'DAVIS 2017 val J&F 71.5; DAVIS 2016 val J&F 81.7 (J 81.1)',
+    ),
+    'videomatch': (
+        'VideoMatch (ECCV 2018)',
+        'foreground and background sets of the first frame, '
+        'top-K cosine soft matching; outlier removal; online '
+        'update',
+        'DAVIS 2016 val J 81.0 (J&F 80.9, CFBI Table 2)',
+    ),
 }
 
 
@@ -65,6 +73,7 @@ def parameters(model: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   config = synthetic_config.get_config(f'model={model}')
   module = models.build(config.model)
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
@@ -72,25 +81,37 @@ def parameters(model: str) -> int:
 
 def run_one(args, model: str, seed: int) -> dict:
   """Trains and scores one (model, seed); returns its summary."""
-  return synthetic_runs.train_and_score(synthetic_runs.Run(
-      run_dir=os.path.join(args.workdir, f'{model}-seed{seed}'),
-      config_arg=f'model={model},steps={args.steps}', seed=seed,
-      backbone_from=args.backbone_from, train_data=args.train_data,
-      test_data=args.test_data, crop=args.crop, num_frames=args.num_frames,
-      batch_size=args.batch_size, test_seed=args.test_seed,
-      test_videos=args.test_videos, test_scale=args.test_scale))
+  return synthetic_runs.train_and_score(
+      synthetic_runs.Run(
+          run_dir=os.path.join(args.workdir, f'{model}-seed{seed}'),
+          config_arg=f'model={model},steps={args.steps}',
+          seed=seed,
+          backbone_from=args.backbone_from,
+          train_data=args.train_data,
+          test_data=args.test_data,
+          crop=args.crop,
+          num_frames=args.num_frames,
+          batch_size=args.batch_size,
+          test_seed=args.test_seed,
+          test_videos=args.test_videos,
+          test_scale=args.test_scale,
+      )
+  )
 
 
 def report(args, results) -> str:
   """The Markdown page: one row per model, J&F in percent."""
-  jf_of = {m: [100 * r['davis']['J&F-Mean'] for r in runs]
-           for m, runs in results.items()}
+  jf_of = {
+      m: [100 * r['davis']['J&F-Mean'] for r in runs]
+      for m, runs in results.items()
+  }
   base = jf_of.get('cfbi')
   lines = [
       '# CFBI, CFBI+, FEELVOS and VideoMatch on the synthetic benchmark',
       '',
-      'Written by `' + ' '.join(['python bench/compare_models.py']
-                                + sys.argv[1:]) + '`.',
+      'Written by `'
+      + ' '.join(['python bench/compare_models.py'] + sys.argv[1:])
+      + '`.',
       '',
       f'Each run trains the tiny variant of a model (`tiny_<model>`, the '
       f'same tiny DeepLab for all) for {args.steps} steps (batch '
@@ -99,10 +120,13 @@ def report(args, results) -> str:
       'training set (seed 1, 200 videos), and is scored with the DAVIS J&F '
       f'on {args.test_videos} held-out synthetic videos (seed '
       f'{args.test_seed}) at test scale {args.test_scale:g}. '
-      + (f'The DeepLab feature extractor of every run starts from '
-         f'`{args.backbone_from}`; everything after it starts from the '
-         'seed. ' if args.backbone_from else 'Everything starts from the '
-         'seed. ')
+      + (
+          f'The DeepLab feature extractor of every run starts from '
+          f'`{args.backbone_from}`; everything after it starts from the '
+          'seed. '
+          if args.backbone_from
+          else 'Everything starts from the ' 'seed. '
+      )
       + f'Seeds {", ".join(map(str, args.seeds))} (initialisation and data '
       'order). Spread = (max - min) / 2; std = sample standard deviation.',
       '',
@@ -133,16 +157,24 @@ def report(args, results) -> str:
         f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.stdev(jf):.1f} | '
         f'{delta} | {per_seed} | {statistics.mean(j):.1f} | '
         f'{statistics.mean(f):.1f} | {fps:.1f} | {parameters(model):,} | '
-        + ', '.join(f'{v:.1f}' for v in jf) + ' |')
+        + ', '.join(f'{v:.1f}' for v in jf)
+        + ' |'
+    )
   first = results[args.models[0]][0]
   if 'copy_first_frame' in first:
     copy = first['copy_first_frame']
-    lines.append(f"| copy the first mask (no model) | "
-                 f"{100 * copy['J&F-Mean']:.1f} | | | | | "
-                 f"{100 * copy['J-Mean']:.1f} | {100 * copy['F-Mean']:.1f} "
-                 '| | | |')
-  minutes = sum(r.get('train_seconds', 0.0) for runs in results.values()
-                for r in runs) / 60
+    lines.append(
+        f'| copy the first mask (no model) | '
+        f"{100 * copy['J&F-Mean']:.1f} | | | | | "
+        f"{100 * copy['J-Mean']:.1f} | {100 * copy['F-Mean']:.1f} "
+        '| | | |'
+    )
+  minutes = (
+      sum(
+          r.get('train_seconds', 0.0) for runs in results.values() for r in runs
+      )
+      / 60
+  )
   lines += [
       '',
       f'Training time, all runs: {minutes:.0f} minutes.',
@@ -171,8 +203,12 @@ def report(args, results) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', nargs='+', default=list(common.train_models()),
-                      choices=list(common.train_models()))
+  parser.add_argument(
+      '--models',
+      nargs='+',
+      default=list(common.train_models()),
+      choices=list(common.train_models()),
+  )
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
   parser.add_argument('--steps', type=int, default=400)
   parser.add_argument('--crop', type=int, default=65)
@@ -180,12 +216,16 @@ def main():
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--test_seed', type=int, default=3)
   parser.add_argument('--test_videos', type=int, default=10)
-  parser.add_argument('--test_scale', type=float,
-                      default=eval_config.SYNTHETIC_SCALE)
+  parser.add_argument(
+      '--test_scale', type=float, default=eval_config.SYNTHETIC_SCALE
+  )
   parser.add_argument('--workdir', default='runs/compare_models')
-  parser.add_argument('--backbone_from', default='models/tiny_cfbi_synthetic',
-                      help="model directory whose DeepLab initialises every "
-                      "run ('' = all from scratch)")
+  parser.add_argument(
+      '--backbone_from',
+      default='models/tiny_cfbi_synthetic',
+      help='model directory whose DeepLab initialises every '
+      "run ('' = all from scratch)",
+  )
   parser.add_argument('--train_data', default='runs/synthetic_data')
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
   parser.add_argument('--out', default='docs/models.md')
@@ -193,13 +233,16 @@ def main():
   if len(args.seeds) < 2:
     parser.error('give at least two seeds: the table reports a spread')
   results = {}
-  for seed in args.seeds:                 # Seed-major: early rows are paired.
+  for seed in args.seeds:  # Seed-major: early rows are paired.
     for model in args.models:
       summary = run_one(args, model, seed)
       results.setdefault(model, []).append(summary)
-      print(f"{model:11s} seed {seed}: J&F "
-            f"{100 * summary['davis']['J&F-Mean']:.1f}, "
-            f"{synthetic_runs.steady_fps(summary):.1f} frames/s", flush=True)
+      print(
+          f'{model:11s} seed {seed}: J&F '
+          f"{100 * summary['davis']['J&F-Mean']:.1f}, "
+          f'{synthetic_runs.steady_fps(summary):.1f} frames/s',
+          flush=True,
+      )
   text = report(args, results)
   synthetic_runs.write_report(args.out, text)
 

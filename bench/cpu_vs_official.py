@@ -32,11 +32,24 @@ def ours(checkout: str, model: str, k: int, repeats: int) -> dict:
   """gpu_suite's child row for `checkout` (its own code)."""
   env = dict(os.environ, PYTHONPATH=checkout, JAX_PLATFORMS='cpu')
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
-  cmd = [sys.executable, os.path.join(checkout, 'bench', 'gpu_suite.py'),
-         '--out', tempfile.mkdtemp(), '--child', f'{model}|default|{k}|',
-         '--size', '480', '854', '--frames', '4', '--repeats', str(repeats)]
-  done = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                        cwd=checkout, check=False)
+  cmd = [
+      sys.executable,
+      os.path.join(checkout, 'bench', 'gpu_suite.py'),
+      '--out',
+      tempfile.mkdtemp(),
+      '--child',
+      f'{model}|default|{k}|',
+      '--size',
+      '480',
+      '854',
+      '--frames',
+      '4',
+      '--repeats',
+      str(repeats),
+  ]
+  done = subprocess.run(
+      cmd, capture_output=True, text=True, env=env, cwd=checkout, check=False
+  )
   if done.returncode:
     raise SystemExit(f'{checkout}: {done.stderr[-3000:]}')
   return json.loads(done.stdout.strip().splitlines()[-1])
@@ -44,12 +57,20 @@ def ours(checkout: str, model: str, k: int, repeats: int) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--official-python', required=True,
-                      help='a Python with torch, numpy and Pillow')
-  parser.add_argument('--official-script', default=os.path.join(
-      _ROOT, '..', 'shared', 'bench', 'official_cfbi_gpu.py'))
-  parser.add_argument('--before', default='',
-                      help='a git commit of cfbi-jax to time as well')
+  parser.add_argument(
+      '--official-python',
+      required=True,
+      help='a Python with torch, numpy and Pillow',
+  )
+  parser.add_argument(
+      '--official-script',
+      default=os.path.join(
+          _ROOT, '..', 'shared', 'bench', 'official_cfbi_gpu.py'
+      ),
+  )
+  parser.add_argument(
+      '--before', default='', help='a git commit of cfbi-jax to time as well'
+  )
   parser.add_argument('--models', nargs='+', default=['cfbi'])
   parser.add_argument('--objects', nargs='+', type=int, default=[2])
   parser.add_argument('--repeats', type=int, default=3)
@@ -58,38 +79,76 @@ def main() -> None:
   os.makedirs(args.out, exist_ok=True)
   official_path = os.path.join(args.out, 'official.jsonl')
   subprocess.run(
-      [args.official_python, args.official_script, '--size', '481', '849',
-       '--objects', *map(str, args.objects), '--models', *args.models,
-       '--settings', 'default', '--repeats', str(args.repeats), '--device',
-       'cpu', '--out', official_path], check=True, stdout=subprocess.DEVNULL)
+      [
+          args.official_python,
+          args.official_script,
+          '--size',
+          '481',
+          '849',
+          '--objects',
+          *map(str, args.objects),
+          '--models',
+          *args.models,
+          '--settings',
+          'default',
+          '--repeats',
+          str(args.repeats),
+          '--device',
+          'cpu',
+          '--out',
+          official_path,
+      ],
+      check=True,
+      stdout=subprocess.DEVNULL,
+  )
   official = gpu_suite._official_rows(official_path)  # pylint: disable=protected-access
   checkouts = [('after (this checkout)', _ROOT)]
   worktree = None
   if args.before:
     worktree = tempfile.mkdtemp(prefix='cfbi_before_')
-    subprocess.run(['git', '-C', _ROOT, 'worktree', 'add', '--detach',
-                    worktree, args.before], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            'git',
+            '-C',
+            _ROOT,
+            'worktree',
+            'add',
+            '--detach',
+            worktree,
+            args.before,
+        ],
+        check=True,
+        capture_output=True,
+    )
     checkouts.insert(0, (f'before ({args.before})', worktree))
   try:
     rows = {}
     for label, checkout in checkouts:
-      rows[label] = [ours(checkout, gpu_suite.MODELS[m], k, args.repeats)
-                     for m in args.models for k in args.objects]
+      rows[label] = [
+          ours(checkout, gpu_suite.MODELS[m], k, args.repeats)
+          for m in args.models
+          for k in args.objects
+      ]
   finally:
     if worktree:
-      subprocess.run(['git', '-C', _ROOT, 'worktree', 'remove', '--force',
-                      worktree], check=False)
-  text = ['One propagated frame on the CPU (480x854 frame, 481x849 input, '
-          f'float32, random weights), {os.cpu_count()} cores\n']
+      subprocess.run(
+          ['git', '-C', _ROOT, 'worktree', 'remove', '--force', worktree],
+          check=False,
+      )
+  text = [
+      'One propagated frame on the CPU (480x854 frame, 481x849 input, '
+      f'float32, random weights), {os.cpu_count()} cores\n'
+  ]
   for label, found in rows.items():
     text += [f'cfbi-jax {label}', gpu_suite.table(found, official), '']
   if args.before:
     (before, b_rows), (_, a_rows) = rows.items()
     for b, a in zip(b_rows, a_rows):
-      text.append(f"{a['arch']} K={a['objects']}: step {b['step_s']:.3f} s "
-                  f"-> {a['step_s']:.3f} s (after / before "
-                  f"{a['step_s'] / b['step_s']:.2f}x), {before}")
+      text.append(
+          f"{a['arch']} K={a['objects']}: step {b['step_s']:.3f} s "
+          f"-> {a['step_s']:.3f} s (after / before "
+          f"{a['step_s'] / b['step_s']:.2f}x), {before}"
+      )
   print('\n'.join(text))
   with open(os.path.join(args.out, 'table.md'), 'w') as f:
     f.write('\n'.join(text) + '\n')

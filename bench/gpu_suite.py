@@ -76,6 +76,7 @@ def setting_overrides(setting: str, arch: str) -> dict:
 def _disks(h, w, k, t):
   """A label map with k disks drifting by t pixels, and a textured frame."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   yy, xx = np.mgrid[:h, :w]
   rng = np.random.default_rng(0)
   frame = rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), np.uint8)
@@ -97,9 +98,13 @@ def op_stages(hlo_text: str) -> dict:
   (the JAX name stack), or 'other'.
   """
   import re  # pylint: disable=g-import-not-at-top
+
   stages = {}
-  for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?'
-                       r'metadata=\{op_name="([^"]*)"', hlo_text, re.M):
+  for m in re.finditer(
+      r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?' r'metadata=\{op_name="([^"]*)"',
+      hlo_text,
+      re.M,
+  ):
     parts = [p for p in re.split(r'[/()]', m.group(2)) if p in STAGES]
     stages[m.group(1)] = parts[-1] if parts else 'other'
   return stages
@@ -116,20 +121,32 @@ def trace_summary(trace_dir: str, stages: dict, top: int = 12):
   """
   import glob  # pylint: disable=g-import-not-at-top
   import gzip  # pylint: disable=g-import-not-at-top
-  paths = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'),
-                           recursive=True))
+
+  paths = sorted(
+      glob.glob(
+          os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True
+      )
+  )
   if not paths:
     return [], []
   with gzip.open(paths[-1], 'rt') as f:
     events = json.load(f)
   if isinstance(events, dict):
     events = events.get('traceEvents', [])
-  process = {e.get('pid'): e.get('args', {}).get('name', '') for e in events
-             if e.get('ph') == 'M' and e.get('name') == 'process_name'}
-  ops = [e for e in events if e.get('ph') == 'X' and 'dur' in e
-         and e.get('args', {}).get('hlo_module', '').endswith('next_frame')
-         and 'hlo_op' in e.get('args', {})
-         and not e.get('name', '').startswith('end:')]
+  process = {
+      e.get('pid'): e.get('args', {}).get('name', '')
+      for e in events
+      if e.get('ph') == 'M' and e.get('name') == 'process_name'
+  }
+  ops = [
+      e
+      for e in events
+      if e.get('ph') == 'X'
+      and 'dur' in e
+      and e.get('args', {}).get('hlo_module', '').endswith('next_frame')
+      and 'hlo_op' in e.get('args', {})
+      and not e.get('name', '').startswith('end:')
+  ]
   on_device = [e for e in ops if '/device:' in process.get(e.get('pid'), '')]
   per_op, per_stage = {}, {}
   for e in on_device or ops:
@@ -141,8 +158,15 @@ def trace_summary(trace_dir: str, stages: dict, top: int = 12):
   return order(per_stage), order(per_op)[:top]
 
 
-def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
-          trace_dir: str) -> dict:
+def child(
+    model: str,
+    setting: str,
+    k: int,
+    size,
+    frames: int,
+    repeats: int,
+    trace_dir: str,
+) -> dict:
   """Measures one (model, setting, K); returns one row."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -163,14 +187,23 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   spec = prop.session().spec((h, w), 1)
   first, labels0 = video[0]
   # Device arrays, as the loop's session passes them (one signature).
-  states = prop.steps.first(prop.params, jax.device_put(first),
-                            jax.device_put(labels0.astype(np.int32)),
-                            spec=spec)
+  states = prop.steps.first(
+      prop.params,
+      jax.device_put(first),
+      jax.device_put(labels0.astype(np.int32)),
+      spec=spec,
+  )
   obj_valid = step_lib.object_valid(k)
   no_annotation = jax.numpy.zeros((h, w), np.uint8)
   frame = jax.device_put(video[1][0])
-  args = (prop.params, states, frame, no_annotation, np.asarray(False),
-          obj_valid)
+  args = (
+      prop.params,
+      states,
+      frame,
+      no_annotation,
+      np.asarray(False),
+      obj_valid,
+  )
   t0 = time.perf_counter()
   compiled = prop.steps.next.lower(*args, spec=spec).compile()
   compile_s = time.perf_counter() - t0
@@ -180,15 +213,21 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
   compile_peak_mb, _ = peak_memory.peak_memory()
   mem = compiled.memory_analysis()
   compiled_mb = {}
-  for field in ('argument_size_in_bytes', 'output_size_in_bytes',
-                'alias_size_in_bytes', 'temp_size_in_bytes',
-                'generated_code_size_in_bytes'):
+  for field in (
+      'argument_size_in_bytes',
+      'output_size_in_bytes',
+      'alias_size_in_bytes',
+      'temp_size_in_bytes',
+      'generated_code_size_in_bytes',
+  ):
     compiled_mb[field.replace('_size_in_bytes', '')] = (
-        getattr(mem, field, 0) / 2**20 if mem is not None else None)
+        getattr(mem, field, 0) / 2**20 if mem is not None else None
+    )
 
   def step(states):
-    return compiled(prop.params, states, frame, no_annotation,
-                    np.asarray(False), obj_valid)
+    return compiled(
+        prop.params, states, frame, no_annotation, np.asarray(False), obj_valid
+    )
 
   states, outs = step(states)  # Warm-up.
   jax.block_until_ready(outs)
@@ -206,8 +245,9 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
       for _ in range(3):
         states, outs = step(states)
       jax.block_until_ready(outs)
-    trace_stages, trace_ops = trace_summary(trace_dir,
-                                            op_stages(compiled.as_text()))
+    trace_stages, trace_ops = trace_summary(
+        trace_dir, op_stages(compiled.as_text())
+    )
   del states, outs
 
   # The whole loop: PNG frames decoded on the reader thread, outputs written
@@ -218,8 +258,9 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
 
     def decoded():
       for t in range(frames):
-        yield np.asarray(Image.open(os.path.join(tmp, f'{t:05d}.png'))
-                         .convert('RGB'))
+        yield np.asarray(
+            Image.open(os.path.join(tmp, f'{t:05d}.png')).convert('RGB')
+        )
 
     def write_png(t, labels):
       # Palette PNG as evaluate.py writes (PIL directly:
@@ -238,19 +279,30 @@ def child(model: str, setting: str, k: int, size, frames: int, repeats: int,
     steady = np.diff(stamps[2:])
   peak_mb, peak_kind = peak_memory.peak_memory()
   return {
-      'model': model, 'arch': config.arch, 'setting': setting, 'objects': k,
-      'size': [h, w], 'input_size': list(spec.input_sizes[0]),
-      'compile_s': compile_s, 'step_s': statistics.median(times),
+      'model': model,
+      'arch': config.arch,
+      'setting': setting,
+      'objects': k,
+      'size': [h, w],
+      'input_size': list(spec.input_sizes[0]),
+      'compile_s': compile_s,
+      'step_s': statistics.median(times),
       'step_min_s': min(times),
       'loop_s': float(np.median(steady)) if len(steady) else None,
       'loop_mean_s': float(np.mean(steady)) if len(steady) else None,
       'loop_first_frames_s': loop_first_s,
-      'compilations': prop.compilations, 'peak_mb': peak_mb,
-      'compile_peak_mb': compile_peak_mb, 'steps_peak_mb': steps_peak_mb,
+      'compilations': prop.compilations,
+      'peak_mb': peak_mb,
+      'compile_peak_mb': compile_peak_mb,
+      'steps_peak_mb': steps_peak_mb,
       'steps_in_use_mb': in_use / 2**20 if in_use is not None else None,
-      'peak_kind': peak_kind, 'compiled_mb': compiled_mb,
-      'trace_stages': trace_stages, 'trace_ops': trace_ops, 'device': str(jax.devices()[0].device_kind),
-      'backend': jax.default_backend()}
+      'peak_kind': peak_kind,
+      'compiled_mb': compiled_mb,
+      'trace_stages': trace_stages,
+      'trace_ops': trace_ops,
+      'device': str(jax.devices()[0].device_kind),
+      'backend': jax.default_backend(),
+  }
 
 
 def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
@@ -275,41 +327,61 @@ def memory_rows(model: str, setting: str, objects, sizes, refs) -> list:
       spec = prop.session().spec((h, w), r)
       frame = jax.ShapeDtypeStruct((h, w, 3), np.uint8)
       states = jax.eval_shape(
-          prop.steps.first, prop.params, frame,
-          jax.ShapeDtypeStruct((h, w), np.int32), spec=spec)
+          prop.steps.first,
+          prop.params,
+          frame,
+          jax.ShapeDtypeStruct((h, w), np.int32),
+          spec=spec,
+      )
       for k in objects:
         num_slots = len(step_lib.object_valid(k))
         t0 = time.perf_counter()
         compiled = prop.steps.next.lower(
-            prop.params, states, frame, jax.ShapeDtypeStruct((h, w), np.uint8),
+            prop.params,
+            states,
+            frame,
+            jax.ShapeDtypeStruct((h, w), np.uint8),
             jax.ShapeDtypeStruct((), bool),
-            jax.ShapeDtypeStruct((num_slots,), bool), spec=spec).compile()
+            jax.ShapeDtypeStruct((num_slots,), bool),
+            spec=spec,
+        ).compile()
         mem = compiled.memory_analysis()
         mb = lambda f: getattr(mem, f, 0) / 2**20
-        rows.append({
-            'model': model, 'setting': setting, 'objects': k, 'slots':
-            num_slots, 'size': [h, w], 'refs': r,
-            'input_size': list(spec.input_sizes[0]),
-            'argument_mb': mb('argument_size_in_bytes'),
-            'output_mb': mb('output_size_in_bytes'),
-            'alias_mb': mb('alias_size_in_bytes'),
-            'temp_mb': mb('temp_size_in_bytes'),
-            'compile_s': time.perf_counter() - t0,
-            'backend': jax.default_backend()})
+        rows.append(
+            {
+                'model': model,
+                'setting': setting,
+                'objects': k,
+                'slots': num_slots,
+                'size': [h, w],
+                'refs': r,
+                'input_size': list(spec.input_sizes[0]),
+                'argument_mb': mb('argument_size_in_bytes'),
+                'output_mb': mb('output_size_in_bytes'),
+                'alias_mb': mb('alias_size_in_bytes'),
+                'temp_mb': mb('temp_size_in_bytes'),
+                'compile_s': time.perf_counter() - t0,
+                'backend': jax.default_backend(),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   return rows
 
 
 def memory_table(rows) -> str:
-  lines = ['| model | setting | frame | input | refs | K (slots) | args MB | '
-           'temp MB | out MB | aliased MB | compile s |', '|' + '---|' * 11]
+  lines = [
+      '| model | setting | frame | input | refs | K (slots) | args MB | '
+      'temp MB | out MB | aliased MB | compile s |',
+      '|' + '---|' * 11,
+  ]
   for r in rows:
     lines.append(
         f"| {r['model']} | {r['setting']} | {r['size'][0]}x{r['size'][1]} | "
         f"{r['input_size'][0]}x{r['input_size'][1]} | {r['refs']} | "
         f"{r['objects']} ({r['slots']}) | {r['argument_mb']:.0f} | "
         f"{r['temp_mb']:.0f} | {r['output_mb']:.0f} | {r['alias_mb']:.0f} | "
-        f"{r['compile_s']:.1f} |")
+        f"{r['compile_s']:.1f} |"
+    )
   return '\n'.join(lines)
 
 
@@ -330,10 +402,12 @@ def table(rows, official) -> str:
       '| model | K | setting | official s/frame | ours step s | ratio | '
       'ours loop s/frame | loop / step | official MB | ours peak MB | '
       'ratio | compiled temp MB | compiled args MB | compile s |',
-      '|' + '---|' * 14]
+      '|' + '---|' * 14,
+  ]
   for r in rows:
-    o = official.get((r['arch'], OFFICIAL_SETTING[r['setting']],
-                      r['objects']), {})
+    o = official.get(
+        (r['arch'], OFFICIAL_SETTING[r['setting']], r['objects']), {}
+    )
     osec, omb = o.get('sec_median'), o.get('max_mem_mb')
     fmt = lambda v, f: f.format(v) if v is not None else '-'
     cm = r['compiled_mb']
@@ -346,37 +420,58 @@ def table(rows, official) -> str:
         f" | {fmt(omb, '{:.0f}')} | {r['peak_mb']:.0f} ({r['peak_kind']}) | "
         f"{fmt(r['peak_mb'] / omb if omb else None, '{:.2f}x')} | "
         f"{fmt(cm.get('temp'), '{:.0f}')} | {fmt(cm.get('argument'), '{:.0f}')}"
-        f" | {r['compile_s']:.1f} |")
+        f" | {r['compile_s']:.1f} |"
+    )
   return '\n'.join(lines)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--smoke', action='store_true',
-                      help='tiny models at a tiny size (CPU test of the suite)')
+  parser.add_argument(
+      '--smoke',
+      action='store_true',
+      help='tiny models at a tiny size (CPU test of the suite)',
+  )
   parser.add_argument('--models', nargs='+', default=['cfbi', 'cfbip'])
   parser.add_argument('--settings', nargs='+', default=list(SETTINGS))
   parser.add_argument('--objects', nargs='+', type=int, default=[2, 5])
-  parser.add_argument('--size', nargs=2, type=int, default=None,
-                      help='frame size (default 480 854; smoke 48 64)')
-  parser.add_argument('--frames', type=int, default=None,
-                      help='loop frames (default 12; smoke 5)')
+  parser.add_argument(
+      '--size',
+      nargs=2,
+      type=int,
+      default=None,
+      help='frame size (default 480 854; smoke 48 64)',
+  )
+  parser.add_argument(
+      '--frames',
+      type=int,
+      default=None,
+      help='loop frames (default 12; smoke 5)',
+  )
   parser.add_argument('--repeats', type=int, default=None)
-  parser.add_argument('--trace', action='store_true',
-                      help='profile 3 steps of every K=2 child')
-  parser.add_argument('--official', default='',
-                      help='JSON lines of official_cfbi_gpu.py')
+  parser.add_argument(
+      '--trace', action='store_true', help='profile 3 steps of every K=2 child'
+  )
+  parser.add_argument(
+      '--official', default='', help='JSON lines of official_cfbi_gpu.py'
+  )
   parser.add_argument('--child-timeout', type=float, default=300)
   parser.add_argument('--out', required=True)
-  parser.add_argument('--memory', action='store_true',
-                      help='only the compiled memory of the step by K, frame '
-                      'size (--sizes) and references (--refs); no runs')
+  parser.add_argument(
+      '--memory',
+      action='store_true',
+      help='only the compiled memory of the step by K, frame '
+      'size (--sizes) and references (--refs); no runs',
+  )
   parser.add_argument('--sizes', nargs='+', default=['480x854', '720x1280'])
   parser.add_argument('--refs', nargs='+', type=int, default=[1, 4])
-  parser.add_argument('--static', action='store_true',
-                      help='only the static cost of the step in its GPU form '
-                      '(bench/step_cost.py: GFLOP, loop iterations, scatters, '
-                      'compiled memory) for --models and --objects; no runs')
+  parser.add_argument(
+      '--static',
+      action='store_true',
+      help='only the static cost of the step in its GPU form '
+      '(bench/step_cost.py: GFLOP, loop iterations, scatters, '
+      'compiled memory) for --models and --objects; no runs',
+  )
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   size = args.size or ([48, 64] if args.smoke else [480, 854])
@@ -384,13 +479,17 @@ def main() -> None:
   repeats = args.repeats or (3 if args.smoke else 10)
   if args.child:
     model, setting, k, trace_dir = args.child.split('|')
-    print(json.dumps(child(model, setting, int(k), size, frames, repeats,
-                           trace_dir)))
+    print(
+        json.dumps(
+            child(model, setting, int(k), size, frames, repeats, trace_dir)
+        )
+    )
     return
   os.makedirs(args.out, exist_ok=True)
   names = SMOKE_MODELS if args.smoke else MODELS
   if args.static:
     import step_cost  # pylint: disable=g-import-not-at-top
+
     lines = []
     with open(os.path.join(args.out, 'step_cost.jsonl'), 'w') as f:
       for arch in args.models:
@@ -407,71 +506,116 @@ def main() -> None:
     rows = []
     for arch in args.models:
       for setting in args.settings:
-        rows += memory_rows(names[arch], setting, args.objects, sizes,
-                            args.refs)
-    text = ('Compiled memory of the per-frame step (memory_analysis, '
-            f'{rows[0]["backend"]})\n\n' + memory_table(rows))
+        rows += memory_rows(
+            names[arch], setting, args.objects, sizes, args.refs
+        )
+    text = (
+        'Compiled memory of the per-frame step (memory_analysis, '
+        f'{rows[0]["backend"]})\n\n' + memory_table(rows)
+    )
     print(text)
     with open(os.path.join(args.out, 'memory.md'), 'w') as f:
       f.write(text + '\n')
     return
   # Children share compiled programs through the persistent cache (the
   # loop's step is the one compiled ahead of time by the same child).
-  env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get(
-      'PYTHONPATH', ''), XLA_PYTHON_CLIENT_PREALLOCATE='false')
-  env.setdefault('JAX_COMPILATION_CACHE_DIR',
-                 os.path.join(args.out, 'jax_cache'))
+  env = dict(
+      os.environ,
+      PYTHONPATH=_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+      XLA_PYTHON_CLIENT_PREALLOCATE='false',
+  )
+  env.setdefault(
+      'JAX_COMPILATION_CACHE_DIR', os.path.join(args.out, 'jax_cache')
+  )
   rows = []
   ours_path = os.path.join(args.out, 'ours.jsonl')
   for arch in args.models:
     for setting in args.settings:
       for k in args.objects:
-        trace_dir = (os.path.join(args.out, 'trace', f'{arch}_{setting}')
-                     if args.trace and k == min(args.objects) else '')
-        cmd = [sys.executable, os.path.abspath(__file__), '--out', args.out,
-               '--child', f'{names[arch]}|{setting}|{k}|{trace_dir}',
-               '--size', *map(str, size), '--frames', str(frames),
-               '--repeats', str(repeats)]
+        trace_dir = (
+            os.path.join(args.out, 'trace', f'{arch}_{setting}')
+            if args.trace and k == min(args.objects)
+            else ''
+        )
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            '--out',
+            args.out,
+            '--child',
+            f'{names[arch]}|{setting}|{k}|{trace_dir}',
+            '--size',
+            *map(str, size),
+            '--frames',
+            str(frames),
+            '--repeats',
+            str(repeats),
+        ]
         t0 = time.perf_counter()
         try:
-          done = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                timeout=args.child_timeout, check=False)
+          done = subprocess.run(
+              cmd,
+              capture_output=True,
+              text=True,
+              env=env,
+              timeout=args.child_timeout,
+              check=False,
+          )
         except subprocess.TimeoutExpired:
-          print(f'{arch} {setting} K={k}: over {args.child_timeout:.0f} s, '
-                'skipped', file=sys.stderr, flush=True)
+          print(
+              f'{arch} {setting} K={k}: over {args.child_timeout:.0f} s, '
+              'skipped',
+              file=sys.stderr,
+              flush=True,
+          )
           continue
         if done.returncode:
-          print(f'{arch} {setting} K={k} failed:\n{done.stderr[-3000:]}',
-                file=sys.stderr, flush=True)
+          print(
+              f'{arch} {setting} K={k} failed:\n{done.stderr[-3000:]}',
+              file=sys.stderr,
+              flush=True,
+          )
           continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         with open(ours_path, 'a') as f:
           f.write(json.dumps(row) + '\n')
-        print(f'{arch} {setting} K={k}: step {row["step_s"]:.4f} s, loop '
-              f'{row["loop_s"]} s, compile {row["compile_s"]:.1f} s, child '
-              f'{time.perf_counter() - t0:.0f} s', file=sys.stderr,
-              flush=True)
+        print(
+            f'{arch} {setting} K={k}: step {row["step_s"]:.4f} s, loop '
+            f'{row["loop_s"]} s, compile {row["compile_s"]:.1f} s, child '
+            f'{time.perf_counter() - t0:.0f} s',
+            file=sys.stderr,
+            flush=True,
+        )
   if not rows:
     raise SystemExit('no child finished')
   official = _official_rows(args.official)
   if not official:
-    print('no official rows (official code not run): official columns '
-          'empty', file=sys.stderr)
+    print(
+        'no official rows (official code not run): official columns ' 'empty',
+        file=sys.stderr,
+    )
   h, w = size
-  text = (f'cfbi-jax vs official, one propagated frame of a {h}x{w} video '
-          f'on {rows[0]["device"]} ({rows[0]["backend"]}); step = median '
-          f'of {repeats} device steps, loop = median s/frame of the '
-          f'evaluation loop over {frames} frames\n\n' + table(rows, official))
+  text = (
+      f'cfbi-jax vs official, one propagated frame of a {h}x{w} video '
+      f'on {rows[0]["device"]} ({rows[0]["backend"]}); step = median '
+      f'of {repeats} device steps, loop = median s/frame of the '
+      f'evaluation loop over {frames} frames\n\n' + table(rows, official)
+  )
   for r in rows:
     if r['trace_stages']:
       total = sum(s for _, s in r['trace_stages'])
-      text += (f"\n\nProfile of 3 steps, {r['arch']} {r['setting']} "
-               f"K={r['objects']}: device seconds per stage (share), then "
-               'the largest ops\n' + '\n'.join(
-                   f'  {n:16s} {s:9.5f} ({s / total:.0%})'
-                   for n, s in r['trace_stages']) + '\n' + '\n'.join(
-                       f'  {s:9.5f}  {n[:90]}' for n, s in r['trace_ops']))
+      text += (
+          f"\n\nProfile of 3 steps, {r['arch']} {r['setting']} "
+          f"K={r['objects']}: device seconds per stage (share), then "
+          'the largest ops\n'
+          + '\n'.join(
+              f'  {n:16s} {s:9.5f} ({s / total:.0%})'
+              for n, s in r['trace_stages']
+          )
+          + '\n'
+          + '\n'.join(f'  {s:9.5f}  {n[:90]}' for n, s in r['trace_ops'])
+      )
   print(text)
   with open(os.path.join(args.out, 'table.md'), 'w') as f:
     f.write(text + '\n')

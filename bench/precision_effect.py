@@ -48,13 +48,16 @@ SETTINGS = {
 def run(variant: str, fields: dict):
   """Labels and frame-1 probabilities of the clip in one setting."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   module = pf.build_model(variant)
   for key, value in fields.items():
     setattr(module, key, value)
   frames_dir = pf.path('clip', 'frames')
   names = sorted(os.listdir(frames_dir))
-  frames = [np.asarray(Image.open(os.path.join(frames_dir, n)).convert('RGB'))
-            for n in names]
+  frames = [
+      np.asarray(Image.open(os.path.join(frames_dir, n)).convert('RGB'))
+      for n in names
+  ]
   first = np.asarray(Image.open(pf.path('clip', 'annotations', '00000.png')))
   prop = videos.VideoPropagator(module)
   outs = list(prop.run(frames, {0: first}, len(frames), with_probs=True))
@@ -66,6 +69,7 @@ def bundled_jf(settings, out_dir: str) -> str:
   import contextlib  # pylint: disable=g-import-not-at-top
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
   from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
+
   lines = ['| bundled model, setting | J&F | J | F |', '|---|---|---|---|']
   for setting in settings:
     config = eval_config.get_config()
@@ -77,9 +81,11 @@ def bundled_jf(settings, out_dir: str) -> str:
       config.model[key] = value
     with contextlib.redirect_stdout(sys.stderr):  # The scorer's tables.
       summary = evaluation.run(config)['davis']
-    lines.append(f"| {setting} | {100 * summary['J&F-Mean']:.2f} | "
-                 f"{100 * summary['J-Mean']:.2f} | "
-                 f"{100 * summary['F-Mean']:.2f} |")
+    lines.append(
+        f"| {setting} | {100 * summary['J&F-Mean']:.2f} | "
+        f"{100 * summary['J-Mean']:.2f} | "
+        f"{100 * summary['F-Mean']:.2f} |"
+    )
   return '\n'.join(lines)
 
 
@@ -87,22 +93,28 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--variants', nargs='+', default=None)
   parser.add_argument('--settings', nargs='+', default=list(SETTINGS))
-  parser.add_argument('--bundled', default='',
-                      help='also score the bundled model; outputs go here')
+  parser.add_argument(
+      '--bundled',
+      default='',
+      help='also score the bundled model; outputs go here',
+  )
   args = parser.parse_args()
   if args.bundled:
     print(bundled_jf(args.settings, args.bundled) + '\n', flush=True)
   variants = args.variants or pf.variants()
   if not variants:
     raise SystemExit(f'no parity fixtures under {pf.path()}')
-  print('| variant | setting | frame-1 probs max abs diff to official | '
-        'probs atol (float32 parity) | labels equal to official, frames 1.. '
-        '(near ties excluded) |')
+  print(
+      '| variant | setting | frame-1 probs max abs diff to official | '
+      'probs atol (float32 parity) | labels equal to official, frames 1.. '
+      '(near ties excluded) |'
+  )
   print('|---|---|---|---|---|')
   for variant in variants:
     seq = pf.load_npz(variant, 'sequence.npz')
-    official_probs = np.moveaxis(pf.load_npz(variant, 'frame1.npz')['probs'][0],
-                                 0, -1)
+    official_probs = np.moveaxis(
+        pf.load_npz(variant, 'frame1.npz')['probs'][0], 0, -1
+    )
     for setting in args.settings:
       labels, probs = run(variant, SETTINGS[setting])
       diff = float(np.max(np.abs(probs - official_probs)))
@@ -111,9 +123,11 @@ def main():
         keep = ~seq['near_tie'][t - 1].astype(bool)
         agree += int(np.sum((labels[t] == seq['pred_labels'][t]) & keep))
         total += int(np.sum(keep))
-      print(f'| {variant} | {setting} | {diff:.2e} | '
-            f'{pf.atol(variant, "probs"):.0e} | {100 * agree / total:.3f}% |',
-            flush=True)
+      print(
+          f'| {variant} | {setting} | {diff:.2e} | '
+          f'{pf.atol(variant, "probs"):.0e} | {100 * agree / total:.3f}% |',
+          flush=True,
+      )
 
 
 if __name__ == '__main__':

@@ -46,33 +46,48 @@ from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,w
 SETTINGS = {
     'float32': ['--config.model.compute_dtype=float32'],
     'bfloat16': ['--config.model.compute_dtype=bfloat16'],
-    'float32_remat': ['--config.model.compute_dtype=float32',
-                      '--config.train.remat=("backbone", "frame")'],
+    'float32_remat': [
+        '--config.model.compute_dtype=float32',
+        '--config.train.remat=("backbone", "frame")',
+    ],
 }
 PRECISIONS = tuple(SETTINGS)
 
 
 def run_one(args, precision: str, seed: int) -> dict:
   """Trains and scores one (precision, seed); returns its summary."""
-  return synthetic_runs.train_and_score(synthetic_runs.Run(
-      run_dir=os.path.join(args.workdir, f'{precision}-seed{seed}'),
-      config_arg=f'steps={args.steps}', seed=seed,
-      backbone_from=args.backbone_from, train_data=args.train_data,
-      test_data=args.test_data, crop=args.crop, num_frames=args.num_frames,
-      batch_size=args.batch_size, test_seed=args.test_seed,
-      test_videos=args.test_videos, test_scale=args.test_scale),
-      SETTINGS[precision])
+  return synthetic_runs.train_and_score(
+      synthetic_runs.Run(
+          run_dir=os.path.join(args.workdir, f'{precision}-seed{seed}'),
+          config_arg=f'steps={args.steps}',
+          seed=seed,
+          backbone_from=args.backbone_from,
+          train_data=args.train_data,
+          test_data=args.test_data,
+          crop=args.crop,
+          num_frames=args.num_frames,
+          batch_size=args.batch_size,
+          test_seed=args.test_seed,
+          test_videos=args.test_videos,
+          test_scale=args.test_scale,
+      ),
+      SETTINGS[precision],
+  )
 
 
 def table(args, results) -> str:
   """The Markdown report: one row per precision, J&F in percent."""
-  init = (f'the DeepLab from `{args.backbone_from}`, the rest from the seed'
-          if args.backbone_from else 'everything from the seed')
+  init = (
+      f'the DeepLab from `{args.backbone_from}`, the rest from the seed'
+      if args.backbone_from
+      else 'everything from the seed'
+  )
   lines = [
       '# Training in bfloat16 beside float32 (synthetic benchmark)',
       '',
-      'Written by `' + ' '.join(['python bench/precision_training.py']
-                                + sys.argv[1:]) + '`.',
+      'Written by `'
+      + ' '.join(['python bench/precision_training.py'] + sys.argv[1:])
+      + '`.',
       '',
       f'Each run trains `tiny_cfbi` for {args.steps} steps (batch '
       f'{args.batch_size}, N = {args.num_frames}, crop {args.crop}, recipe '
@@ -93,8 +108,10 @@ def table(args, results) -> str:
       'per seed (J&F) | training minutes |',
       '|---|---|---|---|---|---|---|',
   ]
-  jf = {p: [100 * r['davis']['J&F-Mean'] for r in runs]
-        for p, runs in results.items()}
+  jf = {
+      p: [100 * r['davis']['J&F-Mean'] for r in runs]
+      for p, runs in results.items()
+  }
   for p in results:
     runs = results[p]
     j = statistics.mean(100 * r['davis']['J-Mean'] for r in runs)
@@ -103,13 +120,18 @@ def table(args, results) -> str:
       delta = ''
     else:
       diffs = [a - b for a, b in zip(jf[p], jf['float32'])]
-      delta = (f'{statistics.mean(diffs):+.1f} ('
-               + ', '.join(f'{d:+.1f}' for d in diffs) + ')')
+      delta = (
+          f'{statistics.mean(diffs):+.1f} ('
+          + ', '.join(f'{d:+.1f}' for d in diffs)
+          + ')'
+      )
     minutes = sum(r.get('train_seconds', 0.0) for r in runs) / 60
-    lines.append(f'| {p} | {statistics.mean(jf[p]):.1f} | {j:.1f} | '
-                 f'{f:.1f} | {delta} | '
-                 + ', '.join(f'{v:.1f}' for v in jf[p])
-                 + f' | {minutes:.1f} |')
+    lines.append(
+        f'| {p} | {statistics.mean(jf[p]):.1f} | {j:.1f} | '
+        f'{f:.1f} | {delta} | '
+        + ', '.join(f'{v:.1f}' for v in jf[p])
+        + f' | {minutes:.1f} |'
+    )
   lines.append('')
   return '\n'.join(lines)
 
@@ -117,19 +139,24 @@ def table(args, results) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-  parser.add_argument('--settings', nargs='+', default=list(PRECISIONS),
-                      choices=PRECISIONS)
+  parser.add_argument(
+      '--settings', nargs='+', default=list(PRECISIONS), choices=PRECISIONS
+  )
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=2)
   parser.add_argument('--test_seed', type=int, default=3)
   parser.add_argument('--test_videos', type=int, default=10)
-  parser.add_argument('--test_scale', type=float,
-                      default=eval_config.get_config().tta.scales[0])
+  parser.add_argument(
+      '--test_scale', type=float, default=eval_config.get_config().tta.scales[0]
+  )
   parser.add_argument('--workdir', default='runs/precision')
-  parser.add_argument('--backbone_from', default='models/tiny_cfbi_synthetic',
-                      help="DeepLab source ('' = all from the seed)")
+  parser.add_argument(
+      '--backbone_from',
+      default='models/tiny_cfbi_synthetic',
+      help="DeepLab source ('' = all from the seed)",
+  )
   parser.add_argument('--train_data', default='runs/synthetic_data')
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
   parser.add_argument('--out', default='docs/precision_training.md')
@@ -139,9 +166,11 @@ def main():
     for p in args.settings:
       summary = run_one(args, p, seed)
       results[p].append(summary)
-      print(f"{p:9s} seed {seed}: J&F {100 * summary['davis']['J&F-Mean']:.1f}"
-            f" ({summary.get('train_seconds', 0.0) / 60:.1f} min)",
-            flush=True)
+      print(
+          f"{p:9s} seed {seed}: J&F {100 * summary['davis']['J&F-Mean']:.1f}"
+          f" ({summary.get('train_seconds', 0.0) / 60:.1f} min)",
+          flush=True,
+      )
   report = table(args, results)
   synthetic_runs.write_report(args.out, report)
 

@@ -52,16 +52,31 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 # The `jax.named_scope`s of the step (as `bench/gpu_suite.py` names them).
-STAGES = ('preprocess', 'embed', 'segment', 'global_matching',
-          'local_matching', 'attention', 'ensembler', 'postprocess',
-          'advance')
+STAGES = (
+    'preprocess',
+    'embed',
+    'segment',
+    'global_matching',
+    'local_matching',
+    'attention',
+    'ensembler',
+    'postprocess',
+    'advance',
+)
 
-FULL_MODELS = ('cfbi_resnet101', 'cfbip_resnet101', 'feelvos_resnet101',
-               'videomatch_resnet101')
+FULL_MODELS = (
+    'cfbi_resnet101',
+    'cfbip_resnet101',
+    'feelvos_resnet101',
+    'videomatch_resnet101',
+)
 TINY_MODELS = ('tiny_cfbi', 'tiny_cfbip', 'tiny_feelvos', 'tiny_videomatch')
 
-_COUNTED = {'stablehlo.scatter': 'scatters', 'stablehlo.sort': 'sorts',
-            'stablehlo.gather': 'gathers'}
+_COUNTED = {
+    'stablehlo.scatter': 'scatters',
+    'stablehlo.sort': 'sorts',
+    'stablehlo.gather': 'gathers',
+}
 
 
 def _stage(location: str) -> Optional[str]:
@@ -75,6 +90,7 @@ def _stage(location: str) -> Optional[str]:
 
 def _shape(value) -> tuple:
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+
   return tuple(ir.RankedTensorType(value.type).shape)
 
 
@@ -97,7 +113,9 @@ def op_flops(op) -> int:
   if name == 'stablehlo.dot_general':
     numbers = str(op.attributes['dot_dimension_numbers'])
     lhs = _shape(op.operands[0])
-    contracted = _prod(lhs[d] for d in _dims(numbers, 'lhs_contracting_dimensions'))
+    contracted = _prod(
+        lhs[d] for d in _dims(numbers, 'lhs_contracting_dimensions')
+    )
     return 2 * _prod(_shape(op.results[0])) * contracted
   if name == 'stablehlo.convolution':
     numbers = str(op.attributes['dimension_numbers'])
@@ -114,6 +132,7 @@ def op_flops(op) -> int:
 def _constant(value) -> Optional[int]:
   """The integer of a scalar `stablehlo.constant` value, else None."""
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+
   if not isinstance(value, ir.OpResult):
     return None
   owner = value.owner
@@ -127,6 +146,7 @@ def trip_count(while_op) -> Optional[int]:
   """Iterations of a counted `stablehlo.while` (JAX's scan, map and
   fori_loop form: `i = c0; while i < c1: ...; i += 1`), or None."""
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+
   cond = while_op.regions[0].blocks[0]
   for op in cond.operations:
     if op.operation.name != 'stablehlo.compare':
@@ -164,8 +184,15 @@ def module_cost(module) -> Dict:
   for op in module.body.operations:
     if op.operation.name == 'func.func':
       funcs[str(op.attributes['sym_name']).strip('"')] = op
-  out = {'flops': {}, 'loop_iters': 0, 'loops': [], 'scatters': 0,
-         'sorts': 0, 'gathers': 0, 'unknown_loops': 0}
+  out = {
+      'flops': {},
+      'loop_iters': 0,
+      'loops': [],
+      'scatters': 0,
+      'sorts': 0,
+      'gathers': 0,
+      'unknown_loops': 0,
+  }
 
   def visit(block, weight, stage):
     for op in block.operations:
@@ -180,8 +207,7 @@ def module_cost(module) -> Dict:
         if trips is None:
           out['unknown_loops'] += 1
           trips = 1
-        out['loops'].append({'stage': here, 'trips': trips,
-                             'weight': weight})
+        out['loops'].append({'stage': here, 'trips': trips, 'weight': weight})
         out['loop_iters'] += weight * trips
         for region in op.regions:
           for inner in region.blocks:
@@ -192,7 +218,8 @@ def module_cost(module) -> Dict:
       flops = op_flops(op)
       if flops:
         out['flops'][here or 'other'] = (
-            out['flops'].get(here or 'other', 0) + weight * flops)
+            out['flops'].get(here or 'other', 0) + weight * flops
+        )
       for region in op.regions:
         for inner in region.blocks:
           visit(inner, weight, here)
@@ -208,13 +235,15 @@ def _gpu_form():
   """`backend.tracing_for('cuda')`, or, for a checkout that predates it, a
   patched `backend.is_cpu` (so the same tool reads an older step)."""
   from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+
   if hasattr(backend, 'tracing_for'):
     return backend.tracing_for('cuda')
   return mock.patch.object(backend, 'is_cpu', lambda: False)
 
 
-def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
-              memory: bool = True) -> Dict:
+def step_cost(
+    variant: str, frame_size, objects: int, refs: int = 1, memory: bool = True
+) -> Dict:
   """Lowers one per-frame step in its GPU form and reads its cost.
 
   Args:
@@ -253,17 +282,31 @@ def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
   t0 = time.perf_counter()
   with _gpu_form():
     steps = step_lib.compile_steps(graphdef)
-    states = jax.eval_shape(steps.first, params, frame,
-                            jax.ShapeDtypeStruct((h, w), np.int32),
-                            spec=spec)
+    states = jax.eval_shape(
+        steps.first,
+        params,
+        frame,
+        jax.ShapeDtypeStruct((h, w), np.int32),
+        spec=spec,
+    )
     traced = steps.next.trace(
-        params, states, frame, jax.ShapeDtypeStruct((h, w), np.uint8),
+        params,
+        states,
+        frame,
+        jax.ShapeDtypeStruct((h, w), np.uint8),
         jax.ShapeDtypeStruct((), bool),
-        jax.ShapeDtypeStruct(obj_valid.shape, bool), spec=spec)
+        jax.ShapeDtypeStruct(obj_valid.shape, bool),
+        spec=spec,
+    )
   lowered = traced.lower(lowering_platforms=('cuda',))
-  row = {'model': variant, 'frame': [h, w],
-         'size': list(spec.input_sizes[0]), 'objects': objects,
-         'slots': int(obj_valid.shape[0]), 'refs': refs}
+  row = {
+      'model': variant,
+      'frame': [h, w],
+      'size': list(spec.input_sizes[0]),
+      'objects': objects,
+      'slots': int(obj_valid.shape[0]),
+      'refs': refs,
+  }
   row.update(module_cost(lowered.compiler_ir('stablehlo')))
   row['lower_s'] = time.perf_counter() - t0
   row['temp_mb'] = row['args_mb'] = None
@@ -279,36 +322,53 @@ def step_cost(variant: str, frame_size, objects: int, refs: int = 1,
 def summary_line(row: Dict) -> str:
   """The one-line form of a row (see the module docstring)."""
   mb = lambda v: 'na' if v is None else f'{v:.0f}'
-  return (f"step cost: model={row['model']} size={row['size'][0]}x"
-          f"{row['size'][1]} objects={row['objects']} slots={row['slots']} "
-          f"gflop={row['gflop_total']:.1f} loop_iters={row['loop_iters']} "
-          f"scatters={row['scatters']} sorts={row['sorts']} "
-          f"temp_mb={mb(row['temp_mb'])} args_mb={mb(row['args_mb'])}")
+  return (
+      f"step cost: model={row['model']} size={row['size'][0]}x"
+      f"{row['size'][1]} objects={row['objects']} slots={row['slots']} "
+      f"gflop={row['gflop_total']:.1f} loop_iters={row['loop_iters']} "
+      f"scatters={row['scatters']} sorts={row['sorts']} "
+      f"temp_mb={mb(row['temp_mb'])} args_mb={mb(row['args_mb'])}"
+  )
 
 
 def stage_line(row: Dict) -> str:
   """GFLOP per stage and the loops, for the log."""
   stages = ' '.join(f'{k}={v:.1f}' for k, v in row['gflop'].items())
-  loops = ' '.join(f"{l['stage']}:{l['trips']}x{l['weight']}"
-                   for l in row['loops'])
-  return (f"  gflop by stage: {stages}\n  loops (stage:trips x outer): "
-          f"{loops or 'none'}; gathers={row['gathers']}")
+  loops = ' '.join(
+      f"{l['stage']}:{l['trips']}x{l['weight']}" for l in row['loops']
+  )
+  return (
+      f'  gflop by stage: {stages}\n  loops (stage:trips x outer): '
+      f"{loops or 'none'}; gathers={row['gathers']}"
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', nargs='+',
-                      default=list(FULL_MODELS + TINY_MODELS))
-  parser.add_argument('--frame', nargs=2, type=int, default=[480, 854],
-                      help='video frame size (480 854: a 481x849 input)')
-  parser.add_argument('--objects', nargs='+', type=int,
-                      default=[1, 2, 3, 4, 5])
+  parser.add_argument(
+      '--models', nargs='+', default=list(FULL_MODELS + TINY_MODELS)
+  )
+  parser.add_argument(
+      '--frame',
+      nargs=2,
+      type=int,
+      default=[480, 854],
+      help='video frame size (480 854: a 481x849 input)',
+  )
+  parser.add_argument('--objects', nargs='+', type=int, default=[1, 2, 3, 4, 5])
   parser.add_argument('--refs', type=int, default=1)
-  parser.add_argument('--no-memory', action='store_true',
-                      help='skip the CPU compile (temp_mb, args_mb)')
-  parser.add_argument('--memory-objects', nargs='+', type=int, default=None,
-                      help='compile for memory only at these K (default '
-                      'all)')
+  parser.add_argument(
+      '--no-memory',
+      action='store_true',
+      help='skip the CPU compile (temp_mb, args_mb)',
+  )
+  parser.add_argument(
+      '--memory-objects',
+      nargs='+',
+      type=int,
+      default=None,
+      help='compile for memory only at these K (default ' 'all)',
+  )
   parser.add_argument('--out', default='runs/step_cost')
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
@@ -317,8 +377,9 @@ def main() -> None:
     os.remove(path)
   for variant in args.models:
     for k in args.objects:
-      memory = not args.no_memory and (args.memory_objects is None
-                                       or k in args.memory_objects)
+      memory = not args.no_memory and (
+          args.memory_objects is None or k in args.memory_objects
+      )
       row = step_cost(variant, tuple(args.frame), k, args.refs, memory)
       print(summary_line(row), flush=True)
       print(stage_line(row), file=sys.stderr, flush=True)

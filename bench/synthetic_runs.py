@@ -30,32 +30,39 @@ from configs import synthetic as synthetic_config  # pylint: disable=g-import-no
 def run_command(cmd: Sequence[str], log_path: str) -> None:
   """Runs `cmd` in the repository root, its output to `log_path`."""
   with open(log_path, 'w') as log:
-    proc = subprocess.run(list(cmd), cwd=ROOT, stdout=log,
-                          stderr=subprocess.STDOUT, check=False)
+    proc = subprocess.run(
+        list(cmd), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False
+    )
   if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}); see '
-                       f'{log_path}')
+    raise RuntimeError(
+        f'{" ".join(cmd)} failed ({proc.returncode}); see ' f'{log_path}'
+    )
 
 
-def backbone_init(config_arg: str, seed: int, backbone_from: str,
-                  directory: str) -> None:
+def backbone_init(
+    config_arg: str, seed: int, backbone_from: str, directory: str
+) -> None:
   """Writes a model directory for `init.backbone_checkpoint`: the model of
   `configs/synthetic.py:<config_arg>` initialised from `seed`, with the
   DeepLab feature extractor (backbone, ASPP, decoder) of `backbone_from`."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   config = synthetic_config.get_config(config_arg)
   arrays = checkpoint.flat_state(
-      models.build(config.model, rngs=nnx.Rngs(seed)))
+      models.build(config.model, rngs=nnx.Rngs(seed))
+  )
   source, _ = checkpoint.load_model(backbone_from)
   source = checkpoint.flat_state(source)
   copied = 0
   for path in arrays:
     if path[0] == 'feature_extracter':
       if path not in source or source[path].shape != arrays[path].shape:
-        raise ValueError(f'{backbone_from} has no DeepLab weight {path} of '
-                         f'shape {arrays[path].shape}')
+        raise ValueError(
+            f'{backbone_from} has no DeepLab weight {path} of '
+            f'shape {arrays[path].shape}'
+        )
       arrays[path] = source[path]
       copied += 1
   if not copied:
@@ -77,6 +84,7 @@ class Run:
     crop, num_frames, batch_size: training clip settings.
     test_seed, test_videos, test_scale: the held-out set and its scale.
   """
+
   run_dir: str
   config_arg: str
   seed: int
@@ -91,8 +99,9 @@ class Run:
   test_scale: float
 
 
-def train_and_score(run: Run, extra_train_flags: Optional[Sequence[str]] = ()
-                    ) -> dict:
+def train_and_score(
+    run: Run, extra_train_flags: Optional[Sequence[str]] = ()
+) -> dict:
   """Trains and scores `run`; returns its `summary.json` (plus
   `train_seconds`)."""
   # One evaluation folder per test scale: a finished run is rescored, not
@@ -107,30 +116,41 @@ def train_and_score(run: Run, extra_train_flags: Optional[Sequence[str]] = ()
   if run.backbone_from and not os.path.isdir(init_dir):
     backbone_init(run.config_arg, run.seed, run.backbone_from, init_dir)
   start = time.perf_counter()
-  run_command([sys.executable, 'train.py',
-               f'--config=configs/synthetic.py:{run.config_arg}',
-               f'--workdir={os.path.join(run.run_dir, "train")}',
-               f'--config.seed={run.seed}',
-               f'--config.data.root={run.train_data}',
-               f'--config.data.crop_size={run.crop}',
-               f'--config.train.num_frames={run.num_frames}',
-               f'--config.train.batch_size={run.batch_size}',
-               '--config.train.image_every=100000',
-               f'--config.init.backbone_checkpoint='
-               f'{init_dir if run.backbone_from else ""}']
-              + list(extra_train_flags),
-              os.path.join(run.run_dir, 'train.log'))
+  run_command(
+      [
+          sys.executable,
+          'train.py',
+          f'--config=configs/synthetic.py:{run.config_arg}',
+          f'--workdir={os.path.join(run.run_dir, "train")}',
+          f'--config.seed={run.seed}',
+          f'--config.data.root={run.train_data}',
+          f'--config.data.crop_size={run.crop}',
+          f'--config.train.num_frames={run.num_frames}',
+          f'--config.train.batch_size={run.batch_size}',
+          '--config.train.image_every=100000',
+          f'--config.init.backbone_checkpoint='
+          f'{init_dir if run.backbone_from else ""}',
+      ]
+      + list(extra_train_flags),
+      os.path.join(run.run_dir, 'train.log'),
+  )
   trained = time.perf_counter() - start
-  run_command([sys.executable, 'evaluate.py', '--config=configs/eval.py',
-               '--config.checkpoint='
-               f'{os.path.join(run.run_dir, "train", "model")}',
-               f'--config.data.root={run.test_data}',
-               f'--config.data.synthetic_seed={run.test_seed}',
-               f'--config.data.synthetic_videos={run.test_videos}',
-               f'--config.output_dir={eval_dir}',
-               f'--config.tta.scales=({run.test_scale},)',
-               '--config.overlays=False'],
-              eval_dir + '.log')  # Beside it: evaluate.py wants it empty.
+  run_command(
+      [
+          sys.executable,
+          'evaluate.py',
+          '--config=configs/eval.py',
+          '--config.checkpoint='
+          f'{os.path.join(run.run_dir, "train", "model")}',
+          f'--config.data.root={run.test_data}',
+          f'--config.data.synthetic_seed={run.test_seed}',
+          f'--config.data.synthetic_videos={run.test_videos}',
+          f'--config.output_dir={eval_dir}',
+          f'--config.tta.scales=({run.test_scale},)',
+          '--config.overlays=False',
+      ],
+      eval_dir + '.log',
+  )  # Beside it: evaluate.py wants it empty.
   with open(summary_path) as f:
     summary = json.load(f)
   summary['train_seconds'] = trained

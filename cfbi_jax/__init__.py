@@ -55,5 +55,6 @@ def __getattr__(name):
   # Imported on first use, so that `import cfbi_jax.<module>` stays light.
   if name == 'Session':
     from cfbi_jax.inference.session import Session  # pylint: disable=g-import-not-at-top
+
     return Session
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

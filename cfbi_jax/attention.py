@@ -15,10 +15,15 @@ from cfbi_jax import layers
 ATTENTION_EPSILON = 1e-5
 
 
-def attention_head(ref_emb: jnp.ndarray, ref_labels: jnp.ndarray,
-                   ref_valid: jnp.ndarray, prev_emb: jnp.ndarray,
-                   prev_labels: jnp.ndarray, num_slots: int,
-                   eps: float = ATTENTION_EPSILON) -> jnp.ndarray:
+def attention_head(
+    ref_emb: jnp.ndarray,
+    ref_labels: jnp.ndarray,
+    ref_valid: jnp.ndarray,
+    prev_emb: jnp.ndarray,
+    prev_labels: jnp.ndarray,
+    num_slots: int,
+    eps: float = ATTENTION_EPSILON,
+) -> jnp.ndarray:
   """Per-object attention vectors [ref_fg, ref_bg, prev_fg, prev_bg].
 
   For object i with binary mask Y_i = (labels == i):
@@ -66,11 +71,15 @@ def attention_head(ref_emb: jnp.ndarray, ref_labels: jnp.ndarray,
   prev_neg = jnp.einsum('khw,hwc->kc', prev_offhot, prev_emb)
   prev_pos_num = jnp.sum(prev_onehot, axis=(1, 2))
   prev_neg_num = jnp.sum(prev_offhot, axis=(1, 2))
-  return jnp.concatenate([
-      ref_pos / (ref_pos_num[:, None] + eps),
-      ref_neg / (ref_neg_num[:, None] + eps),
-      prev_pos / (prev_pos_num[:, None] + eps),
-      prev_neg / (prev_neg_num[:, None] + eps)], axis=-1)
+  return jnp.concatenate(
+      [
+          ref_pos / (ref_pos_num[:, None] + eps),
+          ref_neg / (ref_neg_num[:, None] + eps),
+          prev_pos / (prev_pos_num[:, None] + eps),
+          prev_neg / (prev_neg_num[:, None] + eps),
+      ],
+      axis=-1,
+  )
 
 
 class IAGate(nnx.Module):

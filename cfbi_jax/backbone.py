@@ -39,23 +39,36 @@ class Bottleneck(nnx.Module):
   """ResNet v1.5 bottleneck with frozen BN (stride in the 3x3 conv)."""
 
   # (conv, norm) pairs: the norm reads only that conv's output.
-  NORM_AFTER_CONV = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3'),
-                     ('downsample_conv', 'downsample_bn'))
+  NORM_AFTER_CONV = (
+      ('conv1', 'bn1'),
+      ('conv2', 'bn2'),
+      ('conv3', 'bn3'),
+      ('downsample_conv', 'downsample_bn'),
+  )
 
-  def __init__(self, inplanes: int, planes: int, stride: int, dilation: int,
-               *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
+  def __init__(
+      self,
+      inplanes: int,
+      planes: int,
+      stride: int,
+      dilation: int,
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
     out = planes * 4
     self.conv1 = layers.conv(inplanes, planes, 1, rngs=rngs)
     self.bn1 = norm(planes)
-    self.conv2 = layers.conv(planes, planes, 3, stride=stride,
-                             dilation=dilation, rngs=rngs)
+    self.conv2 = layers.conv(
+        planes, planes, 3, stride=stride, dilation=dilation, rngs=rngs
+    )
     self.bn2 = norm(planes)
     self.conv3 = layers.conv(planes, out, 1, rngs=rngs)
     self.bn3 = norm(out)
     if stride != 1 or inplanes != out:
-      self.downsample_conv = layers.conv(inplanes, out, 1, stride=stride,
-                                         rngs=rngs)
+      self.downsample_conv = layers.conv(
+          inplanes, out, 1, stride=stride, rngs=rngs
+      )
       self.downsample_bn = norm(out)
     else:
       self.downsample_conv = None
@@ -80,9 +93,14 @@ class ResNet(nnx.Module):
   # (conv, norm) pairs: the norm reads only that conv's output.
   NORM_AFTER_CONV = (('conv1', 'bn1'),)
 
-  def __init__(self, blocks: Sequence[int] = (3, 4, 23, 3), width: int = 64,
-               *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
+  def __init__(
+      self,
+      blocks: Sequence[int] = (3, 4, 23, 3),
+      width: int = 64,
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
     self.conv1 = layers.conv(3, width, 7, stride=2, padding=3, rngs=rngs)
     self.bn1 = norm(width)
     # (planes, stride, dilations per block): layer4 uses multigrid 1,2,4 x 2.
@@ -97,8 +115,16 @@ class ResNet(nnx.Module):
     for planes, stride, dilations in specs:
       stage = []
       for i, d in enumerate(dilations):
-        stage.append(Bottleneck(inplanes, planes, stride if i == 0 else 1, d,
-                                rngs=rngs, norm=norm))
+        stage.append(
+            Bottleneck(
+                inplanes,
+                planes,
+                stride if i == 0 else 1,
+                d,
+                rngs=rngs,
+                norm=norm,
+            )
+        )
         inplanes = planes * 4
       stages.append(nnx.List(stage))
     self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -109,8 +135,12 @@ class ResNet(nnx.Module):
     # PyTorch pads max pooling with -inf, as flax does.
     x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     feats = {}
-    for name, stage in (('low_s4', self.layer1), ('mid_s8', self.layer2),
-                        ('s16a', self.layer3), ('backbone_s16', self.layer4)):
+    for name, stage in (
+        ('low_s4', self.layer1),
+        ('mid_s8', self.layer2),
+        ('s16a', self.layer3),
+        ('backbone_s16', self.layer4),
+    ):
       for block in stage:
         x = block(x)
       feats[name] = x
@@ -121,10 +151,24 @@ class ResNet(nnx.Module):
 # (expansion t, output channels, stride, dilation) of MobileNetV2 blocks 1-17
 # at output stride 16, as the official backbone builds them (notes §4.3).
 MOBILENET_V2_BLOCKS = (
-    (1, 16, 1, 1), (6, 24, 2, 1), (6, 24, 1, 1), (6, 32, 2, 1), (6, 32, 1, 1),
-    (6, 32, 1, 1), (6, 64, 2, 1), (6, 64, 1, 1), (6, 64, 1, 1), (6, 64, 1, 1),
-    (6, 96, 1, 1), (6, 96, 1, 1), (6, 96, 1, 1), (6, 160, 1, 1),
-    (6, 160, 1, 2), (6, 160, 1, 2), (6, 320, 1, 2))
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 24, 1, 1),
+    (6, 32, 2, 1),
+    (6, 32, 1, 1),
+    (6, 32, 1, 1),
+    (6, 64, 2, 1),
+    (6, 64, 1, 1),
+    (6, 64, 1, 1),
+    (6, 64, 1, 1),
+    (6, 96, 1, 1),
+    (6, 96, 1, 1),
+    (6, 96, 1, 1),
+    (6, 160, 1, 1),
+    (6, 160, 1, 2),
+    (6, 160, 1, 2),
+    (6, 320, 1, 2),
+)
 
 
 class InvertedResidual(nnx.Module):
@@ -136,12 +180,23 @@ class InvertedResidual(nnx.Module):
   """
 
   # (conv, norm) pairs: the norm reads only that conv's output.
-  NORM_AFTER_CONV = (('expand_conv', 'expand_bn'), ('dw_conv', 'dw_bn'),
-                     ('project_conv', 'project_bn'))
+  NORM_AFTER_CONV = (
+      ('expand_conv', 'expand_bn'),
+      ('dw_conv', 'dw_bn'),
+      ('project_conv', 'project_bn'),
+  )
 
-  def __init__(self, inp: int, oup: int, stride: int, dilation: int,
-               expand_ratio: int, *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
+  def __init__(
+      self,
+      inp: int,
+      oup: int,
+      stride: int,
+      dilation: int,
+      expand_ratio: int,
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
     hidden = inp * expand_ratio
     self.dilation = dilation
     self.use_res_connect = stride == 1 and inp == oup
@@ -151,9 +206,16 @@ class InvertedResidual(nnx.Module):
     else:
       self.expand_conv = None
       self.expand_bn = None
-    self.dw_conv = layers.conv(hidden, hidden, 3, stride=stride,
-                               dilation=dilation, padding=0, groups=hidden,
-                               rngs=rngs)
+    self.dw_conv = layers.conv(
+        hidden,
+        hidden,
+        3,
+        stride=stride,
+        dilation=dilation,
+        padding=0,
+        groups=hidden,
+        rngs=rngs,
+    )
     self.dw_bn = norm(hidden)
     self.project_conv = layers.conv(hidden, oup, 1, rngs=rngs)
     self.project_bn = norm(oup)
@@ -178,8 +240,7 @@ class MobileNetV2(nnx.Module):
   # (conv, norm) pairs: the norm reads only that conv's output.
   NORM_AFTER_CONV = (('first_conv', 'first_bn'),)
 
-  def __init__(self, *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
+  def __init__(self, *, rngs: nnx.Rngs, norm: Norm = layers.FrozenBatchNorm):
     self.first_conv = layers.conv(3, 32, 3, stride=2, padding=1, rngs=rngs)
     self.first_bn = norm(32)
     blocks, inp = [], 32
@@ -206,11 +267,19 @@ class ASPPBranch(nnx.Module):
   # (conv, norm) pairs: the norm reads only that conv's output.
   NORM_AFTER_CONV = (('atrous_conv', 'bn'),)
 
-  def __init__(self, inplanes: int, planes: int, kernel_size: int,
-               dilation: int, *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
-    self.atrous_conv = layers.conv(inplanes, planes, kernel_size,
-                                   dilation=dilation, rngs=rngs)
+  def __init__(
+      self,
+      inplanes: int,
+      planes: int,
+      kernel_size: int,
+      dilation: int,
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
+    self.atrous_conv = layers.conv(
+        inplanes, planes, kernel_size, dilation=dilation, rngs=rngs
+    )
     self.bn = norm(planes)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -223,25 +292,40 @@ class ASPP(nnx.Module):
   # (conv, norm) pairs: the norm reads only that conv's output.
   NORM_AFTER_CONV = (('pool_conv', 'pool_bn'), ('conv1', 'bn1'))
 
-  def __init__(self, inplanes: int, planes: int = 256,
-               rates: Tuple[int, ...] = (1, 6, 12, 18), *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
-    self.branches = nnx.List([
-        ASPPBranch(inplanes, planes, 1 if r == 1 else 3, r, rngs=rngs,
-                   norm=norm)
-        for r in rates])
+  def __init__(
+      self,
+      inplanes: int,
+      planes: int = 256,
+      rates: Tuple[int, ...] = (1, 6, 12, 18),
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
+    self.branches = nnx.List(
+        [
+            ASPPBranch(
+                inplanes, planes, 1 if r == 1 else 3, r, rngs=rngs, norm=norm
+            )
+            for r in rates
+        ]
+    )
     self.pool_conv = layers.conv(inplanes, planes, 1, rngs=rngs)
     self.pool_bn = norm(planes)
     self.conv1 = layers.conv(planes * (len(rates) + 1), planes, 1, rngs=rngs)
     self.bn1 = norm(planes)
 
-  def __call__(self, x: jnp.ndarray,
-               dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+  def __call__(
+      self, x: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> jnp.ndarray:
     outs = [branch(x) for branch in self.branches]
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = jax.nn.relu(self.pool_bn(self.pool_conv(pooled)))
-    outs.append(jnp.broadcast_to(layers.broadcast_to_like(pooled, outs[0]),
-                                 outs[0].shape[:3] + pooled.shape[3:]))
+    outs.append(
+        jnp.broadcast_to(
+            layers.broadcast_to_like(pooled, outs[0]),
+            outs[0].shape[:3] + pooled.shape[3:],
+        )
+    )
     y = jax.nn.relu(self.bn1(self.conv1(jnp.concatenate(outs, axis=-1))))
     # The only dropout of the model; active in training only.
     return layers.dropout(y, 0.1, dropout_rng)
@@ -251,12 +335,21 @@ class Decoder(nnx.Module):
   """DeepLabV3+ decoder to `planes` channels at stride 4 (`deeplab/decoder.py`)."""
 
   # (conv, norm) pairs: the norm reads only that conv's output.
-  NORM_AFTER_CONV = (('conv1', 'bn1'), ('last_conv1', 'last_bn1'),
-                     ('last_conv2', 'last_bn2'))
+  NORM_AFTER_CONV = (
+      ('conv1', 'bn1'),
+      ('last_conv1', 'last_bn1'),
+      ('last_conv2', 'last_bn2'),
+  )
 
-  def __init__(self, low_level_channels: int, aspp_channels: int = 256,
-               planes: int = 256, *, rngs: nnx.Rngs,
-               norm: Norm = layers.FrozenBatchNorm):
+  def __init__(
+      self,
+      low_level_channels: int,
+      aspp_channels: int = 256,
+      planes: int = 256,
+      *,
+      rngs: nnx.Rngs,
+      norm: Norm = layers.FrozenBatchNorm,
+  ):
     self.conv1 = layers.conv(low_level_channels, 48, 1, rngs=rngs)
     self.bn1 = norm(48)
     self.last_conv1 = layers.conv(aspp_channels + 48, planes, 3, rngs=rngs)
@@ -287,31 +380,43 @@ class DeepLab(nnx.Module):
       a scratch backbone would have no normalisation at all).
   """
 
-  def __init__(self, backbone: str = 'resnet', aspp_channels: int = 256,
-               decoder_channels: int = 256,
-               resnet_blocks: Sequence[int] = (3, 4, 23, 3),
-               resnet_width: int = 64, norm: str = 'frozen_bn',
-               norm_groups: int = 32, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      backbone: str = 'resnet',
+      aspp_channels: int = 256,
+      decoder_channels: int = 256,
+      resnet_blocks: Sequence[int] = (3, 4, 23, 3),
+      resnet_width: int = 64,
+      norm: str = 'frozen_bn',
+      norm_groups: int = 32,
+      *,
+      rngs: nnx.Rngs,
+  ):
     norm = layers.norm_factory(norm, norm_groups, rngs=rngs)
     if backbone == 'mobilenetv2':
       self.backbone = MobileNetV2(rngs=rngs, norm=norm)
     elif backbone == 'resnet':
-      self.backbone = ResNet(resnet_blocks, resnet_width, rngs=rngs,
-                             norm=norm)
+      self.backbone = ResNet(resnet_blocks, resnet_width, rngs=rngs, norm=norm)
     else:
-      raise ValueError(f'unknown backbone {backbone!r}: expected '
-                       "'resnet' or 'mobilenetv2'")
+      raise ValueError(
+          f'unknown backbone {backbone!r}: expected '
+          "'resnet' or 'mobilenetv2'"
+      )
     low_ch, mid_ch, high_ch = self.backbone.out_channels
-    self.out_channels = {'low_s4': low_ch, 'mid_s8': mid_ch,
-                         'aspp_s16': aspp_channels,
-                         'decoder_s4': decoder_channels}
+    self.out_channels = {
+        'low_s4': low_ch,
+        'mid_s8': mid_ch,
+        'aspp_s16': aspp_channels,
+        'decoder_s4': decoder_channels,
+    }
     self.aspp = ASPP(high_ch, aspp_channels, rngs=rngs, norm=norm)
-    self.decoder = Decoder(low_ch, aspp_channels, decoder_channels, rngs=rngs,
-                           norm=norm)
+    self.decoder = Decoder(
+        low_ch, aspp_channels, decoder_channels, rngs=rngs, norm=norm
+    )
 
-  def __call__(self, images: jnp.ndarray,
-               dropout_rng: Optional[jax.Array] = None
-               ) -> Dict[str, jnp.ndarray]:
+  def __call__(
+      self, images: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> Dict[str, jnp.ndarray]:
     """Extracts features.
 
     Args:
@@ -330,14 +435,25 @@ class DeepLab(nnx.Module):
 
 # The DeepLab of the tiny test models of every family (`tiny_cfbi`, ...):
 # a ResNet with one block per stage, width 8, 32-wide ASPP and decoder.
-TINY_DEEPLAB = dict(resnet_blocks=(1, 1, 1, 1), resnet_width=8,
-                    aspp_channels=32, decoder_channels=32, gn_groups=4)
+TINY_DEEPLAB = dict(
+    resnet_blocks=(1, 1, 1, 1),
+    resnet_width=8,
+    aspp_channels=32,
+    decoder_channels=32,
+    gn_groups=4,
+)
 
 
 # ---- The official DeepLab's state-dict names (applied by `convert.py`).
 _MNV2_T1 = {'dw_conv': 0, 'dw_bn': 1, 'project_conv': 3, 'project_bn': 4}
-_MNV2 = {'expand_conv': 0, 'expand_bn': 1, 'dw_conv': 3, 'dw_bn': 4,
-         'project_conv': 6, 'project_bn': 7}
+_MNV2 = {
+    'expand_conv': 0,
+    'expand_bn': 1,
+    'dw_conv': 3,
+    'dw_bn': 4,
+    'project_conv': 6,
+    'project_bn': 7,
+}
 
 
 def _mnv2_block(m: re.Match) -> str:
@@ -359,15 +475,20 @@ CHECKPOINT_RULES: List[Tuple[str, Union[str, Callable[[re.Match], str]]]] = [
     (r'\.pool_conv\.', '.global_avg_pool.1.'),
     (r'\.pool_bn\.', '.global_avg_pool.2.'),
     # Decoder.
-    (r'\.last_conv1\.', '.last_conv.0.'), (r'\.last_bn1\.', '.last_conv.1.'),
-    (r'\.last_conv2\.', '.last_conv.4.'), (r'\.last_bn2\.', '.last_conv.5.'),
+    (r'\.last_conv1\.', '.last_conv.0.'),
+    (r'\.last_bn1\.', '.last_conv.1.'),
+    (r'\.last_conv2\.', '.last_conv.4.'),
+    (r'\.last_bn2\.', '.last_conv.5.'),
     # Leaf names.
-    (r'\.kernel$', '.weight'), (r'\.scale$', '.weight'),
+    (r'\.kernel$', '.weight'),
+    (r'\.scale$', '.weight'),
 ]
 
 # Alias key patterns (same tensor registered twice) -> the canonical name.
 CHECKPOINT_ALIASES: List[Tuple[str, str]] = [
-    (r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
-     r'feautre_8x|feature_16x|feature_32x)\.', 'feature_extracter.backbone.'
-     'features.'),
+    (
+        r'^feature_extracter\.backbone\.(low_level_features|high_level_features|'
+        r'feautre_8x|feature_16x|feature_32x)\.',
+        'feature_extracter.backbone.' 'features.',
+    ),
 ]

@@ -23,8 +23,9 @@ import jax
 from absl import logging
 
 # Where compiled programs are kept unless the config says otherwise.
-DEFAULT_COMPILATION_CACHE_DIR = os.path.join('~', '.cache', 'cfbi_jax',
-                                             'jax_compilation_cache')
+DEFAULT_COMPILATION_CACHE_DIR = os.path.join(
+    '~', '.cache', 'cfbi_jax', 'jax_compilation_cache'
+)
 
 
 # Set by `tracing_for`: the platform traced for, instead of the backend's.
@@ -112,12 +113,15 @@ def initialize_distributed(heartbeat_timeout_s: int = 100) -> None:
   """
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   ids = {}
-  for key, variable in (('num_processes', 'JAX_NUM_PROCESSES'),
-                        ('process_id', 'JAX_PROCESS_ID')):
+  for key, variable in (
+      ('num_processes', 'JAX_NUM_PROCESSES'),
+      ('process_id', 'JAX_PROCESS_ID'),
+  ):
     value = os.environ.get(variable, '')
     if value:
       if not value.isdigit():
         raise ValueError(f'{variable}={value!r}: expected a whole number')
       ids[key] = int(value)
-  jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s,
-                             **ids)
+  jax.distributed.initialize(
+      heartbeat_timeout_seconds=heartbeat_timeout_s, **ids
+  )

@@ -35,21 +35,25 @@ CONFIG_FILE = 'model_config.json'
 _STATE_FILTER = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
-
 def flat_state(module: nnx.Module) -> Dict[Tuple[Any, ...], Any]:
   """`{module path: array}` of every Param and BatchStat of `module`."""
   state = nnx.state(module, _STATE_FILTER)
-  return {path: v.get_value() if hasattr(v, 'get_value') else v.value
-          for path, v in nnx.to_flat_state(state)}
+  return {
+      path: v.get_value() if hasattr(v, 'get_value') else v.value
+      for path, v in nnx.to_flat_state(state)
+  }
 
 
 def path_str(path: Tuple[Any, ...]) -> str:
   return '.'.join(str(p) for p in path)
 
 
-def save_model(directory: str, model_config: Mapping[str, Any],
-               arrays: Mapping[Tuple[Any, ...], np.ndarray],
-               step: int = 0) -> None:
+def save_model(
+    directory: str,
+    model_config: Mapping[str, Any],
+    arrays: Mapping[Tuple[Any, ...], np.ndarray],
+    step: int = 0,
+) -> None:
   """Writes `arrays` (flat `{path: array}`) and the model config.
 
   Args:
@@ -62,16 +66,21 @@ def save_model(directory: str, model_config: Mapping[str, Any],
   os.makedirs(directory, exist_ok=True)
   tree = {path_str(k): np.asarray(v) for k, v in arrays.items()}
   with ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                      create=True)) as mngr:
-    mngr.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(tree)),
-              force=True)
+      directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+  ) as mngr:
+    mngr.save(
+        step,
+        args=ocp.args.Composite(model=ocp.args.StandardSave(tree)),
+        force=True,
+    )
     mngr.wait_until_finished()
   if jax.process_index() > 0:  # Orbax wrote the arrays from process 0.
     return
   config = dict(ml_collections.ConfigDict(dict(model_config)).to_dict())
-  atomic_files.write_json(os.path.join(directory, CONFIG_FILE), config, indent=2,
-                     sort_keys=True)
+  atomic_files.write_json(
+      os.path.join(directory, CONFIG_FILE), config, indent=2, sort_keys=True
+  )
 
 
 class CheckpointError(ValueError):
@@ -99,13 +108,16 @@ def resolve_model_dir(name: str) -> str:
     return name
   bundled = project_files.bundled_models()
   key = os.path.basename(os.path.normpath(name))
-  if key in bundled and os.path.normpath(name) in (key, os.path.join(
-      'models', key)):
+  if key in bundled and os.path.normpath(name) in (
+      key,
+      os.path.join('models', key),
+  ):
     return bundled[key]
   hint = ', '.join(bundled) or 'none found'
   raise FileNotFoundError(
       f'model folder {name} does not exist: give a folder written by '
-      f'cfbi-convert or train.py, or a bundled model by name ({hint})')
+      f'cfbi-convert or train.py, or a bundled model by name ({hint})'
+  )
 
 
 def read_model_config(directory: str) -> ml_collections.ConfigDict:
@@ -116,19 +128,24 @@ def read_model_config(directory: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{directory} is not a cfbi-jax model directory: {CONFIG_FILE} is '
-        'missing (convert official weights with python -m cfbi_jax.convert)')
+        'missing (convert official weights with python -m cfbi_jax.convert)'
+    )
   try:
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except json.JSONDecodeError as e:
-    raise CheckpointError(f'{path} is not valid JSON ({e}); the model '
-                          'directory is truncated or incomplete: copy or '
-                          'convert it again') from e
+    raise CheckpointError(
+        f'{path} is not valid JSON ({e}); the model '
+        'directory is truncated or incomplete: copy or '
+        'convert it again'
+    ) from e
 
 
-def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
-               step: Optional[int] = None
-               ) -> Tuple[nnx.Module, ml_collections.ConfigDict]:
+def load_model(
+    directory: str,
+    overrides: Optional[Mapping[str, Any]] = None,
+    step: Optional[int] = None,
+) -> Tuple[nnx.Module, ml_collections.ConfigDict]:
   """Rebuilds the model stored in `directory` and restores its weights.
 
   Args:
@@ -155,13 +172,15 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
   except ValueError as e:
     raise CheckpointError(
         f'{directory}: {CONFIG_FILE} names a model this version of cfbi-jax '
-        f'does not build ({_cause(e)})') from e
+        f'does not build ({_cause(e)})'
+    ) from e
   for key, value in dict(overrides or {}).items():
     if key not in models.eval_fields(config):
       raise ValueError(
           f'model field {key!r} cannot be set for {directory}, a '
           f'{models.family_of(config).name} model: its evaluation fields '
-          f'are {", ".join(models.eval_fields(config))}')
+          f'are {", ".join(models.eval_fields(config))}'
+      )
     config[key] = value
   try:
     abstract = nnx.eval_shape(lambda: models.build(config))
@@ -169,11 +188,12 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
     raise CheckpointError(
         f'{directory}: {CONFIG_FILE} describes a model this version of '
         f'cfbi-jax does not build ({_cause(e)}); was it written by another '
-        'version?') from e
+        'version?'
+    ) from e
   expected = {path_str(k): v for k, v in flat_state(abstract).items()}
   with ocp.CheckpointManager(
-      directory,
-      item_handlers={'model': ocp.StandardCheckpointHandler()}) as mngr:
+      directory, item_handlers={'model': ocp.StandardCheckpointHandler()}
+  ) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint step in {directory}')
@@ -183,29 +203,36 @@ def load_model(directory: str, overrides: Optional[Mapping[str, Any]] = None,
       raise CheckpointError(
           f'{directory}: the metadata of step {step} cannot be read '
           f'({_cause(e)}); the copy is incomplete: copy or convert it '
-          'again') from e
+          'again'
+      ) from e
     if meta is None:
-      raise CheckpointError(f'{directory}: step {step} holds no model '
-                            'arrays; copy or convert it again')
+      raise CheckpointError(
+          f'{directory}: step {step} holds no model '
+          'arrays; copy or convert it again'
+      )
     stored_shapes = {k: tuple(v.shape) for k, v in meta.items()}
     check_match(expected, stored_shapes, what=directory)
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-              for k, v in expected.items()}
+    target = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in expected.items()
+    }
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          model=ocp.args.StandardRestore(target)))['model']
+      restored = mngr.restore(
+          step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
+      )['model']
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'{directory}: the arrays of step {step} cannot be read '
           f'({_cause(e)}); a file is truncated or missing: copy or convert '
-          'it again') from e
+          'it again'
+      ) from e
   module = nnx.eval_shape(lambda: models.build(config))
   set_state(module, {k: restored[path_str(k)] for k in flat_state(module)})
   return module, config
 
 
-def set_state(module: nnx.Module,
-              arrays: Mapping[Tuple[Any, ...], Any]) -> None:
+def set_state(
+    module: nnx.Module, arrays: Mapping[Tuple[Any, ...], Any]
+) -> None:
   """Fills every Param/BatchStat of `module` from `{path: array}` in place.
 
   `module` may be abstract (`nnx.eval_shape`), which avoids a random init of
@@ -217,18 +244,22 @@ def set_state(module: nnx.Module,
   nnx.update(module, state)
 
 
-def check_match(expected: Mapping[str, Any], stored_shapes: Mapping[str, Any],
-                what: str) -> None:
+def check_match(
+    expected: Mapping[str, Any], stored_shapes: Mapping[str, Any], what: str
+) -> None:
   """Raises ValueError naming missing, unexpected and mis-shaped entries."""
   missing = sorted(set(expected) - set(stored_shapes))
   unexpected = sorted(set(stored_shapes) - set(expected))
-  shapes = sorted(f'{k}: stored {tuple(stored_shapes[k])} vs model '
-                  f'{tuple(expected[k].shape)}'
-                  for k in set(expected) & set(stored_shapes)
-                  if tuple(stored_shapes[k]) != tuple(expected[k].shape))
+  shapes = sorted(
+      f'{k}: stored {tuple(stored_shapes[k])} vs model '
+      f'{tuple(expected[k].shape)}'
+      for k in set(expected) & set(stored_shapes)
+      if tuple(stored_shapes[k]) != tuple(expected[k].shape)
+  )
   if missing or unexpected or shapes:
     raise ValueError(
         f'checkpoint {what} does not match the model: '
         f'missing {missing[:20]}{"..." if len(missing) > 20 else ""} '
         f'({len(missing)}), unexpected {unexpected[:20]} ({len(unexpected)}), '
-        f'shape mismatches {shapes[:20]} ({len(shapes)})')
+        f'shape mismatches {shapes[:20]} ({len(shapes)})'
+    )

@@ -41,14 +41,28 @@ from cfbi_jax import project_files
 
 VERBOSE_FLAG = '--verbose'
 USER_EXIT_CODE = 2
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS,
-                 errno.EACCES, errno.EPERM)
+_WRITE_ERRNOS = (
+    errno.ENOSPC,
+    errno.EFBIG,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+)
 
 
 def is_user_error(error: BaseException) -> bool:
   """True for the errors `run` reports in one line (module docstring)."""
-  if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError,
-                        IsADirectoryError, PermissionError)):
+  if isinstance(
+      error,
+      (
+          ValueError,
+          FileNotFoundError,
+          NotADirectoryError,
+          IsADirectoryError,
+          PermissionError,
+      ),
+  ):
     return True
   return isinstance(error, OSError) and error.errno in _WRITE_ERRNOS
 
@@ -68,8 +82,11 @@ def one_line(error: BaseException) -> str:
 def _config_overrides(argv: Sequence[str], flag: str) -> List[str]:
   """Field paths given as `--<flag>.a.b=v` or `--<flag>.a.b v`."""
   prefix = f'--{flag}.'
-  return [arg[len(prefix):].split('=', 1)[0] for arg in argv
-          if arg.startswith(prefix)]
+  return [
+      arg[len(prefix) :].split('=', 1)[0]
+      for arg in argv
+      if arg.startswith(prefix)
+  ]
 
 
 def load_config_file(spec: str):
@@ -80,9 +97,11 @@ def load_config_file(spec: str):
   """
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'config file {path} not found (give a path to '
-                            'a .py file with get_config(), e.g. '
-                            'configs/eval.py)')
+    raise FileNotFoundError(
+        f'config file {path} not found (give a path to '
+        'a .py file with get_config(), e.g. '
+        'configs/eval.py)'
+    )
   project_files.make_configs_importable()
   module_spec = importlib.util.spec_from_file_location('_cfbi_config', path)
   module = importlib.util.module_from_spec(module_spec)
@@ -100,8 +119,7 @@ def _field_paths(config, prefix: str = '') -> List[str]:
   return paths
 
 
-def prepare_config_flag(argv: List[str], flag: str,
-                        default_file: str) -> str:
+def prepare_config_flag(argv: List[str], flag: str, default_file: str) -> str:
   """Checks `--<flag>` and its overrides before absl parses them.
 
   A relative config path that is not found from the working folder but is
@@ -137,8 +155,11 @@ def prepare_config_flag(argv: List[str], flag: str,
   for field in fields:
     if field not in known:
       close = difflib.get_close_matches(field, known, n=1, cutoff=0.5)
-      hint = (f'; did you mean --{flag}.{close[0]}?' if close else
-              '; the fields are listed in the config file')
+      hint = (
+          f'; did you mean --{flag}.{close[0]}?'
+          if close
+          else '; the fields are listed in the config file'
+      )
       raise ValueError(f'unknown config field --{flag}.{field}{hint}')
   return default
 
@@ -152,11 +173,14 @@ def _without_closed_loop_noise(hook):
   nothing about the command, so it is dropped from the start (no race with
   the one-line report); every other unraisable exception goes to `hook`.
   """
+
   def quiet(unraisable):
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError)
-            and str(error) == 'Event loop is closed'):
+    if not (
+        isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    ):
       hook(unraisable)
+
   return quiet
 
 
@@ -180,8 +204,11 @@ def _stop(code: int, line: str) -> None:
   os._exit(code)  # pylint: disable=protected-access
 
 
-def run(main: Callable[[], None], argv: Optional[List[str]] = None,
-        on_interrupt: str = 'nothing unfinished is kept') -> None:
+def run(
+    main: Callable[[], None],
+    argv: Optional[List[str]] = None,
+    on_interrupt: str = 'nothing unfinished is kept',
+) -> None:
   """Runs `main()`, reporting user errors in one line (module docstring).
 
   Args:
@@ -213,5 +240,8 @@ def run(main: Callable[[], None], argv: Optional[List[str]] = None,
     # Reads still in flight when a checkpoint failed (tensorstore callbacks
     # into orbax's closed event loop) print tracebacks of their own on
     # their threads: from here on nothing but the message is printed.
-    _stop(USER_EXIT_CODE, f'error: {one_line(error)}\n'
-          f'(run again with {VERBOSE_FLAG} for the traceback)')
+    _stop(
+        USER_EXIT_CODE,
+        f'error: {one_line(error)}\n'
+        f'(run again with {VERBOSE_FLAG} for the traceback)',
+    )

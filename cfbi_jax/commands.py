@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from cfbi_jax import cli
 
-
 _EVALUATE_USAGE = """Evaluate a model directory (any model family) on DAVIS,
 YouTube-VOS or your own video.
 
@@ -46,11 +45,14 @@ def _usage(text: str) -> None:
     main.__doc__ = text
 
 
-def _config_command(usage: str, config_file: str, config_help: str,
-                    body: Callable[[Any, Dict[str, Any]], None],
-                    define_flags: Callable[[], Dict[str, Any]] = dict,
-                    on_interrupt: str = 'nothing unfinished is kept'
-                    ) -> None:
+def _config_command(
+    usage: str,
+    config_file: str,
+    config_help: str,
+    body: Callable[[Any, Dict[str, Any]], None],
+    define_flags: Callable[[], Dict[str, Any]] = dict,
+    on_interrupt: str = 'nothing unfinished is kept',
+) -> None:
   """Runs a command whose work is `body(config, flag values)`.
 
   Args:
@@ -68,7 +70,8 @@ def _config_command(usage: str, config_file: str, config_help: str,
   def work():
     default = cli.prepare_config_flag(sys.argv, 'config', config_file)
     config = config_flags.DEFINE_config_file(
-        'config', default, config_help, lock_config=True)
+        'config', default, config_help, lock_config=True
+    )
     extra = define_flags()
 
     def main(argv):
@@ -89,12 +92,23 @@ def _config_command(usage: str, config_file: str, config_help: str,
 
 
 # absl's help flags.
-_HELP_FLAGS = {'--help', '-help', '-h', '-?', '--helpshort', '--helpfull',
-               '--helpxml'}
+_HELP_FLAGS = {
+    '--help',
+    '-help',
+    '-h',
+    '-?',
+    '--helpshort',
+    '--helpfull',
+    '--helpxml',
+}
 
 # Modules of the `[train]` extra (pyproject.toml) that training imports.
-_TRAIN_EXTRA_MODULES = ('tensorflow', 'tensorflow_datasets', 'clu',
-                        'tensorboard')
+_TRAIN_EXTRA_MODULES = (
+    'tensorflow',
+    'tensorflow_datasets',
+    'clu',
+    'tensorboard',
+)
 
 
 def _import_trainer():
@@ -108,43 +122,57 @@ def _import_trainer():
       raise
     raise ValueError(
         f'cfbi-train needs the training extras ({error.name} is not '
-        'installed): pip install "cfbi-jax[train]"') from error
+        'installed): pip install "cfbi-jax[train]"'
+    ) from error
   return trainer
 
 
 def evaluate() -> None:
   """Evaluates a model (see `configs/eval.py` and `configs/video.py`)."""
+
   def body(config, _):
     from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
+
     evaluation.run(config)
 
   _config_command(
-      _EVALUATE_USAGE, 'configs/eval.py', 'Evaluation config file.', body,
+      _EVALUATE_USAGE,
+      'configs/eval.py',
+      'Evaluation config file.',
+      body,
       on_interrupt='the sequences finished so far are kept in the output '
-      'folder; the same command segments the rest')
+      'folder; the same command segments the rest',
+  )
 
 
 def train() -> None:
   """Trains a model (see `configs/ytvos.py` and the other training configs)."""
+
   def define_flags():
     return {
-        'workdir': flags.DEFINE_string('workdir', None, 'Run directory.',
-                                       required=True),
+        'workdir': flags.DEFINE_string(
+            'workdir', None, 'Run directory.', required=True
+        ),
         'distributed': flags.DEFINE_bool(
-            'distributed', False,
-            'Multi-host run: join JAX\'s distributed runtime first '
+            'distributed',
+            False,
+            "Multi-host run: join JAX's distributed runtime first "
             '(coordinator and process ids come from the TPU / SLURM / Open '
             'MPI environment or the JAX_COORDINATOR_ADDRESS, '
-            'JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; see the README).'),
+            'JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; see the README).',
+        ),
         'heartbeat_timeout_s': flags.DEFINE_integer(
-            'heartbeat_timeout_s', 100,
+            'heartbeat_timeout_s',
+            100,
             'With --distributed: seconds after which a process that stopped '
-            'answering counts as dead and the others exit with an error.'),
+            'answering counts as dead and the others exit with an error.',
+        ),
     }
 
   def body(config, values):
     if values['distributed']:
       from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+
       backend.initialize_distributed(values['heartbeat_timeout_s'])
     trainer = _import_trainer()
     if not config.data.root and config.data.source != 'tfds':
@@ -154,18 +182,25 @@ def train() -> None:
       raise cli.Terminated()
 
   _config_command(
-      _TRAIN_USAGE, 'configs/ytvos.py', 'Training config file.', body,
-      define_flags, on_interrupt='the checkpoints written so far are kept '
-      'in the workdir; the same command resumes from the last one')
+      _TRAIN_USAGE,
+      'configs/ytvos.py',
+      'Training config file.',
+      body,
+      define_flags,
+      on_interrupt='the checkpoints written so far are kept '
+      'in the workdir; the same command resumes from the last one',
+  )
 
 
 def convert() -> None:
   """`cfbi-convert`: `python -m cfbi_jax.convert`."""
   from cfbi_jax import convert as converter  # pylint: disable=g-import-not-at-top
+
   cli.run(lambda: converter.main(sys.argv[1:]))
 
 
 def export() -> None:
   """`cfbi-export`: `python -m cfbi_jax.inference.export`."""
   from cfbi_jax.inference import export as exporter  # pylint: disable=g-import-not-at-top
+
   cli.run(exporter.main)

@@ -39,6 +39,7 @@ from cfbi_jax import checkpoint
 from cfbi_jax import cli
 from cfbi_jax import models
 
+
 def torch_key(path: Tuple, model_config) -> str:
   """The PyTorch state-dict key of an NNX state path (the model family's
   `CHECKPOINT_RULES`, applied in order)."""
@@ -51,11 +52,11 @@ def torch_key(path: Tuple, model_config) -> str:
 def _transform(value: np.ndarray, target_shape: Tuple[int, ...]) -> np.ndarray:
   """PyTorch layout -> NNX layout, chosen by the ranks involved."""
   value = np.asarray(value, dtype=np.float32)
-  if value.ndim == 4 and len(target_shape) == 4:      # conv OIHW -> HWIO
+  if value.ndim == 4 and len(target_shape) == 4:  # conv OIHW -> HWIO
     value = value.transpose(2, 3, 1, 0)
-  elif value.ndim == 2 and len(target_shape) == 2:    # Linear (out, in)
+  elif value.ndim == 2 and len(target_shape) == 2:  # Linear (out, in)
     value = value.T
-  elif value.ndim != len(target_shape):               # (1,C,1,1) -> (C,)
+  elif value.ndim != len(target_shape):  # (1,C,1,1) -> (C,)
     if value.size != int(np.prod(target_shape)):
       return value  # Left as is; the caller reports the shape mismatch.
     value = value.reshape(target_shape)
@@ -72,8 +73,10 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     ValueError: a `.pth` file without torch installed.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such weights file (give the '
-                            'official .pth, or a state dict saved as .npz)')
+    raise FileNotFoundError(
+        f'{path}: no such weights file (give the '
+        'official .pth, or a state dict saved as .npz)'
+    )
   if path.endswith('.npz'):
     with np.load(path, allow_pickle=False) as data:
       sd = {k: data[k] for k in data.files}
@@ -83,20 +86,27 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     except ImportError as e:
       raise ValueError(
           f'{path}: reading .pth needs torch (pip install torch); or save '
-          'the state dict as .npz and pass that instead') from e
+          'the state dict as .npz and pass that instead'
+      ) from e
     obj = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(obj, Mapping) and 'state_dict' in obj:
       obj = obj['state_dict']
-    sd = {k: v.detach().cpu().numpy() for k, v in obj.items()
-          if hasattr(v, 'detach')}
+    sd = {
+        k: v.detach().cpu().numpy()
+        for k, v in obj.items()
+        if hasattr(v, 'detach')
+    }
   if 'state_dict' in sd and not hasattr(sd['state_dict'], 'shape'):
     sd = dict(sd['state_dict'])
-  return {k[len('module.'):] if k.startswith('module.') else k: np.asarray(v)
-          for k, v in sd.items()}
+  return {
+      k[len('module.') :] if k.startswith('module.') else k: np.asarray(v)
+      for k, v in sd.items()
+  }
 
 
-def resolve_aliases(sd: Mapping[str, np.ndarray],
-                    model_config) -> Dict[str, np.ndarray]:
+def resolve_aliases(
+    sd: Mapping[str, np.ndarray], model_config
+) -> Dict[str, np.ndarray]:
   """Drops alias keys after checking they equal their canonical key."""
   out, aliases = {}, {}
   for k, v in sd.items():
@@ -113,8 +123,9 @@ def resolve_aliases(sd: Mapping[str, np.ndarray],
   return out
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], model_config,
-                       prefix: str = '') -> Dict[Tuple, np.ndarray]:
+def convert_state_dict(
+    sd: Mapping[str, np.ndarray], model_config, prefix: str = ''
+) -> Dict[Tuple, np.ndarray]:
   """Maps a state dict onto the model's state paths, one to one.
 
   Args:
@@ -129,8 +140,11 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_config,
     ValueError: naming missing keys, unexpected keys and shape mismatches.
   """
   abstract = nnx.eval_shape(lambda: models.build(model_config))
-  targets = {p: v for p, v in checkpoint.flat_state(abstract).items()
-             if torch_key(p, model_config).startswith(prefix)}
+  targets = {
+      p: v
+      for p, v in checkpoint.flat_state(abstract).items()
+      if torch_key(p, model_config).startswith(prefix)
+  }
   keys = {torch_key(p, model_config): p for p in targets}
   if len(keys) != len(targets):
     raise AssertionError('the name table maps two model paths to one key')
@@ -146,21 +160,27 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_config,
       bad.append(f'{key}: {sd[key].shape} -> {value.shape} != {shape}')
     out[path] = value
   if missing or unexpected or bad:
-    raise ValueError(f'state dict does not match {model_config.variant}: '
-                     f'missing {missing}, unexpected {unexpected}, '
-                     f'bad shapes {bad}')
+    raise ValueError(
+        f'state dict does not match {model_config.variant}: '
+        f'missing {missing}, unexpected {unexpected}, '
+        f'bad shapes {bad}'
+    )
   return out
 
 
 # Backbone checkpoints: keys that carry no model state (classifier heads, BN
 # counters); `convert_backbone` drops them.
-_BACKBONE_IGNORED = (r'^fc\.', r'num_batches_tracked$', r'^decoder\.last_conv\.8\.',
-                     r'^classifier\.')
+_BACKBONE_IGNORED = (
+    r'^fc\.',
+    r'num_batches_tracked$',
+    r'^decoder\.last_conv\.8\.',
+    r'^classifier\.',
+)
 
 
-def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
-                     seed: int = 0) -> Tuple[Dict[Tuple, np.ndarray],
-                                             List[str], List[str]]:
+def convert_backbone(
+    sd: Mapping[str, np.ndarray], model_config, seed: int = 0
+) -> Tuple[Dict[Tuple, np.ndarray], List[str], List[str]]:
   """Fills the DeepLab part of a fresh model from a backbone checkpoint.
 
   Accepts torchvision ResNet keys (`conv1.weight`, `layer1.0...`), DeepLab
@@ -170,8 +190,11 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
     `(arrays, from_checkpoint, from_init)`: the full model state, and the
     torch keys loaded vs. left at the seeded init.
   """
-  sd = {k: v for k, v in sd.items()
-        if not any(re.search(p, k) for p in _BACKBONE_IGNORED)}
+  sd = {
+      k: v
+      for k, v in sd.items()
+      if not any(re.search(p, k) for p in _BACKBONE_IGNORED)
+  }
   canonical = {}
   for k, v in sd.items():
     if k.startswith('feature_extracter.'):
@@ -184,19 +207,24 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
   module = models.build(model_config, rngs=nnx.Rngs(seed))
   arrays = {p: np.asarray(v) for p, v in checkpoint.flat_state(module).items()}
   keys = {torch_key(p, model_config): p for p in arrays}
-  backbone_keys = {k for k in keys if k.startswith('feature_extracter.backbone.')}
+  backbone_keys = {
+      k for k in keys if k.startswith('feature_extracter.backbone.')
+  }
   unexpected = sorted(set(canonical) - set(keys))
   missing = sorted(backbone_keys - set(canonical))
   if unexpected or missing:
-    raise ValueError(f'backbone checkpoint does not match: missing {missing},'
-                     f' unexpected {unexpected}')
+    raise ValueError(
+        f'backbone checkpoint does not match: missing {missing},'
+        f' unexpected {unexpected}'
+    )
   loaded = []
   for key, value in canonical.items():
     path = keys[key]
     new = _transform(value, arrays[path].shape)
     if new.shape != arrays[path].shape:
-      raise ValueError(f'{key}: shape {value.shape} does not fit '
-                       f'{arrays[path].shape}')
+      raise ValueError(
+          f'{key}: shape {value.shape} does not fit ' f'{arrays[path].shape}'
+      )
     arrays[path] = new
     loaded.append(key)
   left = sorted(set(keys) - set(loaded))
@@ -205,32 +233,44 @@ def convert_backbone(sd: Mapping[str, np.ndarray], model_config,
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variant', required=True,
-                      choices=[v for v in models.variants()
-                               if not v.startswith('tiny')])
+  parser.add_argument(
+      '--variant',
+      required=True,
+      choices=[v for v in models.variants() if not v.startswith('tiny')],
+  )
   parser.add_argument('--src', required=True)
   parser.add_argument('--dst', required=True)
   parser.add_argument('--backbone_only', action='store_true')
-  parser.add_argument('--seed', type=int, default=0,
-                      help='init seed of the parts --backbone_only leaves')
+  parser.add_argument(
+      '--seed',
+      type=int,
+      default=0,
+      help='init seed of the parts --backbone_only leaves',
+  )
   args = parser.parse_args(argv)
   config = models.model_config(args.variant)
   family = models.family_of(config)
   if not args.backbone_only and not family.official_weights:
-    raise ValueError(f'{family.name} has no official PyTorch weights to '
-             'convert; use --backbone_only to start it from a DeepLab '
-             'backbone checkpoint')
+    raise ValueError(
+        f'{family.name} has no official PyTorch weights to '
+        'convert; use --backbone_only to start it from a DeepLab '
+        'backbone checkpoint'
+    )
   sd = load_state_dict(args.src)
   if args.backbone_only:
     arrays, loaded, left = convert_backbone(sd, config, args.seed)
-    print(f'loaded {len(loaded)} backbone tensors; {len(left)} tensors keep '
-          f'their seeded init (seed {args.seed}):')
+    print(
+        f'loaded {len(loaded)} backbone tensors; {len(left)} tensors keep '
+        f'their seeded init (seed {args.seed}):'
+    )
     prefixes = sorted({'.'.join(k.split('.')[:2]) for k in left})
     print('  ' + '\n  '.join(prefixes))
   else:
     arrays = convert_state_dict(resolve_aliases(sd, config), config)
-    print(f'converted {len(arrays)} tensors '
-          f'({sum(v.size for v in arrays.values()):,} values)')
+    print(
+        f'converted {len(arrays)} tensors '
+        f'({sum(v.size for v in arrays.values()):,} values)'
+    )
   checkpoint.save_model(args.dst, config, arrays)
   print(f'wrote {args.dst}')
 

@@ -66,9 +66,13 @@ def _natural_key(name: str):
 
 def _listing(folder: str, extensions: Sequence[str]) -> List[str]:
   """Files in `folder` (not hidden) whose lower-cased suffix is listed."""
-  return [f for f in os.listdir(folder)
-          if not f.startswith('.') and os.path.splitext(f)[1].lower()
-          in extensions and os.path.isfile(os.path.join(folder, f))]
+  return [
+      f
+      for f in os.listdir(folder)
+      if not f.startswith('.')
+      and os.path.splitext(f)[1].lower() in extensions
+      and os.path.isfile(os.path.join(folder, f))
+  ]
 
 
 def _why(e: Exception) -> str:
@@ -89,11 +93,13 @@ def _image_size(path: str) -> Tuple[int, int]:
     raise DatasetError(f'unreadable image {path}: {_why(e)}') from None
 
 
-def read_mask(path: str,
-              expected_size: Optional[Tuple[int, int]] = None,
-              max_objects: Optional[int] = None,
-              binarize: bool = False,
-              require_object: bool = False) -> np.ndarray:
+def read_mask(
+    path: str,
+    expected_size: Optional[Tuple[int, int]] = None,
+    max_objects: Optional[int] = None,
+    binarize: bool = False,
+    require_object: bool = False,
+) -> np.ndarray:
   """Reads and validates an annotation PNG as object ids.
 
   Args:
@@ -127,10 +133,13 @@ def read_mask(path: str,
         f'annotation {path} is a colour ({mode}) image; masks must be '
         'palette (mode "P") PNGs whose pixel values are object ids '
         '(0 = background, 1..N = objects). Save them as indexed/palette '
-        'PNGs, e.g. cfbi_jax.output_files.write_palette_png.')
+        'PNGs, e.g. cfbi_jax.output_files.write_palette_png.'
+    )
   if labels is None:
-    raise DatasetError(f'annotation {path} has unsupported image mode {mode!r};'
-                       ' save it as a palette (mode "P") PNG of object ids')
+    raise DatasetError(
+        f'annotation {path} has unsupported image mode {mode!r};'
+        ' save it as a palette (mode "P") PNG of object ids'
+    )
   labels = labels.astype(np.uint8)
   if not binarize:
     labels = masks.with_binary_object(labels)
@@ -140,11 +149,13 @@ def read_mask(path: str,
         f'annotation {path} is a grayscale image with values up to '
         f'{top}; pixel values must be object ids (0 = background, '
         '1..N, 255 = void), or 0/255 for one object. Anti-aliased masks '
-        'must be thresholded first.')
+        'must be thresholded first.'
+    )
   if expected_size is not None and labels.shape != tuple(expected_size):
     raise DatasetError(
         f'annotation {path} is {labels.shape[1]}x{labels.shape[0]} (WxH) but '
-        f'its frame is {expected_size[1]}x{expected_size[0]}')
+        f'its frame is {expected_size[1]}x{expected_size[0]}'
+    )
   if binarize:
     labels = (labels > 0).astype(np.uint8)
   if max_objects is not None:
@@ -153,8 +164,10 @@ def read_mask(path: str,
     except masks.LabelError as e:
       raise DatasetError(str(e)) from None
   if require_object and not masks.largest_object_id(labels):
-    raise DatasetError(f'first-frame annotation {path} contains no object '
-                       '(all pixels are 0)')
+    raise DatasetError(
+        f'first-frame annotation {path} contains no object '
+        '(all pixels are 0)'
+    )
   return labels
 
 
@@ -204,6 +217,7 @@ class VideoSequence:
     max_objects: largest object id allowed in annotations, None for any.
     frame_size: `(height, width)` of the frames; filled in on first need.
   """
+
   name: str
   frame_names: List[str]
   annotated: Dict[int, str]
@@ -215,7 +229,8 @@ class VideoSequence:
   # Video sources: (decoder generator, index of the next frame it yields),
   # so that increasing `load_frame` calls decode each frame once.
   _cursor: Optional[Tuple[Iterator[av.VideoFrame], int]] = dataclasses.field(
-      default=None, init=False, repr=False, compare=False)
+      default=None, init=False, repr=False, compare=False
+  )
 
   def __len__(self) -> int:
     return len(self.frame_names)
@@ -253,8 +268,10 @@ class VideoSequence:
           break
     except StopIteration:
       self._cursor = None
-      raise DatasetError(f'video {self.video_path} ended after {next_index} '
-                         f'frames; frame {i} was requested') from None
+      raise DatasetError(
+          f'video {self.video_path} ended after {next_index} '
+          f'frames; frame {i} was requested'
+      ) from None
     except DatasetError:
       self._cursor = None
       raise
@@ -277,8 +294,10 @@ class VideoSequence:
       count += 1
       yield i, self.frame_names[i], frame.to_ndarray(format='rgb24')
     if count < len(self):
-      raise DatasetError(f'video {self.video_path} ended after {count} '
-                         f'frames; {len(self)} were expected')
+      raise DatasetError(
+          f'video {self.video_path} ended after {count} '
+          f'frames; {len(self)} were expected'
+      )
 
   def frame_rate(self) -> Optional[float]:
     """The video file's frame rate (frames per second), or None for a
@@ -304,9 +323,13 @@ class VideoSequence:
     path = self.annotated.get(i)
     if path is None:
       return None
-    return read_mask(path, expected_size=self._size_of(i),
-                     max_objects=self.max_objects, binarize=self.binarize,
-                     require_object=(i == 0))
+    return read_mask(
+        path,
+        expected_size=self._size_of(i),
+        max_objects=self.max_objects,
+        binarize=self.binarize,
+        require_object=(i == 0),
+    )
 
   def validate(self) -> None:
     """Checks the sequence without decoding every frame.
@@ -322,12 +345,16 @@ class VideoSequence:
     if not self.frame_names:
       raise DatasetError(f'{self.name}: no frames')
     if 0 not in self.annotated:
-      raise DatasetError(f'{self.name}: the first frame '
-                         f'({self.frame_names[0]}) has no annotation')
+      raise DatasetError(
+          f'{self.name}: the first frame '
+          f'({self.frame_names[0]}) has no annotation'
+      )
     bad = [i for i in self.annotated if not 0 <= i < len(self)]
     if bad:
-      raise DatasetError(f'{self.name}: annotations for frames {bad} outside '
-                         f'0..{len(self) - 1}')
+      raise DatasetError(
+          f'{self.name}: annotations for frames {bad} outside '
+          f'0..{len(self) - 1}'
+      )
     if self.frame_paths is not None:
       problems, sizes = [], {}
       for path in self.frame_paths:
@@ -336,22 +363,27 @@ class VideoSequence:
         except DatasetError as e:
           problems.append(str(e))
       if problems:
-        raise DatasetError(f'{self.name}: {len(problems)} frame(s) missing or '
-                           'unreadable:\n  ' + '\n  '.join(problems))
+        raise DatasetError(
+            f'{self.name}: {len(problems)} frame(s) missing or '
+            'unreadable:\n  ' + '\n  '.join(problems)
+        )
       first = sizes[self.frame_paths[0]]
       odd = [p for p, s in sizes.items() if s != first]
       if odd:
         raise DatasetError(
             f'{self.name}: frames differ in size from {self.frame_paths[0]} '
-            f'({first[1]}x{first[0]}): ' + ', '.join(odd))
+            f'({first[1]}x{first[0]}): ' + ', '.join(odd)
+        )
       self.frame_size = first
     elif self.frame_size is None:
       # A known size means the frames were counted when the sequence was
       # made (`own_video_sequence`); decoding the whole video again is slow.
       count, self.frame_size = _probe_video(self.video_path)
       if count != len(self):
-        raise DatasetError(f'video {self.video_path} has {count} frames, '
-                           f'expected {len(self)}')
+        raise DatasetError(
+            f'video {self.video_path} has {count} frames, '
+            f'expected {len(self)}'
+        )
     for i in sorted(self.annotated):
       self.load_annotation(i)
 
@@ -367,8 +399,9 @@ def _read_rgb(path: str) -> np.ndarray:
     raise DatasetError(f'unreadable frame {path}: {_why(e)}') from None
 
 
-def _finish(sequences: List[VideoSequence],
-            validate: bool) -> List[VideoSequence]:
+def _finish(
+    sequences: List[VideoSequence], validate: bool
+) -> List[VideoSequence]:
   if validate:
     for seq in sequences:
       seq.validate()
@@ -380,13 +413,15 @@ def _require_dir(path: str, what: str) -> None:
     raise DatasetError(f'missing {what}: {path}')
 
 
-def _davis_split_names(root: str, split: str, year: int,
-                       resolution: str) -> List[str]:
+def _davis_split_names(
+    root: str, split: str, year: int, resolution: str
+) -> List[str]:
   """Sequence names of a DAVIS split file, de-duplicated and sorted."""
   candidates = [os.path.join(root, 'ImageSets', str(year), f'{split}.txt')]
   if year == 2016:
-    candidates.append(os.path.join(root, 'ImageSets', resolution,
-                                   f'{split}.txt'))
+    candidates.append(
+        os.path.join(root, 'ImageSets', resolution, f'{split}.txt')
+    )
   path = next((p for p in candidates if os.path.isfile(p)), None)
   if path is None:
     raise DatasetError('missing DAVIS split file: ' + ' or '.join(candidates))
@@ -404,13 +439,15 @@ def _davis_split_names(root: str, split: str, year: int,
   return sorted(names)
 
 
-def davis_sequences(root: str,
-                    split: str = 'val',
-                    year: int = 2017,
-                    resolution: str = '480p',
-                    single_object: bool = False,
-                    max_objects: Optional[int] = None,
-                    validate: bool = True) -> List[VideoSequence]:
+def davis_sequences(
+    root: str,
+    split: str = 'val',
+    year: int = 2017,
+    resolution: str = '480p',
+    single_object: bool = False,
+    max_objects: Optional[int] = None,
+    validate: bool = True,
+) -> List[VideoSequence]:
   """Sequences of a DAVIS split (val, test-dev, ...), in name order.
 
   Frames are the sorted `*.jpg` files of `JPEGImages/<resolution>/<seq>`,
@@ -438,11 +475,15 @@ def davis_sequences(root: str,
   names = _davis_split_names(root, split, year, resolution)
   image_root = os.path.join(root, 'JPEGImages', resolution)
   mask_root = os.path.join(root, 'Annotations', resolution)
-  missing = [os.path.join(image_root, n) for n in names
-             if not os.path.isdir(os.path.join(image_root, n))]
+  missing = [
+      os.path.join(image_root, n)
+      for n in names
+      if not os.path.isdir(os.path.join(image_root, n))
+  ]
   if missing:
-    raise DatasetError('missing DAVIS sequence folder(s): '
-                       + ', '.join(missing))
+    raise DatasetError(
+        'missing DAVIS sequence folder(s): ' + ', '.join(missing)
+    )
   sequences = []
   for name in names:
     folder = os.path.join(image_root, name)
@@ -450,16 +491,22 @@ def davis_sequences(root: str,
     if not files:
       raise DatasetError(f'no .jpg frames in {folder}')
     stems = [os.path.splitext(f)[0] for f in files]
-    sequences.append(VideoSequence(
-        name=name, frame_names=stems,
-        annotated={0: os.path.join(mask_root, name, stems[0] + '.png')},
-        frame_paths=[os.path.join(folder, f) for f in files],
-        binarize=single_object, max_objects=max_objects))
+    sequences.append(
+        VideoSequence(
+            name=name,
+            frame_names=stems,
+            annotated={0: os.path.join(mask_root, name, stems[0] + '.png')},
+            frame_paths=[os.path.join(folder, f) for f in files],
+            binarize=single_object,
+            max_objects=max_objects,
+        )
+    )
   return _finish(sequences, validate)
 
 
 def read_youtube_vos_meta(
-    root: str, split: str) -> Tuple[str, Dict[str, Dict[str, List[str]]]]:
+    root: str, split: str
+) -> Tuple[str, Dict[str, Dict[str, List[str]]]]:
   """Finds and reads the `meta.json` of a YouTube-VOS split.
 
   The one reader of the file, for evaluation (`youtube_vos_sequences`) and
@@ -486,47 +533,59 @@ def read_youtube_vos_meta(
           'missing YouTube-VOS meta.json: neither '
           f'{os.path.join(root, "meta.json")} nor '
           f'{os.path.join(root, split, "meta.json")} exists; pass the split '
-          'folder or its parent as the root')
+          'folder or its parent as the root'
+      )
     root = os.path.join(root, split)
   path = os.path.join(root, 'meta.json')
   try:
     with open(path, encoding='utf-8') as f:
       meta = json.load(f)
   except OSError as e:
-    raise DatasetError(f'unreadable YouTube-VOS meta file {path}: '
-                       f'{e.strerror or e}') from None
+    raise DatasetError(
+        f'unreadable YouTube-VOS meta file {path}: ' f'{e.strerror or e}'
+    ) from None
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise DatasetError(f'YouTube-VOS meta file {path} is not valid JSON '
-                       f'({e}); download or extract it again') from None
+    raise DatasetError(
+        f'YouTube-VOS meta file {path} is not valid JSON '
+        f'({e}); download or extract it again'
+    ) from None
 
   def malformed(what: str) -> DatasetError:
-    return DatasetError(f'malformed YouTube-VOS meta file {path}: {what}; '
-                        "use the release's meta.json of the split")
+    return DatasetError(
+        f'malformed YouTube-VOS meta file {path}: {what}; '
+        "use the release's meta.json of the split"
+    )
 
   videos = meta.get('videos') if isinstance(meta, dict) else None
   if not isinstance(videos, dict):
     raise malformed('no "videos" object at the top level')
   out = {}
   for name in sorted(videos):
-    objects = videos[name].get('objects') if isinstance(
-        videos[name], dict) else None
+    objects = (
+        videos[name].get('objects') if isinstance(videos[name], dict) else None
+    )
     if not isinstance(objects, dict):
       raise malformed(f'video {name} has no "objects" object')
     out[name] = {}
     for obj_id, obj in objects.items():
       frames = obj.get('frames') if isinstance(obj, dict) else None
       if not isinstance(frames, list) or not all(
-          isinstance(fr, str) for fr in frames):
-        raise malformed(f'object {obj_id} of video {name} has no "frames" '
-                        'list of frame names')
+          isinstance(fr, str) for fr in frames
+      ):
+        raise malformed(
+            f'object {obj_id} of video {name} has no "frames" '
+            'list of frame names'
+        )
       out[name][obj_id] = frames
   return root, out
 
 
-def youtube_vos_sequences(root: str,
-                          split: str = 'valid',
-                          max_objects: Optional[int] = None,
-                          validate: bool = True) -> List[VideoSequence]:
+def youtube_vos_sequences(
+    root: str,
+    split: str = 'valid',
+    max_objects: Optional[int] = None,
+    validate: bool = True,
+) -> List[VideoSequence]:
   """Sequences of a YouTube-VOS split (valid / test), in name order.
 
   The frames to segment (and write) are the sorted union of the objects'
@@ -553,8 +612,9 @@ def youtube_vos_sequences(root: str,
   sequences = []
   for name, objects in videos.items():
     first_frames = {min(frames) for frames in objects.values() if frames}
-    frames = sorted({fr for obj_frames in objects.values()
-                     for fr in obj_frames})
+    frames = sorted(
+        {fr for obj_frames in objects.values() for fr in obj_frames}
+    )
     if not frames:
       raise DatasetError(f'{meta_path}: video {name} lists no frames')
     folder = os.path.join(root, 'JPEGImages', name)
@@ -562,26 +622,39 @@ def youtube_vos_sequences(root: str,
     paths = [os.path.join(folder, fr + '.jpg') for fr in frames]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-      raise DatasetError(f'{name}: {len(missing)} frame(s) listed in '
-                         f'{meta_path} are missing: ' + ', '.join(missing))
-    annotated = {frames.index(fr): os.path.join(root, 'Annotations', name,
-                                                fr + '.png')
-                 for fr in sorted(first_frames)}
+      raise DatasetError(
+          f'{name}: {len(missing)} frame(s) listed in '
+          f'{meta_path} are missing: ' + ', '.join(missing)
+      )
+    annotated = {
+        frames.index(fr): os.path.join(root, 'Annotations', name, fr + '.png')
+        for fr in sorted(first_frames)
+    }
     missing = [p for p in annotated.values() if not os.path.isfile(p)]
     if missing:
-      raise DatasetError(f'{name}: missing annotation file(s) for the first '
-                         'frame of an object: ' + ', '.join(missing))
-    sequences.append(VideoSequence(
-        name=name, frame_names=frames, annotated=annotated,
-        frame_paths=paths, max_objects=max_objects))
+      raise DatasetError(
+          f'{name}: missing annotation file(s) for the first '
+          'frame of an object: ' + ', '.join(missing)
+      )
+    sequences.append(
+        VideoSequence(
+            name=name,
+            frame_names=frames,
+            annotated=annotated,
+            frame_paths=paths,
+            max_objects=max_objects,
+        )
+    )
   return _finish(sequences, validate)
 
 
-def own_video_sequence(video: str,
-                       masks: str,
-                       name: Optional[str] = None,
-                       max_objects: Optional[int] = None,
-                       validate: bool = True) -> VideoSequence:
+def own_video_sequence(
+    video: str,
+    masks: str,
+    name: Optional[str] = None,
+    max_objects: Optional[int] = None,
+    validate: bool = True,
+) -> VideoSequence:
   """A user's video with first-frame (and new-object) masks.
 
   Args:
@@ -615,19 +688,29 @@ def own_video_sequence(video: str,
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
       raise DatasetError(f'{video}: several frames share the stems {dupes}')
-    seq = VideoSequence(name=name, frame_names=stems, annotated={},
-                        frame_paths=[os.path.join(video, f) for f in files],
-                        max_objects=max_objects)
+    seq = VideoSequence(
+        name=name,
+        frame_names=stems,
+        annotated={},
+        frame_paths=[os.path.join(video, f) for f in files],
+        max_objects=max_objects,
+    )
   elif os.path.isfile(video):
     if os.path.splitext(video)[1].lower() not in VIDEO_EXTENSIONS:
-      raise DatasetError(f'{video}: not a frame folder or a video file '
-                         f'({"/".join(VIDEO_EXTENSIONS)})')
+      raise DatasetError(
+          f'{video}: not a frame folder or a video file '
+          f'({"/".join(VIDEO_EXTENSIONS)})'
+      )
     count, size = _probe_video(video)
     width = max(5, len(str(count - 1)))
-    seq = VideoSequence(name=name,
-                        frame_names=[f'{i:0{width}d}' for i in range(count)],
-                        annotated={}, video_path=video,
-                        max_objects=max_objects, frame_size=size)
+    seq = VideoSequence(
+        name=name,
+        frame_names=[f'{i:0{width}d}' for i in range(count)],
+        annotated={},
+        video_path=video,
+        max_objects=max_objects,
+        frame_size=size,
+    )
   else:
     raise DatasetError(f'missing video or frame folder: {video}')
 
@@ -643,22 +726,28 @@ def own_video_sequence(video: str,
       stem = os.path.splitext(f)[0]
       if stem in index:
         i = index[stem]
-      elif seq.video_path is not None and stem.isdigit() and int(stem) < len(
-          seq):
+      elif (
+          seq.video_path is not None and stem.isdigit() and int(stem) < len(seq)
+      ):
         i = int(stem)
       else:
         unmatched.append(f)
         continue
       if i in seq.annotated:
-        raise DatasetError(f'masks {seq.annotated[i]} and {f} both belong '
-                           f'to frame {seq.frame_names[i]}')
+        raise DatasetError(
+            f'masks {seq.annotated[i]} and {f} both belong '
+            f'to frame {seq.frame_names[i]}'
+        )
       seq.annotated[i] = os.path.join(masks, f)
     if unmatched:
-      raise DatasetError(f'masks in {masks} name no frame of {video}: '
-                         + ', '.join(unmatched))
+      raise DatasetError(
+          f'masks in {masks} name no frame of {video}: ' + ', '.join(unmatched)
+      )
     if 0 not in seq.annotated:
-      raise DatasetError(f'no mask for the first frame ({seq.frame_names[0]}) '
-                         f'in {masks}; expected {seq.frame_names[0]}.png')
+      raise DatasetError(
+          f'no mask for the first frame ({seq.frame_names[0]}) '
+          f'in {masks}; expected {seq.frame_names[0]}.png'
+      )
   else:
     raise DatasetError(f'missing mask file or folder: {masks}')
   return _finish([seq], validate)[0]

@@ -41,8 +41,15 @@ from PIL import Image
 
 from cfbi_jax import metrics
 
-GLOBAL_COLUMNS = ('J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean',
-                  'F-Recall', 'F-Decay')
+GLOBAL_COLUMNS = (
+    'J&F-Mean',
+    'J-Mean',
+    'J-Recall',
+    'J-Decay',
+    'F-Mean',
+    'F-Recall',
+    'F-Decay',
+)
 PER_SEQUENCE_COLUMNS = ('Sequence', 'J-Mean', 'F-Mean')
 SEMI_SUPERVISED = 'semi-supervised'
 
@@ -86,8 +93,9 @@ def read_split(davis_path: str, split: str, year: str = '2017') -> List[str]:
   return names
 
 
-def read_label_png(path: str, *, what: str,
-                   modes: Tuple[str, ...] = ('P',)) -> np.ndarray:
+def read_label_png(
+    path: str, *, what: str, modes: Tuple[str, ...] = ('P',)
+) -> np.ndarray:
   """Reads an indexed PNG as its `[H, W]` uint8 palette indices.
 
   Args:
@@ -111,7 +119,8 @@ def read_label_png(path: str, *, what: str,
         raise DavisEvalError(
             f'{what} file {path} has PIL mode {mode!r}; expected an indexed '
             f'(palette) PNG, mode {" or ".join(map(repr, modes))}, whose '
-            'pixel values are object ids')
+            'pixel values are object ids'
+        )
       labels = np.array(im)
   except DavisEvalError:
     raise
@@ -120,9 +129,9 @@ def read_label_png(path: str, *, what: str,
   return labels.astype(np.uint8, copy=False)
 
 
-def load_ground_truth(davis_path: str, sequence: str,
-                      resolution: str = '480p'
-                      ) -> Tuple[List[str], np.ndarray]:
+def load_ground_truth(
+    davis_path: str, sequence: str, resolution: str = '480p'
+) -> Tuple[List[str], np.ndarray]:
   """All ground-truth label maps of a sequence.
 
   Args:
@@ -142,28 +151,36 @@ def load_ground_truth(davis_path: str, sequence: str,
   folder = os.path.join(davis_path, 'Annotations', resolution, sequence)
   paths = sorted(glob.glob(os.path.join(folder, '*.png')))
   if not paths:
-    raise DavisEvalError(f'no ground-truth PNG for sequence {sequence!r} in '
-                         f'{folder}')
+    raise DavisEvalError(
+        f'no ground-truth PNG for sequence {sequence!r} in ' f'{folder}'
+    )
   image_folder = os.path.join(davis_path, 'JPEGImages', resolution, sequence)
   if os.path.isdir(image_folder):
     num_images = len(glob.glob(os.path.join(image_folder, '*.jpg')))
     if num_images != len(paths):
       raise DavisEvalError(
           f'sequence {sequence!r}: {num_images} JPEG frames in '
-          f'{image_folder} but {len(paths)} annotations in {folder}')
-  labels = [read_label_png(p, what='ground-truth', modes=('P', 'L'))
-            for p in paths]
+          f'{image_folder} but {len(paths)} annotations in {folder}'
+      )
+  labels = [
+      read_label_png(p, what='ground-truth', modes=('P', 'L')) for p in paths
+  ]
   for p, lab in zip(paths, labels):
     if lab.shape != labels[0].shape:
-      raise DavisEvalError(f'ground-truth file {p} is {lab.shape}, the first '
-                           f'frame of {sequence!r} is {labels[0].shape}')
+      raise DavisEvalError(
+          f'ground-truth file {p} is {lab.shape}, the first '
+          f'frame of {sequence!r} is {labels[0].shape}'
+      )
   names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
   return names, np.stack(labels)
 
 
-def load_predictions(results_path: str, sequence: str,
-                     frame_names: Sequence[str],
-                     shape: Tuple[int, int]) -> np.ndarray:
+def load_predictions(
+    results_path: str,
+    sequence: str,
+    frame_names: Sequence[str],
+    shape: Tuple[int, int],
+) -> np.ndarray:
   """Predicted label maps of the evaluated frames of a sequence.
 
   Args:
@@ -188,14 +205,21 @@ def load_predictions(results_path: str, sequence: str,
     if labels.shape != tuple(shape):
       raise DavisEvalError(
           f'prediction file {path} is {labels.shape[1]}x{labels.shape[0]} '
-          f'(WxH); the ground truth is {shape[1]}x{shape[0]}')
+          f'(WxH); the ground truth is {shape[1]}x{shape[0]}'
+      )
     pred[i] = labels
   return pred
 
 
-def evaluate_davis(davis_path: str, results_path: str, split: str = 'val', *,
-                   year: str = '2017', resolution: str = '480p',
-                   task: str = SEMI_SUPERVISED) -> Dict[str, Any]:
+def evaluate_davis(
+    davis_path: str,
+    results_path: str,
+    split: str = 'val',
+    *,
+    year: str = '2017',
+    resolution: str = '480p',
+    task: str = SEMI_SUPERVISED,
+) -> Dict[str, Any]:
   """Scores a folder of predictions on a DAVIS split (official J&F).
 
   Every object of every sequence has equal weight in the global numbers, and
@@ -225,26 +249,28 @@ def evaluate_davis(davis_path: str, results_path: str, split: str = 'val', *,
       malformed masks, or a predicted label above the object count.
   """
   if task != SEMI_SUPERVISED:
-    raise DavisEvalError(f'only the {SEMI_SUPERVISED!r} task is supported, '
-                         f'got {task!r}')
+    raise DavisEvalError(
+        f'only the {SEMI_SUPERVISED!r} task is supported, ' f'got {task!r}'
+    )
   per_object, per_frame, sequences = [], {}, []
   for seq in read_split(davis_path, split, year):
     names, gt = load_ground_truth(davis_path, seq, resolution)
     if len(names) < 3:
-      raise DavisEvalError(f'sequence {seq!r} has {len(names)} annotated '
-                           'frames; the first and last are not evaluated, so '
-                           'at least 3 are needed')
+      raise DavisEvalError(
+          f'sequence {seq!r} has {len(names)} annotated '
+          'frames; the first and last are not evaluated, so '
+          'at least 3 are needed'
+      )
     pred = load_predictions(results_path, seq, names, gt.shape[1:])
     try:
-      res = metrics.evaluate_sequence(gt, pred, sequence=seq,
-                                      frame_names=names)
+      res = metrics.evaluate_sequence(gt, pred, sequence=seq, frame_names=names)
     except ValueError as e:
       raise DavisEvalError(
-          f'{e} (predictions in {os.path.join(results_path, seq)})') from e
+          f'{e} (predictions in {os.path.join(results_path, seq)})'
+      ) from e
     k_count = res['num_objects']
     for k in range(k_count):
-      row = {'Sequence': f'{seq}_{k + 1}', 'sequence': seq,
-             'object_id': k + 1}
+      row = {'Sequence': f'{seq}_{k + 1}', 'sequence': seq, 'object_id': k + 1}
       for m in ('J', 'F'):
         for stat in metrics.STATISTICS:
           row[f'{m}-{stat}'] = float(res[f'{m}-{stat}'][k])
@@ -255,20 +281,30 @@ def evaluate_davis(davis_path: str, results_path: str, split: str = 'val', *,
         'F': {str(k + 1): res['F'][k].tolist() for k in range(k_count)},
     }
     h, w = gt.shape[1:]
-    sequences.append({
-        'name': seq, 'height': h, 'width': w, 'n_frames': len(names),
-        'n_objects': k_count, 'n_evaluated_frames': len(names) - 2,
-        'first_evaluated': names[1], 'last_evaluated': names[-2],
-        'boundary_tolerance_px': float(metrics.boundary_radius(h, w)),
-    })
+    sequences.append(
+        {
+            'name': seq,
+            'height': h,
+            'width': w,
+            'n_frames': len(names),
+            'n_objects': k_count,
+            'n_evaluated_frames': len(names) - 2,
+            'first_evaluated': names[1],
+            'last_evaluated': names[-2],
+            'boundary_tolerance_px': float(metrics.boundary_radius(h, w)),
+        }
+    )
 
   glob_res = {}
   for col in GLOBAL_COLUMNS[1:]:
     glob_res[col] = float(np.mean([row[col] for row in per_object]))
   glob_res['J&F-Mean'] = (glob_res['J-Mean'] + glob_res['F-Mean']) / 2
-  return {'global': {c: glob_res[c] for c in GLOBAL_COLUMNS},
-          'per_object': per_object, 'per_frame': per_frame,
-          'sequences': sequences}
+  return {
+      'global': {c: glob_res[c] for c in GLOBAL_COLUMNS},
+      'per_object': per_object,
+      'per_frame': per_frame,
+      'sequences': sequences,
+  }
 
 
 def global_csv(results: Dict[str, Any]) -> str:
@@ -281,13 +317,15 @@ def per_sequence_csv(results: Dict[str, Any]) -> str:
   """The official `per-sequence_results-<set>.csv` text: one row per object."""
   lines = [','.join(PER_SEQUENCE_COLUMNS)]
   for row in results['per_object']:
-    lines.append('%s,%.3f,%.3f' % (row['Sequence'], row['J-Mean'],
-                                   row['F-Mean']))
+    lines.append(
+        '%s,%.3f,%.3f' % (row['Sequence'], row['J-Mean'], row['F-Mean'])
+    )
   return '\n'.join(lines) + '\n'
 
 
-def write_results_csvs(results: Dict[str, Any], results_path: str,
-                       split: str = 'val') -> Tuple[str, str]:
+def write_results_csvs(
+    results: Dict[str, Any], results_path: str, split: str = 'val'
+) -> Tuple[str, str]:
   """Writes both official CSVs into `results_path`, replacing old ones.
 
   Each file is written to a temporary file in the same folder and moved into
@@ -340,15 +378,19 @@ def format_results(results: Dict[str, Any], split: str = 'val') -> str:
   g = results['global']
   table_g = _format_table([(c, [g[c]]) for c in GLOBAL_COLUMNS])
   rows = results['per_object']
-  table_s = _format_table([
-      ('Sequence', [r['Sequence'] for r in rows]),
-      ('J-Mean', [r['J-Mean'] for r in rows]),
-      ('F-Mean', [r['F-Mean'] for r in rows]),
-  ])
-  return (f'--------------------------- Global results for {split} '
-          f'---------------------------\n{table_g}\n'
-          f'\n---------- Per sequence results for {split} ----------\n'
-          f'{table_s}\n')
+  table_s = _format_table(
+      [
+          ('Sequence', [r['Sequence'] for r in rows]),
+          ('J-Mean', [r['J-Mean'] for r in rows]),
+          ('F-Mean', [r['F-Mean'] for r in rows]),
+      ]
+  )
+  return (
+      f'--------------------------- Global results for {split} '
+      f'---------------------------\n{table_g}\n'
+      f'\n---------- Per sequence results for {split} ----------\n'
+      f'{table_s}\n'
+  )
 
 
 def _format_table(columns: Sequence[Tuple[str, Sequence[Any]]]) -> str:
@@ -366,8 +408,9 @@ def _format_table(columns: Sequence[Tuple[str, Sequence[Any]]]) -> str:
       header, strs = ' ' + name, _format_floats(values)
     width = max(len(s) for s in [header] + strs)
     cells.append([s.rjust(width) for s in [header] + strs])
-  return '\n'.join(' '.join(col[i] for col in cells)
-                   for i in range(len(cells[0])))
+  return '\n'.join(
+      ' '.join(col[i] for col in cells) for i in range(len(cells[0]))
+  )
 
 
 _DECIMAL_NUMBER = re.compile(r'^\s*[+-]?[0-9]+\.[0-9]*$')
@@ -385,7 +428,7 @@ def _format_floats(values: Sequence[float], digits: int = 6) -> List[str]:
   strs = _trim_common_zeros([f'{v:.{digits}f}' for v in vals])
   too_long = max(len(s) for s in strs) > digits + 6
   mags = np.abs(vals)
-  has_small = bool(np.any((mags < 10.0 ** -digits) & (mags > 0)))
+  has_small = bool(np.any((mags < 10.0**-digits) & (mags > 0)))
   has_large = bool(np.any(mags > 1e6))
   if has_small or (too_long and has_large):
     strs = [f'{v:.{digits}e}' for v in vals]
@@ -395,6 +438,7 @@ def _format_floats(values: Sequence[float], digits: int = 6) -> List[str]:
 def _trim_common_zeros(strs: List[str]) -> List[str]:
   def decimal(s):
     return _DECIMAL_NUMBER.match(s) is not None
+
   while True:
     numbers = [s for s in strs if decimal(s)]
     if not numbers or not all(s.endswith('0') for s in numbers):
@@ -415,32 +459,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m cfbi_jax.davis_eval',
       description='DAVIS 2017 semi-supervised J&F of a folder of predictions '
-      '(official davis2017-evaluation numbers and CSVs).')
-  parser.add_argument('--davis_path', required=True,
-                      help='DAVIS root: ImageSets/, Annotations/, JPEGImages/')
-  parser.add_argument('--results_path', required=True,
-                      help='predictions <results_path>/<seq>/<frame>.png; '
-                      'the CSVs are written here')
-  parser.add_argument('--set', default='val',
-                      help='split file ImageSets/<year>/<set>.txt')
-  parser.add_argument('--task', default=SEMI_SUPERVISED,
-                      help='only semi-supervised is supported')
+      '(official davis2017-evaluation numbers and CSVs).',
+  )
+  parser.add_argument(
+      '--davis_path',
+      required=True,
+      help='DAVIS root: ImageSets/, Annotations/, JPEGImages/',
+  )
+  parser.add_argument(
+      '--results_path',
+      required=True,
+      help='predictions <results_path>/<seq>/<frame>.png; '
+      'the CSVs are written here',
+  )
+  parser.add_argument(
+      '--set', default='val', help='split file ImageSets/<year>/<set>.txt'
+  )
+  parser.add_argument(
+      '--task',
+      default=SEMI_SUPERVISED,
+      help='only semi-supervised is supported',
+  )
   parser.add_argument('--year', default='2017', help='ImageSets sub-folder')
   args = parser.parse_args(argv)
   if args.task != SEMI_SUPERVISED:
-    parser.error(f'only --task {SEMI_SUPERVISED} is supported, got '
-                 f'{args.task!r}')
+    parser.error(
+        f'only --task {SEMI_SUPERVISED} is supported, got ' f'{args.task!r}'
+    )
 
   start = time.time()
   print(f'Evaluating sequences for the {args.task} task...', flush=True)
   try:
-    results = evaluate_davis(args.davis_path, args.results_path, args.set,
-                             year=args.year, task=args.task)
+    results = evaluate_davis(
+        args.davis_path,
+        args.results_path,
+        args.set,
+        year=args.year,
+        task=args.task,
+    )
   except DavisEvalError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  global_path, per_seq_path = write_results_csvs(results, args.results_path,
-                                                 args.set)
+  global_path, per_seq_path = write_results_csvs(
+      results, args.results_path, args.set
+  )
   print(f'Global results saved in {global_path}')
   print(f'Per-sequence results saved in {per_seq_path}')
   sys.stdout.write(format_results(results, args.set))

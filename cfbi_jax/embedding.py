@@ -26,15 +26,27 @@ from cfbi_jax import resize
 class EmbeddingHead(nnx.Module):
   """CFBI's separable embedding head."""
 
-  def __init__(self, in_channels: int = 256, embedding_dim: int = 100,
-               gn_groups: int = 32, gn_embedding_groups: int = 25, *,
-               rngs: nnx.Rngs):
-    self.seperate_conv = layers.conv(in_channels, in_channels, 3,
-                                     groups=in_channels, use_bias=True,
-                                     rngs=rngs)
+  def __init__(
+      self,
+      in_channels: int = 256,
+      embedding_dim: int = 100,
+      gn_groups: int = 32,
+      gn_embedding_groups: int = 25,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    self.seperate_conv = layers.conv(
+        in_channels,
+        in_channels,
+        3,
+        groups=in_channels,
+        use_bias=True,
+        rngs=rngs,
+    )
     self.bn1 = layers.group_norm(in_channels, gn_groups, rngs=rngs)
-    self.embedding_conv = layers.conv(in_channels, embedding_dim, 1,
-                                      use_bias=True, rngs=rngs)
+    self.embedding_conv = layers.conv(
+        in_channels, embedding_dim, 1, use_bias=True, rngs=rngs
+    )
     self.bn2 = layers.group_norm(embedding_dim, gn_embedding_groups, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray) -> Tuple[jnp.ndarray]:
@@ -46,8 +58,15 @@ class EmbeddingHead(nnx.Module):
 class ConvGN(nnx.Module):
   """conv (no bias) + GroupNorm, no activation (one FPN unit)."""
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-               gn_groups: int, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: int,
+      gn_groups: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
     self.conv = layers.conv(in_channels, out_channels, kernel_size, rngs=rngs)
     self.gn = layers.group_norm(out_channels, gn_groups, rngs=rngs)
 
@@ -58,16 +77,25 @@ class ConvGN(nnx.Module):
 class FPN(nnx.Module):
   """CFBI+'s feature pyramid: 256-channel embeddings at strides 4, 8, 16."""
 
-  def __init__(self, in_s4: int = 256, in_s8: int = 512, in_s16: int = 256,
-               dim: int = 256, gn_groups: int = 32, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_s4: int = 256,
+      in_s8: int = 512,
+      in_s16: int = 256,
+      dim: int = 256,
+      gn_groups: int = 32,
+      *,
+      rngs: nnx.Rngs,
+  ):
     self.toplayer = ConvGN(in_s16, dim, 1, gn_groups, rngs=rngs)
     self.latlayer1 = ConvGN(in_s8, dim, 1, gn_groups, rngs=rngs)
     self.latlayer2 = ConvGN(in_s4, dim, 1, gn_groups, rngs=rngs)
     self.smooth1 = ConvGN(dim, dim, 3, gn_groups, rngs=rngs)
     self.smooth2 = ConvGN(dim, dim, 3, gn_groups, rngs=rngs)
 
-  def __call__(self, x_s4: jnp.ndarray, x_s8: jnp.ndarray,
-               x_s16: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+  def __call__(
+      self, x_s4: jnp.ndarray, x_s8: jnp.ndarray, x_s16: jnp.ndarray
+  ) -> Tuple[jnp.ndarray, ...]:
     """Builds the pyramid.
 
     Args:
@@ -81,5 +109,8 @@ class FPN(nnx.Module):
     t16 = self.toplayer(x_s16)
     p8 = self.latlayer1(x_s8) + resize.resize_bilinear_ac(t16, x_s8.shape[1:3])
     p4 = self.latlayer2(x_s4) + resize.resize_bilinear_ac(p8, x_s4.shape[1:3])
-    return (jax.nn.relu(self.smooth2(p4)), jax.nn.relu(self.smooth1(p8)),
-            jax.nn.relu(t16))
+    return (
+        jax.nn.relu(self.smooth2(p4)),
+        jax.nn.relu(self.smooth1(p8)),
+        jax.nn.relu(t16),
+    )

@@ -34,20 +34,30 @@ from cfbi_jax.attention import IAGate
 class GNBottleneck(nnx.Module):
   """Bottleneck with GroupNorm and a GCT gate (`networks/layers/gct.py`)."""
 
-  def __init__(self, inplanes: int, outplanes: int, stride: int = 1,
-               dilation: int = 1, gn_groups: int = 32, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      inplanes: int,
+      outplanes: int,
+      stride: int = 1,
+      dilation: int = 1,
+      gn_groups: int = 32,
+      *,
+      rngs: nnx.Rngs,
+  ):
     planes = outplanes // 4
     self.GCT1 = layers.GCT(inplanes)
     self.conv1 = layers.conv(inplanes, planes, 1, rngs=rngs)
     self.bn1 = layers.group_norm(planes, gn_groups, rngs=rngs)
-    self.conv2 = layers.conv(planes, planes, 3, stride=stride,
-                             dilation=dilation, rngs=rngs)
+    self.conv2 = layers.conv(
+        planes, planes, 3, stride=stride, dilation=dilation, rngs=rngs
+    )
     self.bn2 = layers.group_norm(planes, gn_groups, rngs=rngs)
     self.conv3 = layers.conv(planes, outplanes, 1, rngs=rngs)
     self.bn3 = layers.group_norm(outplanes, gn_groups, rngs=rngs)
     if stride != 1 or inplanes != outplanes:
-      self.downsample_conv = layers.conv(inplanes, outplanes, 1, stride=stride,
-                                         rngs=rngs)
+      self.downsample_conv = layers.conv(
+          inplanes, outplanes, 1, stride=stride, rngs=rngs
+      )
       self.downsample_gn = layers.group_norm(outplanes, gn_groups, rngs=rngs)
     else:
       self.downsample_conv = None
@@ -66,11 +76,20 @@ class GNBottleneck(nnx.Module):
 class ASPPBranch(nnx.Module):
   """GCT -> conv (no bias) -> GN -> ReLU."""
 
-  def __init__(self, inplanes: int, planes: int, kernel_size: int,
-               dilation: int, gn_groups: int, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      inplanes: int,
+      planes: int,
+      kernel_size: int,
+      dilation: int,
+      gn_groups: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
     self.GCT = layers.GCT(inplanes)
-    self.atrous_conv = layers.conv(inplanes, planes, kernel_size,
-                                   dilation=dilation, rngs=rngs)
+    self.atrous_conv = layers.conv(
+        inplanes, planes, kernel_size, dilation=dilation, rngs=rngs
+    )
     self.bn = layers.group_norm(planes, gn_groups, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -80,24 +99,40 @@ class ASPPBranch(nnx.Module):
 class EnsemblerASPP(nnx.Module):
   """The ensembler's ASPP (`networks/layers/aspp.py`), no dropout."""
 
-  def __init__(self, inplanes: int, outplanes: int, gn_groups: int,
-               rates: Tuple[int, ...] = (1, 6, 12, 18), *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      inplanes: int,
+      outplanes: int,
+      gn_groups: int,
+      rates: Tuple[int, ...] = (1, 6, 12, 18),
+      *,
+      rngs: nnx.Rngs,
+  ):
     planes = outplanes // 2
-    self.branches = nnx.List([
-        ASPPBranch(inplanes, planes, 1 if r == 1 else 3, r, gn_groups,
-                   rngs=rngs) for r in rates])
+    self.branches = nnx.List(
+        [
+            ASPPBranch(
+                inplanes, planes, 1 if r == 1 else 3, r, gn_groups, rngs=rngs
+            )
+            for r in rates
+        ]
+    )
     self.pool_conv = layers.conv(inplanes, planes, 1, rngs=rngs)
     self.GCT = layers.GCT(planes * (len(rates) + 1))
-    self.conv1 = layers.conv(planes * (len(rates) + 1), outplanes, 1,
-                             rngs=rngs)
+    self.conv1 = layers.conv(planes * (len(rates) + 1), outplanes, 1, rngs=rngs)
     self.bn1 = layers.group_norm(outplanes, gn_groups, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     outs = [branch(x) for branch in self.branches]
-    pooled = jax.nn.relu(self.pool_conv(jnp.mean(x, axis=(1, 2),
-                                                 keepdims=True)))
-    outs.append(jnp.broadcast_to(layers.broadcast_to_like(pooled, outs[0]),
-                                 outs[0].shape[:3] + pooled.shape[3:]))
+    pooled = jax.nn.relu(
+        self.pool_conv(jnp.mean(x, axis=(1, 2), keepdims=True))
+    )
+    outs.append(
+        jnp.broadcast_to(
+            layers.broadcast_to_like(pooled, outs[0]),
+            outs[0].shape[:3] + pooled.shape[3:],
+        )
+    )
     y = self.GCT(jnp.concatenate(outs, axis=-1))
     return jax.nn.relu(self.bn1(self.conv1(y)))
 
@@ -105,8 +140,14 @@ class EnsemblerASPP(nnx.Module):
 class DynamicPreHead(nnx.Module):
   """CFBI's pre-head over the matching maps: 1x1 conv (bias) + GN + ReLU."""
 
-  def __init__(self, in_dim: int = 15, out_dim: int = 64, gn_groups: int = 16,
-               *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_dim: int = 15,
+      out_dim: int = 64,
+      gn_groups: int = 16,
+      *,
+      rngs: nnx.Rngs,
+  ):
     self.conv = layers.conv(in_dim, out_dim, 1, use_bias=True, rngs=rngs)
     self.bn = layers.group_norm(out_dim, gn_groups, rngs=rngs)
 
@@ -133,9 +174,16 @@ def dynamic_logit(x: jnp.ndarray, params: jnp.ndarray) -> jnp.ndarray:
 class _EnsemblerDecoder(nnx.Module):
   """Shared tail: bicubic upsampling, shortcut fusion, dynamic heads."""
 
-  def _init_decoder(self, dim: int, shortcut_in: int, refine_dim: int,
-                    head_dim: int, gn_groups: int, gn_groups_refine: int,
-                    rngs: nnx.Rngs):
+  def _init_decoder(
+      self,
+      dim: int,
+      shortcut_in: int,
+      refine_dim: int,
+      head_dim: int,
+      gn_groups: int,
+      gn_groups_refine: int,
+      rngs: nnx.Rngs,
+  ):
     self.GCT_sc = layers.GCT(shortcut_in)
     self.conv_sc = layers.conv(shortcut_in, refine_dim, 1, rngs=rngs)
     self.bn_sc = layers.group_norm(refine_dim, gn_groups_refine, rngs=rngs)
@@ -148,45 +196,73 @@ class _EnsemblerDecoder(nnx.Module):
     self.IA_final_fg = nnx.Linear(head_dim, dim // 2 + 1, rngs=rngs)
     self.IA_final_bg = nnx.Linear(head_dim, dim // 2 + 1, rngs=rngs)
 
-  def _decode_and_predict(self, x: jnp.ndarray, shortcut: jnp.ndarray,
-                          head: jnp.ndarray
-                          ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def _decode_and_predict(
+      self, x: jnp.ndarray, shortcut: jnp.ndarray, head: jnp.ndarray
+  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
     x = resize.resize_bicubic_ac(x, shortcut.shape[1:3])
     s = jax.nn.relu(self.bn_sc(self.conv_sc(self.GCT_sc(shortcut))))
     x = self.IA10(jnp.concatenate([x, s], axis=-1), head)
     x = jax.nn.relu(self.bn1(self.conv1(x)))
     x = self.IA11(x, head)
     x = jax.nn.relu(self.bn2(self.conv2(x)))
-    return (dynamic_logit(x, self.IA_final_fg(head)),
-            dynamic_logit(x, self.IA_final_bg(head)))
+    return (
+        dynamic_logit(x, self.IA_final_fg(head)),
+        dynamic_logit(x, self.IA_final_bg(head)),
+    )
 
 
 class CollaborativeEnsembler(_EnsemblerDecoder):
   """CFBI's ensembler (`CollaborativeEnsembler`, notes §14)."""
 
   # (stride, dilation) of layer1..layer8 and whether the stage is 2 * dim.
-  _STAGES = ((1, 1, False), (1, 2, False), (2, 1, True), (1, 2, True),
-             (1, 4, True), (2, 1, True), (1, 2, True), (1, 4, True))
+  _STAGES = (
+      (1, 1, False),
+      (1, 2, False),
+      (2, 1, True),
+      (1, 2, True),
+      (1, 4, True),
+      (2, 1, True),
+      (1, 2, True),
+      (1, 4, True),
+  )
 
-  def __init__(self, in_dim: int, low_level_dim: int, head_dim: int,
-               dim: int = 256, refine_dim: int = 64, gn_groups: int = 32,
-               gn_groups_refine: int = 16, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_dim: int,
+      low_level_dim: int,
+      head_dim: int,
+      dim: int = 256,
+      refine_dim: int = 64,
+      gn_groups: int = 32,
+      gn_groups_refine: int = 16,
+      *,
+      rngs: nnx.Rngs,
+  ):
     gates, stages, c = [], [], in_dim
     for stride, dilation, wide in self._STAGES:
       out = 2 * dim if wide else dim
       gates.append(IAGate(head_dim, c, rngs=rngs))
-      stages.append(GNBottleneck(c, out, stride, dilation, gn_groups,
-                                 rngs=rngs))
+      stages.append(
+          GNBottleneck(c, out, stride, dilation, gn_groups, rngs=rngs)
+      )
       c = out
     gates.append(IAGate(head_dim, c, rngs=rngs))  # IA9, before the ASPP.
     self.gates = nnx.List(gates)
     self.stages = nnx.List(stages)
     self.ASPP = EnsemblerASPP(2 * dim, dim, gn_groups, rngs=rngs)
-    self._init_decoder(dim, low_level_dim + dim, refine_dim, head_dim,
-                       gn_groups, gn_groups_refine, rngs)
+    self._init_decoder(
+        dim,
+        low_level_dim + dim,
+        refine_dim,
+        head_dim,
+        gn_groups,
+        gn_groups_refine,
+        rngs,
+    )
 
-  def __call__(self, x: jnp.ndarray, low_level: jnp.ndarray,
-               head: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(
+      self, x: jnp.ndarray, low_level: jnp.ndarray, head: jnp.ndarray
+  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Runs the ensembler.
 
     Args:
@@ -209,15 +285,25 @@ class CollaborativeEnsembler(_EnsemblerDecoder):
 class CollaborativeEnsemblerMS(_EnsemblerDecoder):
   """CFBI+'s three-scale ensembler (`CollaborativeEnsemblerMS`, notes §15)."""
 
-  def __init__(self, in_dims: Sequence[int], low_level_dim: int,
-               head_dim: int, dim: int = 256, refine_dim: int = 64,
-               gn_groups: int = 32, gn_groups_refine: int = 16, *,
-               rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_dims: Sequence[int],
+      low_level_dim: int,
+      head_dim: int,
+      dim: int = 256,
+      refine_dim: int = 64,
+      gn_groups: int = 32,
+      gn_groups_refine: int = 16,
+      *,
+      rngs: nnx.Rngs,
+  ):
     d2 = 2 * dim
 
     def block(cin, cout, stride, dilation):
-      return (IAGate(head_dim, cin, rngs=rngs),
-              GNBottleneck(cin, cout, stride, dilation, gn_groups, rngs=rngs))
+      return (
+          IAGate(head_dim, cin, rngs=rngs),
+          GNBottleneck(cin, cout, stride, dilation, gn_groups, rngs=rngs),
+      )
 
     self.S1_IA1, self.S1_layer1 = block(in_dims[0], dim, 1, 1)
     self.S1_IA2, self.S1_layer2 = block(dim, dim, 1, 2)
@@ -229,11 +315,19 @@ class CollaborativeEnsemblerMS(_EnsemblerDecoder):
     self.S3_IA3, self.S3_layer3 = block(d2, d2, 1, 4)
     self.ASPP_IA = IAGate(head_dim, d2, rngs=rngs)
     self.ASPP = EnsemblerASPP(d2, dim, gn_groups, rngs=rngs)
-    self._init_decoder(dim, low_level_dim + dim, refine_dim, head_dim,
-                       gn_groups, gn_groups_refine, rngs)
+    self._init_decoder(
+        dim,
+        low_level_dim + dim,
+        refine_dim,
+        head_dim,
+        gn_groups,
+        gn_groups_refine,
+        rngs,
+    )
 
-  def __call__(self, xs: Sequence[jnp.ndarray], low_level: jnp.ndarray,
-               head: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(
+      self, xs: Sequence[jnp.ndarray], low_level: jnp.ndarray, head: jnp.ndarray
+  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Runs the ensembler.
 
     Args:
@@ -259,8 +353,9 @@ class CollaborativeEnsemblerMS(_EnsemblerDecoder):
     return self._decode_and_predict(x, shortcut, head)
 
 
-def augment_background_logit(fg_logit: jnp.ndarray, bg_logit: jnp.ndarray,
-                             obj_valid: jnp.ndarray) -> jnp.ndarray:
+def augment_background_logit(
+    fg_logit: jnp.ndarray, bg_logit: jnp.ndarray, obj_valid: jnp.ndarray
+) -> jnp.ndarray:
   """out_0 = fg_0 + min over valid k >= 1 of bg_k; out_k = fg_k (notes §16).
 
   Args:
@@ -273,8 +368,9 @@ def augment_background_logit(fg_logit: jnp.ndarray, bg_logit: jnp.ndarray,
   """
   # Masks and a concatenation, not `.at[].set`: XLA turns those into
   # scatters, which a GPU runs as separate kernels.
-  fg_valid = (obj_valid & (jnp.arange(obj_valid.shape[1]) > 0))[:, :, None,
-                                                                None]
+  fg_valid = (obj_valid & (jnp.arange(obj_valid.shape[1]) > 0))[
+      :, :, None, None
+  ]
   bg_min = jnp.min(jnp.where(fg_valid, bg_logit, jnp.inf), axis=1)
   has_fg = jnp.any(fg_valid, axis=1)
   out0 = fg_logit[:, 0] + jnp.where(has_fg, bg_min, 0.0)

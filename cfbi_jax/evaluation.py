@@ -56,8 +56,14 @@ from cfbi_jax import synthetic
 from cfbi_jax.inference import videos
 from cfbi_jax.models import family as family_lib
 
-DATASETS = ('davis2016', 'davis2017', 'youtubevos2018', 'youtubevos2019',
-            'video', 'synthetic')
+DATASETS = (
+    'davis2016',
+    'davis2017',
+    'youtubevos2018',
+    'youtubevos2019',
+    'video',
+    'synthetic',
+)
 # Datasets in the DAVIS 2017 layout, scored with the DAVIS J&F.
 _DAVIS17_LAYOUT = ('davis2017', 'synthetic')
 
@@ -70,14 +76,18 @@ def model_overrides(config, stored) -> Dict[str, Any]:
   `bgr`, with a warning."""
   overrides = models.dataset_overrides(stored, config.dataset)
   if config.get('bgr') is not None:
-    print('warning: --config.bgr is deprecated; the input channel order is '
-          "the model's own (bgr in its model_config.json); "
-          '--config.model.bgr overrides it', file=sys.stderr)
+    print(
+        'warning: --config.bgr is deprecated; the input channel order is '
+        "the model's own (bgr in its model_config.json); "
+        '--config.model.bgr overrides it',
+        file=sys.stderr,
+    )
     overrides['bgr'] = bool(config.bgr)
   for key, value in config.model.items():
     if value is not None:
-      overrides[key] = tuple(value) if isinstance(value, (list, tuple)) \
-          else value
+      overrides[key] = (
+          tuple(value) if isinstance(value, (list, tuple)) else value
+      )
   return overrides
 
 
@@ -91,27 +101,37 @@ def split(config) -> str:
 def list_sequences(config) -> List[datasets.VideoSequence]:
   """The sequences of the configured dataset, validated."""
   if config.dataset not in DATASETS:
-    raise ValueError(f'config.dataset must be one of {DATASETS}, got '
-                     f'{config.dataset!r}')
+    raise ValueError(
+        f'config.dataset must be one of {DATASETS}, got ' f'{config.dataset!r}'
+    )
   if config.dataset == 'video':
     if not config.video or not config.masks:
       raise ValueError('--config.video and --config.masks are required')
-    return [datasets.own_video_sequence(config.video, config.masks,
-                                        max_objects=config.max_objects)]
+    return [
+        datasets.own_video_sequence(
+            config.video, config.masks, max_objects=config.max_objects
+        )
+    ]
   if not config.data.root:
     raise ValueError('--config.data.root (the dataset folder) is required')
   if config.dataset == 'synthetic':
     synthetic.ensure_davis_dataset(
-        config.data.root, config.data.synthetic_videos,
-        config.data.synthetic_seed, split=split(config))
+        config.data.root,
+        config.data.synthetic_videos,
+        config.data.synthetic_seed,
+        split=split(config),
+    )
   if config.dataset.startswith('davis') or config.dataset == 'synthetic':
     return datasets.davis_sequences(
-        config.data.root, split=split(config),
+        config.data.root,
+        split=split(config),
         year=2016 if config.dataset == 'davis2016' else 2017,
         single_object=config.dataset == 'davis2016',
-        max_objects=config.max_objects)
-  return datasets.youtube_vos_sequences(config.data.root, split(config),
-                                        max_objects=config.max_objects)
+        max_objects=config.max_objects,
+    )
+  return datasets.youtube_vos_sequences(
+      config.data.root, split(config), max_objects=config.max_objects
+  )
 
 
 def _label_dir(config, name: str) -> str:
@@ -120,8 +140,9 @@ def _label_dir(config, name: str) -> str:
   return os.path.join(config.output_dir, name)
 
 
-def segment_sequence(propagator: videos.VideoPropagator,
-                     seq: datasets.VideoSequence, config) -> Dict[str, Any]:
+def segment_sequence(
+    propagator: videos.VideoPropagator, seq: datasets.VideoSequence, config
+) -> Dict[str, Any]:
   """Segments one sequence and writes its outputs; returns its timing.
 
   Files are written on a background thread (`host_threads.BackgroundWriter`)
@@ -147,10 +168,13 @@ def segment_sequence(propagator: videos.VideoPropagator,
 
   def write(t, labels, probs, rgb):
     name = seq.frame_names[t]
-    output_files.write_palette_png(os.path.join(label_dir, name + '.png'), labels)
+    output_files.write_palette_png(
+        os.path.join(label_dir, name + '.png'), labels
+    )
     if probs is not None:
-      output_files.write_probabilities(os.path.join(probs_dir, name + '.npz'),
-                                  np.moveaxis(probs, -1, 0))
+      output_files.write_probabilities(
+          os.path.join(probs_dir, name + '.npz'), np.moveaxis(probs, -1, 0)
+      )
     if rgb is not None:
       blended = output_files.overlay(rgb, labels)
       _write_rgb(os.path.join(overlay_dir, name + '.png'), blended)
@@ -158,11 +182,21 @@ def segment_sequence(propagator: videos.VideoPropagator,
 
   start, first_done = time.perf_counter(), None
   # Frames inside the sequences bar, with frames/s and an ETA.
-  with host_threads.BackgroundWriter() as writer, tqdm.tqdm(
-      total=len(seq), desc=seq.name, unit='frame', leave=False,
-      position=1, dynamic_ncols=True, disable=not _bars()) as bar:
+  with (
+      host_threads.BackgroundWriter() as writer,
+      tqdm.tqdm(
+          total=len(seq),
+          desc=seq.name,
+          unit='frame',
+          leave=False,
+          position=1,
+          dynamic_ncols=True,
+          disable=not _bars(),
+      ) as bar,
+  ):
     for t, labels, probs in propagator.run(
-        frames(), annotations, len(seq), with_probs=config.save_probs):
+        frames(), annotations, len(seq), with_probs=config.save_probs
+    ):
       writer.submit(write, t, labels, probs, current.pop(t, None))
       bar.update(1)
       if t == 0:
@@ -171,11 +205,17 @@ def segment_sequence(propagator: videos.VideoPropagator,
   if overlay_frames:
     output_files.write_overlay_video(
         os.path.join(config.output_dir, f'{seq.name}_overlay.mp4'),
-        overlay_frames, fps=config.fps or seq.frame_rate() or 24.0)
+        overlay_frames,
+        fps=config.fps or seq.frame_rate() or 24.0,
+    )
   propagated = len(seq) - 1
   steady = time.perf_counter() - (first_done or start)
-  return {'sequence': seq.name, 'frames': len(seq), 'seconds': total,
-          'fps': propagated / steady if propagated and steady > 0 else 0.0}
+  return {
+      'sequence': seq.name,
+      'frames': len(seq),
+      'seconds': total,
+      'fps': propagated / steady if propagated and steady > 0 else 0.0,
+  }
 
 
 def _bars() -> bool:
@@ -185,6 +225,7 @@ def _bars() -> bool:
 
 def _write_rgb(path: str, rgb: np.ndarray) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   with atomic_files.atomic_path(path) as tmp:
     Image.fromarray(rgb).save(tmp, format='PNG')
 
@@ -197,65 +238,96 @@ def run(config) -> Dict[str, Any]:
         f'dataset {config.dataset!r} was set over a config made for '
         f'{defaults_for!r}, whose checkpoint, folders and test scale it '
         f'would keep; give it as --config=configs/eval.py:dataset='
-        f'{config.dataset} instead of --config.dataset')
+        f'{config.dataset} instead of --config.dataset'
+    )
   backend.use_compilation_cache(config.compilation_cache_dir)
   if not config.checkpoint:
-    raise ValueError('--config.checkpoint (a model directory written by '
-                     'python -m cfbi_jax.convert or train.py) is required; '
-                     'for a first try, the bundled model: '
-                     '--config.checkpoint=tiny_cfbi_synthetic')
+    raise ValueError(
+        '--config.checkpoint (a model directory written by '
+        'python -m cfbi_jax.convert or train.py) is required; '
+        'for a first try, the bundled model: '
+        '--config.checkpoint=tiny_cfbi_synthetic'
+    )
   if not config.output_dir:
     raise ValueError('--config.output_dir is required')
   config.checkpoint = checkpoint.resolve_model_dir(config.checkpoint)
   stored = checkpoint.read_model_config(config.checkpoint)
   if config.variant and config.variant != stored.get('variant'):
-    raise ValueError(f'config variant {config.variant!r} but the checkpoint '
-                     f'{config.checkpoint} holds {stored.get("variant")!r}')
+    raise ValueError(
+        f'config variant {config.variant!r} but the checkpoint '
+        f'{config.checkpoint} holds {stored.get("variant")!r}'
+    )
   _check_writable(config.output_dir)
   sequences = list_sequences(config)
   model, model_config = checkpoint.load_model(
-      config.checkpoint, model_overrides(config, stored))
+      config.checkpoint, model_overrides(config, stored)
+  )
   propagator = videos.VideoPropagator(
-      model, scales=tuple(config.tta.scales), flip=config.tta.flip,
-      max_long_edge=config.max_long_edge, bgr=family_lib.bgr(model_config),
-      max_objects=config.max_objects)
+      model,
+      scales=tuple(config.tta.scales),
+      flip=config.tta.flip,
+      max_long_edge=config.max_long_edge,
+      bgr=family_lib.bgr(model_config),
+      max_objects=config.max_objects,
+  )
   os.makedirs(config.output_dir, exist_ok=True)
   _claim_output_dir(config, family_lib.bgr(model_config))
   complete = [seq for seq in sequences if _outputs_complete(config, seq)]
   done = {seq.name for seq in complete if _inputs_unchanged(config, seq)}
   changed = sorted(seq.name for seq in complete if seq.name not in done)
-  names = lambda found: (f" ({', '.join(sorted(found)[:5])}"
-                         f"{', ...' if len(found) > 5 else ''})")
-  print(f'outputs: {os.path.abspath(config.output_dir)}; '
-        + (f'reusing {len(done)} of {len(sequences)} sequences, finished '
-           f'there from the same inputs{names(done)}' if done else
-           (f'segmenting all {len(sequences)} sequences'
-            if len(sequences) > 1 else 'segmenting its one sequence'))
-        + (f'; segmenting {len(changed)} again, whose inputs changed since '
-           f'their outputs were written{names(changed)}' if changed else ''),
-        flush=True)
+  names = lambda found: (
+      f" ({', '.join(sorted(found)[:5])}"
+      f"{', ...' if len(found) > 5 else ''})"
+  )
+  print(
+      f'outputs: {os.path.abspath(config.output_dir)}; '
+      + (
+          f'reusing {len(done)} of {len(sequences)} sequences, finished '
+          f'there from the same inputs{names(done)}'
+          if done
+          else (
+              f'segmenting all {len(sequences)} sequences'
+              if len(sequences) > 1
+              else 'segmenting its one sequence'
+          )
+      )
+      + (
+          f'; segmenting {len(changed)} again, whose inputs changed since '
+          f'their outputs were written{names(changed)}'
+          if changed
+          else ''
+      ),
+      flush=True,
+  )
   rows, skipped = [], []
   start = time.perf_counter()
-  for seq in tqdm.tqdm(sequences, desc='sequences', unit='seq',
-                       disable=not _bars()):
+  for seq in tqdm.tqdm(
+      sequences, desc='sequences', unit='seq', disable=not _bars()
+  ):
     if seq.name in done:
       skipped.append(seq.name)
       continue
     with contextlib.suppress(FileNotFoundError):
       os.remove(_fingerprint_path(config, seq.name))
     rows.append(segment_sequence(propagator, seq, config))
-    atomic_files.write_json(_fingerprint_path(config, seq.name),
-                       input_fingerprint(seq))
+    atomic_files.write_json(
+        _fingerprint_path(config, seq.name), input_fingerprint(seq)
+    )
     if not _bars():  # A log file gets one line per sequence, not bars.
-      print(f'{len(rows) + len(skipped)}/{len(sequences)} {seq.name}: '
-            f"{rows[-1]['frames']} frames, {rows[-1]['fps']:.1f} frames/s",
-            file=sys.stderr, flush=True)
+      print(
+          f'{len(rows) + len(skipped)}/{len(sequences)} {seq.name}: '
+          f"{rows[-1]['frames']} frames, {rows[-1]['fps']:.1f} frames/s",
+          file=sys.stderr,
+          flush=True,
+      )
   path = os.path.join(config.output_dir, 'summary.json')
   rows = _merge_rows(path, rows)
   summary = {
-      'variant': model_config.variant, 'dataset': config.dataset,
+      'variant': model_config.variant,
+      'dataset': config.dataset,
       'tta': {'scales': list(config.tta.scales), 'flip': config.tta.flip},
-      'sequences': rows, 'skipped_complete': skipped,
+      'sequences': rows,
+      'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
       'peak_memory_mb': peak_memory.peak_memory()[0],
       'compilations': propagator.compilations,
@@ -264,19 +336,24 @@ def run(config) -> Dict[str, Any]:
   if config.dataset.startswith('youtubevos'):
     summary['submission'] = output_files.write_youtube_vos_zip(
         os.path.join(config.output_dir, 'Annotations'),
-        os.path.join(config.output_dir, 'submission.zip'))
+        os.path.join(config.output_dir, 'submission.zip'),
+    )
   # Only DAVIS 2017 splits with full annotations can be scored (test-dev
   # holds first-frame masks only; DAVIS 2016 has its own protocol).
-  if (config.dataset in _DAVIS17_LAYOUT and config.score
-      and split(config) not in ('test-dev', 'test-challenge')):
+  if (
+      config.dataset in _DAVIS17_LAYOUT
+      and config.score
+      and split(config) not in ('test-dev', 'test-challenge')
+  ):
     from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
-    scores = davis_eval.evaluate_davis(config.data.root, config.output_dir,
-                                       split=split(config))
+
+    scores = davis_eval.evaluate_davis(
+        config.data.root, config.output_dir, split=split(config)
+    )
     print(davis_eval.format_results(scores, split=split(config)))
     summary['davis'] = scores['global']
     if config.copy_first_frame_baseline:
-      summary['copy_first_frame'] = copy_first_frame_baseline(
-          config, sequences)
+      summary['copy_first_frame'] = copy_first_frame_baseline(config, sequences)
   atomic_files.write_json(path, summary, indent=2, default=float)
   _print_summary(summary)
   return summary
@@ -297,7 +374,8 @@ def _check_writable(folder: str) -> None:
     raise PermissionError(
         f'cannot write to the output folder {folder} '
         f'({os.strerror(error.errno) if error.errno else error}); pass a '
-        'writable --config.output_dir') from None
+        'writable --config.output_dir'
+    ) from None
 
 
 def checkpoint_digest(model_dir: str) -> str:
@@ -326,35 +404,55 @@ def _claim_output_dir(config, bgr: bool) -> None:
   claim = {
       'checkpoint': os.path.abspath(config.checkpoint),
       'digest': checkpoint_digest(config.checkpoint),
-      'settings': json.loads(json.dumps({
-          'tta': config.tta.to_dict(), 'max_long_edge': config.max_long_edge,
-          'bgr': bgr, 'max_objects': config.max_objects,
-          'model': config.model.to_dict()}, sort_keys=True, default=str)),
+      'settings': json.loads(
+          json.dumps(
+              {
+                  'tta': config.tta.to_dict(),
+                  'max_long_edge': config.max_long_edge,
+                  'bgr': bgr,
+                  'max_objects': config.max_objects,
+                  'model': config.model.to_dict(),
+              },
+              sort_keys=True,
+              default=str,
+          )
+      ),
   }
   # Fields left at None are the model's own: a claim written when the
   # config had other None fields is the same claim.
-  settled = lambda c: dict(c, settings=dict(
-      c.get('settings', {}), model={k: v for k, v in c.get(
-          'settings', {}).get('model', {}).items() if v is not None}))
+  settled = lambda c: dict(
+      c,
+      settings=dict(
+          c.get('settings', {}),
+          model={
+              k: v
+              for k, v in c.get('settings', {}).get('model', {}).items()
+              if v is not None
+          },
+      ),
+  )
   path = os.path.join(config.output_dir, 'model.json')
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    differ = sorted(k for k in claim
-                    if settled(previous).get(k) != settled(claim)[k])
+    differ = sorted(
+        k for k in claim if settled(previous).get(k) != settled(claim)[k]
+    )
     if differ:
       raise ValueError(
           f'{config.output_dir} holds the outputs of another run '
           f'({", ".join(differ)} differ: {path}); pass another '
           '--config.output_dir (finished sequences are reused on a re-run, '
-          'so they would be scored as this run\'s)')
+          "so they would be scored as this run's)"
+      )
     return
   if os.listdir(config.output_dir):
     # Written before claims existed, or by hand: nothing says whose it is.
     raise ValueError(
         f'{config.output_dir} is not empty but has no model.json, so its '
-        'outputs cannot be told apart from this run\'s; pass an empty or '
-        'new --config.output_dir')
+        "outputs cannot be told apart from this run's; pass an empty or "
+        'new --config.output_dir'
+    )
   atomic_files.write_json(path, claim)
 
 
@@ -369,16 +467,20 @@ def copy_first_frame_baseline(config, sequences) -> Dict[str, float]:
     The scorer's global numbers (`J&F-Mean`, `J-Mean`, ...).
   """
   from cfbi_jax import davis_eval  # pylint: disable=g-import-not-at-top
+
   out = os.path.join(config.output_dir, 'copy_first_frame')
   for seq in sequences:
     first = seq.load_annotation(0)
     for name in seq.frame_names:
-      output_files.write_palette_png(os.path.join(out, seq.name, name + '.png'),
-                                first)
-  scores = davis_eval.evaluate_davis(config.data.root, out,
-                                     split=split(config))
-  print('copy-first-frame baseline: J&F {:.1f}, J {:.1f}, F {:.1f}'.format(
-      *(100 * scores['global'][k] for k in ('J&F-Mean', 'J-Mean', 'F-Mean'))))
+      output_files.write_palette_png(
+          os.path.join(out, seq.name, name + '.png'), first
+      )
+  scores = davis_eval.evaluate_davis(config.data.root, out, split=split(config))
+  print(
+      'copy-first-frame baseline: J&F {:.1f}, J {:.1f}, F {:.1f}'.format(
+          *(100 * scores['global'][k] for k in ('J&F-Mean', 'J-Mean', 'F-Mean'))
+      )
+  )
   return scores['global']
 
 
@@ -393,6 +495,7 @@ def input_fingerprint(seq: datasets.VideoSequence) -> Dict[str, Any]:
   Returns:
     A JSON-serialisable dict.
   """
+
   def stat(path):
     info = os.stat(path)
     return [os.path.basename(path), info.st_size, info.st_mtime_ns]
@@ -402,10 +505,13 @@ def input_fingerprint(seq: datasets.VideoSequence) -> Dict[str, Any]:
       return hashlib.sha256(f.read()).hexdigest()
 
   files = seq.frame_paths if seq.frame_paths else [seq.video_path]
-  return {'frames': [stat(p) for p in files],
-          'frame_names': list(seq.frame_names),
-          'annotations': {str(t): sha256(p)
-                          for t, p in sorted(seq.annotated.items())}}
+  return {
+      'frames': [stat(p) for p in files],
+      'frame_names': list(seq.frame_names),
+      'annotations': {
+          str(t): sha256(p) for t, p in sorted(seq.annotated.items())
+      },
+  }
 
 
 def _fingerprint_path(config, name: str) -> str:
@@ -414,11 +520,15 @@ def _fingerprint_path(config, name: str) -> str:
 
 def _outputs_complete(config, seq: datasets.VideoSequence) -> bool:
   """Whether every output file of `seq` is there."""
-  done = output_files.sequence_done(_label_dir(config, seq.name), seq.frame_names)
+  done = output_files.sequence_done(
+      _label_dir(config, seq.name), seq.frame_names
+  )
   if done and config.save_probs:
     probs_dir = os.path.join(config.output_dir, seq.name)
-    done = all(os.path.exists(os.path.join(probs_dir, n + '.npz'))
-               for n in seq.frame_names[1:])
+    done = all(
+        os.path.exists(os.path.join(probs_dir, n + '.npz'))
+        for n in seq.frame_names[1:]
+    )
   return done
 
 
@@ -433,8 +543,7 @@ def _inputs_unchanged(config, seq: datasets.VideoSequence) -> bool:
   return kept == json.loads(json.dumps(input_fingerprint(seq)))
 
 
-def _merge_rows(path: str, rows: List[Dict[str, Any]]
-                ) -> List[Dict[str, Any]]:
+def _merge_rows(path: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """This run's per-sequence rows over those of an earlier `summary.json`.
 
   A re-run that reuses finished sequences keeps their earlier timings; a
@@ -447,26 +556,40 @@ def _merge_rows(path: str, rows: List[Dict[str, Any]]
   except (OSError, ValueError, AttributeError):
     earlier = []
   new = {row['sequence'] for row in rows}
-  return [row for row in earlier
-          if isinstance(row, dict) and row.get('sequence') not in new] + rows
+  return [
+      row
+      for row in earlier
+      if isinstance(row, dict) and row.get('sequence') not in new
+  ] + rows
 
 
 def _print_summary(summary: Dict[str, Any]) -> None:
   for row in summary['sequences']:
-    print(f"{row['sequence']:30s} {row['frames']:5d} frames "
-          f"{row['fps']:7.2f} fps")
+    print(
+        f"{row['sequence']:30s} {row['frames']:5d} frames "
+        f"{row['fps']:7.2f} fps"
+    )
   if 'davis' in summary:
     tta = summary['tta']
-    setting = ('test scale ' + ', '.join(f'{s:g}' for s in tta['scales'])
-               + (' + flip' if tta['flip'] else ''))
-    line = (f"{summary['variant']} on {summary['dataset']} ({setting}): "
-            f"J&F {100 * summary['davis']['J&F-Mean']:.1f}")
+    setting = (
+        'test scale '
+        + ', '.join(f'{s:g}' for s in tta['scales'])
+        + (' + flip' if tta['flip'] else '')
+    )
+    line = (
+        f"{summary['variant']} on {summary['dataset']} ({setting}): "
+        f"J&F {100 * summary['davis']['J&F-Mean']:.1f}"
+    )
     if 'copy_first_frame' in summary:
-      line += (' (copy-first-frame baseline '
-               f"{100 * summary['copy_first_frame']['J&F-Mean']:.1f})")
+      line += (
+          ' (copy-first-frame baseline '
+          f"{100 * summary['copy_first_frame']['J&F-Mean']:.1f})"
+      )
     print(line)
   if summary['skipped_complete']:
     print(f"skipped (already complete): {len(summary['skipped_complete'])}")
-  print(f"total {summary['total_seconds']:.1f} s, peak memory "
-        f"{summary['peak_memory_mb']:.0f} MB, {summary['compilations']} "
-        f"compiled shapes on {summary['device']}")
+  print(
+      f"total {summary['total_seconds']:.1f} s, peak memory "
+      f"{summary['peak_memory_mb']:.0f} MB, {summary['compilations']} "
+      f"compiled shapes on {summary['device']}"
+  )

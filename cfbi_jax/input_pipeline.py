@@ -98,13 +98,15 @@ class TrainVideo:
     frame_paths: JPEG of each annotated frame.
     mask_paths: palette PNG of the same frames.
   """
+
   name: str
   frame_paths: Tuple[str, ...]
   mask_paths: Tuple[str, ...]
 
 
-def youtube_vos_train_videos(root: str,
-                             split: str = 'train') -> List[TrainVideo]:
+def youtube_vos_train_videos(
+    root: str, split: str = 'train'
+) -> List[TrainVideo]:
   """Training videos of YouTube-VOS, from `meta.json`.
 
   A video's frames are the union of its objects' frame lists (the
@@ -127,23 +129,37 @@ def youtube_vos_train_videos(root: str,
   meta_path = os.path.join(root, 'meta.json')
   out = []
   for name, objects in videos.items():
-    frames = sorted({fr for obj_frames in objects.values()
-                     if len(obj_frames) >= 2 for fr in obj_frames})
+    frames = sorted(
+        {
+            fr
+            for obj_frames in objects.values()
+            if len(obj_frames) >= 2
+            for fr in obj_frames
+        }
+    )
     if len(frames) < 2:
       continue
-    out.append(TrainVideo(
-        name=name,
-        frame_paths=tuple(os.path.join(root, 'JPEGImages', name, fr + '.jpg')
-                          for fr in frames),
-        mask_paths=tuple(os.path.join(root, 'Annotations', name, fr + '.png')
-                         for fr in frames)))
+    out.append(
+        TrainVideo(
+            name=name,
+            frame_paths=tuple(
+                os.path.join(root, 'JPEGImages', name, fr + '.jpg')
+                for fr in frames
+            ),
+            mask_paths=tuple(
+                os.path.join(root, 'Annotations', name, fr + '.png')
+                for fr in frames
+            ),
+        )
+    )
   if not out:
     raise datasets.DatasetError(f'{meta_path}: no video with >= 2 frames')
   return out
 
 
-def davis_train_videos(root: str, split: str = 'train',
-                       resolution: str = '480p') -> List[TrainVideo]:
+def davis_train_videos(
+    root: str, split: str = 'train', resolution: str = '480p'
+) -> List[TrainVideo]:
   """Training videos of DAVIS 2017 (`ImageSets/2017/<split>.txt`).
 
   Every frame is annotated: `Annotations/<resolution>/<seq>/<frame>.png`.
@@ -162,14 +178,21 @@ def davis_train_videos(root: str, split: str = 'train',
   """
   mask_root = os.path.join(root, 'Annotations', resolution)
   out = []
-  for seq in datasets.davis_sequences(root, split=split, year=2017,
-                                      resolution=resolution, validate=False):
+  for seq in datasets.davis_sequences(
+      root, split=split, year=2017, resolution=resolution, validate=False
+  ):
     if len(seq) < 2:
       continue
-    out.append(TrainVideo(
-        name=seq.name, frame_paths=tuple(seq.frame_paths),
-        mask_paths=tuple(os.path.join(mask_root, seq.name, stem + '.png')
-                         for stem in seq.frame_names)))
+    out.append(
+        TrainVideo(
+            name=seq.name,
+            frame_paths=tuple(seq.frame_paths),
+            mask_paths=tuple(
+                os.path.join(mask_root, seq.name, stem + '.png')
+                for stem in seq.frame_names
+            ),
+        )
+    )
   return out
 
 
@@ -179,10 +202,13 @@ def _read_jpeg(data) -> np.ndarray:
     return np.asarray(img.convert('RGB'))
 
 
-def _gather_clip(read_frame: Callable[[int], np.ndarray],
-                 read_mask: Callable[[int], np.ndarray],
-                 reference: np.ndarray, sequence: np.ndarray,
-                 reference_min_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
+def _gather_clip(
+    read_frame: Callable[[int], np.ndarray],
+    read_mask: Callable[[int], np.ndarray],
+    reference: np.ndarray,
+    sequence: np.ndarray,
+    reference_min_pixels: int,
+) -> Tuple[np.ndarray, np.ndarray]:
   """Reads the reference (first good candidate) and the sequence frames."""
   masks = {}
 
@@ -203,10 +229,12 @@ def _gather_clip(read_frame: Callable[[int], np.ndarray],
   frames = [read_frame(j) for j in order]
   labels = [mask(j) for j in order]
   if len({f.shape for f in frames}) > 1 or any(
-      m.shape != f.shape[:2] for m, f in zip(labels, frames)):
+      m.shape != f.shape[:2] for m, f in zip(labels, frames)
+  ):
     raise datasets.DatasetError(
         f'frames / masks of one clip differ in size: '
-        f'{[f.shape for f in frames]} / {[m.shape for m in labels]}')
+        f'{[f.shape for f in frames]} / {[m.shape for m in labels]}'
+    )
   return np.stack(frames), np.stack(labels)
 
 
@@ -220,9 +248,13 @@ class _FileVideos:
 
   def __call__(self, video, reference, sequence):
     v = self.videos[int(video)]
-    return _gather_clip(lambda j: _read_jpeg(v.frame_paths[j]),
-                        lambda j: datasets.read_mask(v.mask_paths[j]),
-                        reference, sequence, self._reference_min_pixels)
+    return _gather_clip(
+        lambda j: _read_jpeg(v.frame_paths[j]),
+        lambda j: datasets.read_mask(v.mask_paths[j]),
+        reference,
+        sequence,
+        self._reference_min_pixels,
+    )
 
 
 def tfds_video_features():
@@ -235,16 +267,22 @@ def tfds_video_features():
     zlib-compressed).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.features.FeaturesDict({
-      'name': tfds.features.Text(),
-      'num_frames': tfds.features.Scalar(np.int32),
-      'frame_names': tfds.features.Sequence(tfds.features.Text()),
-      'frames': tfds.features.Sequence(
-          tfds.features.Tensor(shape=(), dtype=np.object_)),
-      'masks': tfds.features.Tensor(
-          shape=(None, None, None), dtype=np.uint8,
-          encoding=tfds.features.Encoding.ZLIB),
-  })
+
+  return tfds.features.FeaturesDict(
+      {
+          'name': tfds.features.Text(),
+          'num_frames': tfds.features.Scalar(np.int32),
+          'frame_names': tfds.features.Sequence(tfds.features.Text()),
+          'frames': tfds.features.Sequence(
+              tfds.features.Tensor(shape=(), dtype=np.object_)
+          ),
+          'masks': tfds.features.Tensor(
+              shape=(None, None, None),
+              dtype=np.uint8,
+              encoding=tfds.features.Encoding.ZLIB,
+          ),
+      }
+  )
 
 
 def tfds_video_example(video: TrainVideo) -> dict:
@@ -260,8 +298,9 @@ def tfds_video_example(video: TrainVideo) -> dict:
   return {
       'name': video.name,
       'num_frames': len(frames),
-      'frame_names': [os.path.splitext(os.path.basename(p))[0]
-                      for p in video.frame_paths],
+      'frame_names': [
+          os.path.splitext(os.path.basename(p))[0] for p in video.frame_paths
+      ],
       'frames': frames,
       'masks': np.stack([datasets.read_mask(p) for p in video.mask_paths]),
   }
@@ -269,8 +308,10 @@ def tfds_video_example(video: TrainVideo) -> dict:
 
 def tfds_video_metadata(videos: Sequence[TrainVideo]) -> dict:
   """What the builders store per split: names and frame counts, in order."""
-  return {'names': [v.name for v in videos],
-          'num_frames': [len(v.frame_paths) for v in videos]}
+  return {
+      'names': [v.name for v in videos],
+      'num_frames': [len(v.frame_paths) for v in videos],
+  }
 
 
 class _TfdsVideos:
@@ -282,9 +323,11 @@ class _TfdsVideos:
   split's names and frame counts in the dataset metadata.
   """
 
-  def __init__(self, name: str, data_dir: str, split: str,
-               reference_min_pixels: int):
+  def __init__(
+      self, name: str, data_dir: str, split: str, reference_min_pixels: int
+  ):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     builder = tfds.builder(name, data_dir=data_dir or None)
     self._source = builder.as_data_source(split=split)
     meta = builder.info.metadata[split]
@@ -293,7 +336,8 @@ class _TfdsVideos:
     if len(self.lengths) != len(self._source):
       raise datasets.DatasetError(
           f'{name}: metadata lists {len(self.lengths)} videos, the {split} '
-          f'split holds {len(self._source)}')
+          f'split holds {len(self._source)}'
+      )
     self._reference_min_pixels = reference_min_pixels
 
   def __call__(self, video, reference, sequence):
@@ -303,46 +347,67 @@ class _TfdsVideos:
     if name != self.names[int(video)]:
       raise datasets.DatasetError(
           f'record {int(video)} is {name!r}, metadata says '
-          f'{self.names[int(video)]!r}; rebuild the dataset')
+          f'{self.names[int(video)]!r}; rebuild the dataset'
+      )
     return _gather_clip(
         lambda j: _read_jpeg(io.BytesIO(record['frames'][j])),
         lambda j: record['masks'][j],
-        reference, sequence, self._reference_min_pixels)
+        reference,
+        sequence,
+        self._reference_min_pixels,
+    )
 
 
 def _make_loader(config: ml_collections.ConfigDict):
   """The clip loader of `config.source` (videos indexed in Python)."""
   if config.source not in SOURCES:
-    raise ValueError(f'unknown data source {config.source!r}; expected one '
-                     f'of {SOURCES}')
+    raise ValueError(
+        f'unknown data source {config.source!r}; expected one ' f'of {SOURCES}'
+    )
   if config.source == 'tfds':
-    return _TfdsVideos(config.tfds_name, config.tfds_data_dir,
-                       config.tfds_split, config.reference_min_pixels)
+    return _TfdsVideos(
+        config.tfds_name,
+        config.tfds_data_dir,
+        config.tfds_split,
+        config.reference_min_pixels,
+    )
   if not config.root:
     raise ValueError('config.data.root (the dataset folder) is required')
   if config.source == 'youtubevos':
     videos = youtube_vos_train_videos(config.root, config.split)
   elif config.source in ('davis', 'synthetic'):
     if config.source == 'synthetic':
-      synthetic.ensure_davis_dataset(config.root, config.synthetic_videos,
-                                     config.synthetic_seed, split=config.split)
-    videos = davis_train_videos(config.root, config.split,
-                                config.davis_resolution)
+      synthetic.ensure_davis_dataset(
+          config.root,
+          config.synthetic_videos,
+          config.synthetic_seed,
+          split=config.split,
+      )
+    videos = davis_train_videos(
+        config.root, config.split, config.davis_resolution
+    )
   else:
     if not config.davis_root:
       raise ValueError("source 'mixed' needs config.data.davis_root")
     videos = youtube_vos_train_videos(config.root, config.split) + (
         davis_train_videos(config.davis_root, 'train', config.davis_resolution)
-        * config.davis_repeat)
+        * config.davis_repeat
+    )
   if not videos:
     raise datasets.DatasetError(f'no training videos under {config.root}')
   return _FileVideos(videos, config.reference_min_pixels)
 
 
-def make_train_dataset(data_config: ml_collections.ConfigDict, *,
-                       batch_size: int, num_frames: int, seed: int,
-                       start_index: int = 0, shard_index: int = 0,
-                       num_shards: int = 1) -> tf.data.Dataset:
+def make_train_dataset(
+    data_config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    num_frames: int,
+    seed: int,
+    start_index: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> tf.data.Dataset:
   """The infinite, deterministic stream of training batches of one host.
 
   See the module docstring for the element format, the sampling rules and
@@ -375,39 +440,65 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *,
   lengths = tf.constant(loader.lengths, tf.int32)
   num_videos = len(loader.lengths)
   clip_len = num_frames + 2
-  perm_key, element_key = tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, _SALT], tf.int64), 2))
+  perm_key, element_key = tf.unstack(
+      tf.random.experimental.stateless_split(
+          tf.constant([seed, _SALT], tf.int64), 2
+      )
+  )
 
   def video_of(index):
     """Epoch-wise permutation: every video once per `num_videos` elements."""
     epoch = index // num_videos
     keys = tf.random.stateless_uniform(
-        [num_videos], tf.random.experimental.stateless_fold_in(perm_key, epoch))
+        [num_videos], tf.random.experimental.stateless_fold_in(perm_key, epoch)
+    )
     return tf.cast(tf.argsort(keys)[index % num_videos], tf.int32)
 
   def make_clip(index):
     key = tf.random.experimental.stateless_fold_in(element_key, index)
     frame_key, scale_key, crop_key, object_key, flip_key = tf.unstack(
-        tf.random.experimental.stateless_split(key, 5))
+        tf.random.experimental.stateless_split(key, 5)
+    )
     video = video_of(index)
     chosen = preprocess.sample_frame_indices(
-        frame_key, lengths[video], num_frames=num_frames, max_gap=c.max_gap,
-        reverse_prob=c.reverse_prob, reference_tries=c.reference_tries)
+        frame_key,
+        lengths[video],
+        num_frames=num_frames,
+        max_gap=c.max_gap,
+        reverse_prob=c.reverse_prob,
+        reference_tries=c.reference_tries,
+    )
     frames, labels = tf.numpy_function(
-        loader, [video, chosen['reference'], chosen['sequence']],
-        [tf.uint8, tf.uint8], stateful=False)
-    clip = {'frames': tf.ensure_shape(frames, [clip_len, None, None, 3]),
-            'labels': tf.ensure_shape(labels, [clip_len, None, None])}
-    clip = preprocess.random_scale(clip, scale_key,
-                                   scale_range=tuple(c.scale_range),
-                                   short_edge=c.short_edge)
+        loader,
+        [video, chosen['reference'], chosen['sequence']],
+        [tf.uint8, tf.uint8],
+        stateful=False,
+    )
+    clip = {
+        'frames': tf.ensure_shape(frames, [clip_len, None, None, 3]),
+        'labels': tf.ensure_shape(labels, [clip_len, None, None]),
+    }
+    clip = preprocess.random_scale(
+        clip,
+        scale_key,
+        scale_range=tuple(c.scale_range),
+        short_edge=c.short_edge,
+    )
     clip = preprocess.balanced_random_crop(
-        clip, crop_key, crop_size=c.crop_size, max_tries=c.crop_max_tries,
+        clip,
+        crop_key,
+        crop_size=c.crop_size,
+        max_tries=c.crop_max_tries,
         min_foreground=c.crop_min_foreground,
-        min_object_pixels=c.min_object_pixels, balanced=c.balanced_crop)
-    clip = preprocess.select_objects(clip, object_key,
-                                     max_objects=c.max_objects,
-                                     min_object_pixels=c.min_object_pixels)
+        min_object_pixels=c.min_object_pixels,
+        balanced=c.balanced_crop,
+    )
+    clip = preprocess.select_objects(
+        clip,
+        object_key,
+        max_objects=c.max_objects,
+        min_object_pixels=c.min_object_pixels,
+    )
     clip = preprocess.random_flip(clip, flip_key, prob=c.flip_prob)
     clip['index'] = index
     return clip
@@ -416,12 +507,17 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *,
 
   def element_index(n):
     """This host's n-th element -> its global element index."""
-    return (start_index + (n // batch_size) * global_batch
-            + shard_index * batch_size + n % batch_size)
+    return (
+        start_index
+        + (n // batch_size) * global_batch
+        + shard_index * batch_size
+        + n % batch_size
+    )
 
   ds = tf.data.Dataset.range(np.iinfo(np.int64).max).map(element_index)
-  ds = ds.map(make_clip, num_parallel_calls=c.num_parallel_calls,
-              deterministic=True)
+  ds = ds.map(
+      make_clip, num_parallel_calls=c.num_parallel_calls, deterministic=True
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

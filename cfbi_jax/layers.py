@@ -56,7 +56,10 @@ def broadcast_to_like(p: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
   shape, dtype, out_shape, out_dtype = p.shape, p.dtype, x.shape, x.dtype
   lead = len(out_shape) - len(shape)
   axes = tuple(range(lead)) + tuple(
-      lead + i for i, n in enumerate(shape) if n == 1 and out_shape[lead + i] != 1)
+      lead + i
+      for i, n in enumerate(shape)
+      if n == 1 and out_shape[lead + i] != 1
+  )
 
   @jax.custom_vjp
   def broadcast(q):
@@ -73,10 +76,18 @@ def broadcast_to_like(p: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
   return broadcast(p)
 
 
-def conv(in_features: int, out_features: int, kernel_size: int, *,
-         stride: int = 1, dilation: int = 1, padding: Optional[int] = None,
-         groups: int = 1, use_bias: bool = False,
-         rngs: nnx.Rngs) -> nnx.Conv:
+def conv(
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: Optional[int] = None,
+    groups: int = 1,
+    use_bias: bool = False,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
   """A square `nnx.Conv` with explicit symmetric padding.
 
   Args:
@@ -102,10 +113,17 @@ def conv(in_features: int, out_features: int, kernel_size: int, *,
   else:
     cls = nnx.Conv
   return cls(
-      in_features, out_features, (kernel_size, kernel_size),
-      strides=stride, padding=((padding, padding), (padding, padding)),
-      kernel_dilation=dilation, feature_group_count=groups,
-      use_bias=use_bias, kernel_init=kaiming_fan_out, rngs=rngs)
+      in_features,
+      out_features,
+      (kernel_size, kernel_size),
+      strides=stride,
+      padding=((padding, padding), (padding, padding)),
+      kernel_dilation=dilation,
+      feature_group_count=groups,
+      use_bias=use_bias,
+      kernel_init=kaiming_fan_out,
+      rngs=rngs,
+  )
 
 
 class PointwiseConv(nnx.Conv):
@@ -118,29 +136,48 @@ class PointwiseConv(nnx.Conv):
   """
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    sy, sx = ((self.strides, self.strides) if isinstance(self.strides, int)
-              else tuple(self.strides))
+    sy, sx = (
+        (self.strides, self.strides)
+        if isinstance(self.strides, int)
+        else tuple(self.strides)
+    )
     x = x[:, ::sy, ::sx]
-    y = jnp.einsum('nhwc,cd->nhwd', x, self.kernel[...][0, 0],
-                   precision=self.precision)
+    y = jnp.einsum(
+        'nhwc,cd->nhwd', x, self.kernel[...][0, 0], precision=self.precision
+    )
     if self.bias is not None:
       y = y + broadcast_to_like(self.bias[...], y)
     return y
 
 
-def _conv_forward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
-                  dilation: int, padding: int, depthwise: bool) -> jnp.ndarray:
+def _conv_forward(
+    x: jnp.ndarray,
+    kernel: jnp.ndarray,
+    stride: int,
+    dilation: int,
+    padding: int,
+    depthwise: bool,
+) -> jnp.ndarray:
   return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      x,
+      kernel,
+      (stride, stride),
+      ((padding, padding), (padding, padding)),
       rhs_dilation=(dilation, dilation),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=x.shape[-1] if depthwise else 1)
+      feature_group_count=x.shape[-1] if depthwise else 1,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
-                      dilation: int, padding: int,
-                      depthwise: bool = False) -> jnp.ndarray:
+def conv_tap_backward(
+    x: jnp.ndarray,
+    kernel: jnp.ndarray,
+    stride: int,
+    dilation: int,
+    padding: int,
+    depthwise: bool = False,
+) -> jnp.ndarray:
   """A 2-D convolution whose gradient is taken tap by tap.
 
   The forward pass is XLA's convolution (NHWC input, HWIO kernel, zero
@@ -174,13 +211,20 @@ def conv_tap_backward(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
 
 
 def _conv_tap_fwd(x, kernel, stride, dilation, padding, depthwise):
-  return (_conv_forward(x, kernel, stride, dilation, padding, depthwise),
-          (x, kernel))
+  return (
+      _conv_forward(x, kernel, stride, dilation, padding, depthwise),
+      (x, kernel),
+  )
 
 
-def _conv_tap_bwd(stride: int, dilation: int, padding: int, depthwise: bool,
-                  residuals: Tuple[jnp.ndarray, jnp.ndarray],
-                  g: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def _conv_tap_bwd(
+    stride: int,
+    dilation: int,
+    padding: int,
+    depthwise: bool,
+    residuals: Tuple[jnp.ndarray, jnp.ndarray],
+    g: jnp.ndarray,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
   x, kernel = residuals
   _, h, w, _ = x.shape
   kh, kw = kernel.shape[:2]
@@ -197,7 +241,7 @@ def _conv_tap_bwd(stride: int, dilation: int, padding: int, depthwise: bool,
     y0 = i * dilation
     for j in range(kw):
       x0 = j * dilation
-      tap = xp[:, y0:y0 + span_y:stride, x0:x0 + span_x:stride, :]
+      tap = xp[:, y0 : y0 + span_y : stride, x0 : x0 + span_x : stride, :]
       if depthwise:
         row.append(jnp.einsum('nhwc,nhwc->c', tap, g)[None])
         dtap = (g * kernel[i, j, 0]).astype(dxp.dtype)
@@ -206,11 +250,18 @@ def _conv_tap_bwd(stride: int, dilation: int, padding: int, depthwise: bool,
         dtap = jnp.einsum('nhwo,co->nhwc', g, kernel[i, j]).astype(dxp.dtype)
       # Scatter back to the pixels the tap read: interior padding spreads
       # the stride, edge padding places the window.
-      dxp = dxp + jax.lax.pad(dtap, zero, (
-          (0, 0, 0), (y0, hp - y0 - span_y, stride - 1),
-          (x0, wp - x0 - span_x, stride - 1), (0, 0, 0)))
+      dxp = dxp + jax.lax.pad(
+          dtap,
+          zero,
+          (
+              (0, 0, 0),
+              (y0, hp - y0 - span_y, stride - 1),
+              (x0, wp - x0 - span_x, stride - 1),
+              (0, 0, 0),
+          ),
+      )
     dkernel.append(jnp.stack(row))
-  dx = dxp[:, p:p + h, p:p + w, :]
+  dx = dxp[:, p : p + h, p : p + w, :]
   return dx.astype(x.dtype), jnp.stack(dkernel).astype(kernel.dtype)
 
 
@@ -231,29 +282,40 @@ class SpatialConv(nnx.Conv):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     if not backend.is_cpu() and (self.bias is None or x.dtype == jnp.float32):
       return super().__call__(x)
-    stride, = set((self.strides,) * 2 if isinstance(self.strides, int)
-                  else self.strides)
-    dilation, = set((self.kernel_dilation,) * 2
-                    if isinstance(self.kernel_dilation, int)
-                    else self.kernel_dilation)
+    (stride,) = set(
+        (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+    )
+    (dilation,) = set(
+        (self.kernel_dilation,) * 2
+        if isinstance(self.kernel_dilation, int)
+        else self.kernel_dilation
+    )
     (padding,) = set(p for pair in self.padding for p in pair)
     depthwise = self.feature_group_count > 1
     if backend.is_cpu():
-      y = conv_tap_backward(x, self.kernel[...], stride, dilation, padding,
-                            depthwise)
+      y = conv_tap_backward(
+          x, self.kernel[...], stride, dilation, padding, depthwise
+      )
     else:  # Reduced precision with a bias (see `broadcast_to_like`).
-      y = _conv_forward(x, self.kernel[...], stride, dilation, padding,
-                        depthwise)
+      y = _conv_forward(
+          x, self.kernel[...], stride, dilation, padding, depthwise
+      )
     if self.bias is not None:
       y = y + broadcast_to_like(self.bias[...], y)
     return y
 
 
-def group_norm(num_features: int, num_groups: int, *,
-               rngs: nnx.Rngs) -> nnx.GroupNorm:
+def group_norm(
+    num_features: int, num_groups: int, *, rngs: nnx.Rngs
+) -> nnx.GroupNorm:
   """GroupNorm with PyTorch's epsilon and two-pass variance."""
-  return nnx.GroupNorm(num_features, num_groups=num_groups,
-                       epsilon=GN_EPSILON, use_fast_variance=False, rngs=rngs)
+  return nnx.GroupNorm(
+      num_features,
+      num_groups=num_groups,
+      epsilon=GN_EPSILON,
+      use_fast_variance=False,
+      rngs=rngs,
+  )
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -312,8 +374,7 @@ def fold_frozen_batchnorm(model: nnx.Module) -> int:
       if conv is not None and isinstance(norm, FrozenBatchNorm):
         pairs.append((module, conv, norm_name, norm))
   for module, conv, norm_name, norm in pairs:
-    scale = norm.weight[...] * jax.lax.rsqrt(norm.running_var[...]
-                                             + BN_EPSILON)
+    scale = norm.weight[...] * jax.lax.rsqrt(norm.running_var[...] + BN_EPSILON)
     shift = norm.bias[...] - norm.running_mean[...] * scale
     bias = shift if conv.bias is None else conv.bias[...] * scale + shift
     conv.kernel = nnx.Param(conv.kernel[...] * scale)
@@ -323,8 +384,9 @@ def fold_frozen_batchnorm(model: nnx.Module) -> int:
   return len(pairs)
 
 
-def norm_factory(kind: str, groups: int, *, rngs: nnx.Rngs
-                 ) -> Callable[[int], nnx.Module]:
+def norm_factory(
+    kind: str, groups: int, *, rngs: nnx.Rngs
+) -> Callable[[int], nnx.Module]:
   """`channels -> normalisation module` for the DeepLab feature extractor.
 
   Args:
@@ -336,10 +398,12 @@ def norm_factory(kind: str, groups: int, *, rngs: nnx.Rngs
   if kind == 'frozen_bn':
     return FrozenBatchNorm
   if kind == 'group_norm':
-    return lambda channels: group_norm(channels, math.gcd(groups, channels),
-                                       rngs=rngs)
-  raise ValueError(f"backbone_norm must be 'frozen_bn' or 'group_norm', "
-                   f'got {kind!r}')
+    return lambda channels: group_norm(
+        channels, math.gcd(groups, channels), rngs=rngs
+    )
+  raise ValueError(
+      f"backbone_norm must be 'frozen_bn' or 'group_norm', " f'got {kind!r}'
+  )
 
 
 class GCT(nnx.Module):
@@ -359,12 +423,13 @@ class GCT(nnx.Module):
     # Statistics in float32 whatever the compute dtype (`call_in_dtype`):
     # a sum of squares over every pixel overflows or rounds away in half.
     x32 = x.astype(jnp.float32)
-    embedding = jnp.sqrt(jnp.sum(jnp.square(x32), axis=(1, 2), keepdims=True)
-                         + GCT_EPSILON) * self.alpha[...].astype(jnp.float32)
+    embedding = jnp.sqrt(
+        jnp.sum(jnp.square(x32), axis=(1, 2), keepdims=True) + GCT_EPSILON
+    ) * self.alpha[...].astype(jnp.float32)
     norm = self.gamma[...].astype(jnp.float32) * jax.lax.rsqrt(
-        jnp.mean(jnp.square(embedding), axis=-1, keepdims=True) + GCT_EPSILON)
-    gate = 1.0 + jnp.tanh(embedding * norm
-                          + self.beta[...].astype(jnp.float32))
+        jnp.mean(jnp.square(embedding), axis=-1, keepdims=True) + GCT_EPSILON
+    )
+    gate = 1.0 + jnp.tanh(embedding * norm + self.beta[...].astype(jnp.float32))
     return x * broadcast_to_like(gate, x)
 
 
@@ -386,15 +451,19 @@ def call_in_dtype(module: nnx.Module, dtype, *args: Any) -> Any:
   """
   if jnp.dtype(dtype) == jnp.float32:
     return module(*args)
-  cast = lambda x: (x.astype(dtype) if isinstance(x, jax.Array) and
-                    jnp.issubdtype(x.dtype, jnp.floating) else x)
+  cast = lambda x: (
+      x.astype(dtype)
+      if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
+      else x
+  )
   graphdef, state = nnx.split(module)
   low = nnx.merge(graphdef, jax.tree.map(cast, state))
   return low(*jax.tree.map(cast, args))
 
 
-def dropout(x: jnp.ndarray, rate: float,
-            rng: Optional[jax.Array]) -> jnp.ndarray:
+def dropout(
+    x: jnp.ndarray, rate: float, rng: Optional[jax.Array]
+) -> jnp.ndarray:
   """Inverted dropout; the identity when `rng` is None (evaluation).
 
   `rng` is one key, or a `[N]` array of keys, one per sample of `x`'s
@@ -405,8 +474,9 @@ def dropout(x: jnp.ndarray, rate: float,
   if rng is None or rate == 0.0:
     return x
   if rng.ndim == 1:
-    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate,
-                                                   x.shape[1:]))(rng)
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[1:]))(
+        rng
+    )
   else:
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)

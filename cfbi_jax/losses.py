@@ -20,8 +20,12 @@ import jax
 import jax.numpy as jnp
 
 
-def num_hard_pixels(step: int, num_pixels: int, top_k_percent: float = 0.15,
-                    hard_mining_step: float = 50000.0) -> int:
+def num_hard_pixels(
+    step: int,
+    num_pixels: int,
+    top_k_percent: float = 0.15,
+    hard_mining_step: float = 50000.0,
+) -> int:
   """The official k for `step` (host-side, float64 arithmetic).
 
   Args:
@@ -40,8 +44,9 @@ def num_hard_pixels(step: int, num_pixels: int, top_k_percent: float = 0.15,
   return int((top_k_percent * ratio + (1.0 - ratio)) * num_pixels)
 
 
-def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                        ignore_label: int = 255) -> jnp.ndarray:
+def pixel_cross_entropy(
+    logits: jnp.ndarray, labels: jnp.ndarray, ignore_label: int = 255
+) -> jnp.ndarray:
   """Per-pixel cross-entropy; ignored pixels give 0.
 
   Args:
@@ -60,9 +65,12 @@ def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
   return jnp.where(ignored, 0.0, -picked)
 
 
-def bootstrapped_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                               num_hard: jnp.ndarray,
-                               ignore_label: int = 255) -> jnp.ndarray:
+def bootstrapped_cross_entropy(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    num_hard: jnp.ndarray,
+    ignore_label: int = 255,
+) -> jnp.ndarray:
   """Mean of the `num_hard` largest pixel losses, per sample.
 
   Args:
@@ -76,7 +84,7 @@ def bootstrapped_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
   """
   losses = pixel_cross_entropy(logits, labels, ignore_label)
   flat = losses.reshape(losses.shape[0], -1)
-  ranked = -jnp.sort(-flat, axis=-1)                       # descending
+  ranked = -jnp.sort(-flat, axis=-1)  # descending
   keep = jnp.arange(flat.shape[1])[None] < num_hard
   k = jnp.asarray(num_hard, jnp.float32)
   return jnp.sum(jnp.where(keep, ranked, 0.0), axis=-1) / k

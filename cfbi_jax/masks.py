@@ -33,8 +33,11 @@ def with_binary_object(labels: np.ndarray) -> np.ndarray:
     255 (and some 255), else `labels` (where 255 is then void).
   """
   labels = np.asarray(labels)
-  if labels.size and labels.max() == VOID_ID and not np.any(
-      (labels != 0) & (labels != VOID_ID)):
+  if (
+      labels.size
+      and labels.max() == VOID_ID
+      and not np.any((labels != 0) & (labels != VOID_ID))
+  ):
     return (labels == VOID_ID).astype(np.uint8)
   return labels.astype(np.uint8)
 
@@ -60,11 +63,12 @@ def ids_above(labels: np.ndarray, max_objects: int, where: str) -> None:
   """
   if largest_object_id(labels) <= max_objects:
     return
-  ids = sorted(int(v) for v in np.unique(labels)
-               if max_objects < v != VOID_ID)
-  raise LabelError(f'{where} has object ids {ids} above max_objects='
-                   f'{max_objects}; raise it with --config.max_objects='
-                   f'{ids[-1]} (or max_objects={ids[-1]} in Python)')
+  ids = sorted(int(v) for v in np.unique(labels) if max_objects < v != VOID_ID)
+  raise LabelError(
+      f'{where} has object ids {ids} above max_objects='
+      f'{max_objects}; raise it with --config.max_objects='
+      f'{ids[-1]} (or max_objects={ids[-1]} in Python)'
+  )
 
 
 def _davis_palette() -> np.ndarray:

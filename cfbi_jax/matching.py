@@ -44,8 +44,9 @@ _BLOCK_ROWS = 64
 _LOCAL_TILE = 16
 
 
-def distance_to_similarity(sq_dist: jnp.ndarray,
-                           bias: jnp.ndarray) -> jnp.ndarray:
+def distance_to_similarity(
+    sq_dist: jnp.ndarray, bias: jnp.ndarray
+) -> jnp.ndarray:
   """Official distance transform, 2 * sigmoid(sq_dist + bias) - 1.
 
   Written as (sigmoid - 0.5) * 2 like the official code. A float16/bfloat16
@@ -63,8 +64,9 @@ def distance_to_similarity(sq_dist: jnp.ndarray,
   return (jax.nn.sigmoid(x) - 0.5) * 2.0
 
 
-def object_biases(num_slots: int, bg_bias: jnp.ndarray,
-                  fg_bias: jnp.ndarray) -> jnp.ndarray:
+def object_biases(
+    num_slots: int, bg_bias: jnp.ndarray, fg_bias: jnp.ndarray
+) -> jnp.ndarray:
   """Per-slot distance bias: `bg_bias` for slot 0, `fg_bias` for the others.
 
   Args:
@@ -84,13 +86,21 @@ def _valid_labels(labels: jnp.ndarray, obj_valid: jnp.ndarray) -> jnp.ndarray:
   """Labels with -1 wherever the label is not a valid object slot."""
   num_slots = obj_valid.shape[0]
   labels = labels.astype(jnp.int32)
-  valid = ((labels >= 0) & (labels < num_slots)
-           & obj_valid[jnp.clip(labels, 0, num_slots - 1)])
+  valid = (
+      (labels >= 0)
+      & (labels < num_slots)
+      & obj_valid[jnp.clip(labels, 0, num_slots - 1)]
+  )
   return jnp.where(valid, labels, -1)
 
 
-def atrous_reference_labels(ref_labels: jnp.ndarray, obj_valid: jnp.ndarray,
-                            *, atrous: int, min_pixels: int) -> jnp.ndarray:
+def atrous_reference_labels(
+    ref_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    atrous: int,
+    min_pixels: int,
+) -> jnp.ndarray:
   """Reference labels with -1 where the official code drops the pixel.
 
   Lattice masking of the official training and min-pixel eval branches
@@ -116,13 +126,17 @@ def atrous_reference_labels(ref_labels: jnp.ndarray, obj_valid: jnp.ndarray,
   if atrous == 1:
     return labels
   num_refs, height, width = labels.shape
-  counts = jnp.sum(labels[..., None] == jnp.arange(obj_valid.shape[0]),
-                   axis=(1, 2))  # [refs, K + 1]
-  big = jnp.take_along_axis(counts > min_pixels * atrous**2,
-                            jnp.maximum(labels, 0).reshape(num_refs, -1),
-                            axis=1).reshape(labels.shape)
-  on_lattice = ((np.arange(height) % atrous == 0)[:, None]
-                & (np.arange(width) % atrous == 0)[None, :])
+  counts = jnp.sum(
+      labels[..., None] == jnp.arange(obj_valid.shape[0]), axis=(1, 2)
+  )  # [refs, K + 1]
+  big = jnp.take_along_axis(
+      counts > min_pixels * atrous**2,
+      jnp.maximum(labels, 0).reshape(num_refs, -1),
+      axis=1,
+  ).reshape(labels.shape)
+  on_lattice = (np.arange(height) % atrous == 0)[:, None] & (
+      np.arange(width) % atrous == 0
+  )[None, :]
   return jnp.where((labels >= 0) & (on_lattice | ~big), labels, -1)
 
 
@@ -132,8 +146,7 @@ def _squared_norm(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(x32 * x32, axis=-1).astype(x.dtype)
 
 
-def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
-                         num_slots: int):
+def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray, num_slots: int):
   """Sorts reference rows by label and splits them into blocks.
 
   Labels change at most K + 1 times along the sorted rows (dropped rows, id
@@ -154,8 +167,9 @@ def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
   num_blocks = -(-ref.shape[0] // _BLOCK_ROWS)
   padding = num_blocks * _BLOCK_ROWS - ref.shape[0]
   order = jnp.argsort(segment_ids, stable=True)
-  segment_ids = jnp.pad(segment_ids[order], (0, padding),
-                        constant_values=num_slots)
+  segment_ids = jnp.pad(
+      segment_ids[order], (0, padding), constant_values=num_slots
+  )
   segment_ids = segment_ids.reshape(num_blocks, _BLOCK_ROWS)
   ref = jnp.pad(ref[order], ((0, padding), (0, 0)))
   single = segment_ids[:, 0] == segment_ids[:, -1]
@@ -164,8 +178,13 @@ def _label_sorted_blocks(ref: jnp.ndarray, labels: jnp.ndarray,
   return ref, block_labels, mixed, segment_ids[mixed].reshape(-1)
 
 
-def chunk_count(num_rows: int, num_queries: int, min_chunks: int,
-                max_chunk_bytes: Optional[int], matching_dtype) -> int:
+def chunk_count(
+    num_rows: int,
+    num_queries: int,
+    min_chunks: int,
+    max_chunk_bytes: Optional[int],
+    matching_dtype,
+) -> int:
   """Query chunks of global matching under a byte bound.
 
   One chunk of `c` queries holds a `[num_rows, c]` float32 dot product and
@@ -186,23 +205,24 @@ def chunk_count(num_rows: int, num_queries: int, min_chunks: int,
     return max(1, min(min_chunks, num_queries))
   per_query = num_rows * (4 + jnp.dtype(matching_dtype).itemsize)
   per_chunk = max(1, int(max_chunk_bytes) // per_query)
-  return max(1, min(max(min_chunks, -(-num_queries // per_chunk)),
-                    num_queries))
+  return max(1, min(max(min_chunks, -(-num_queries // per_chunk)), num_queries))
 
 
-def global_matching(query: jnp.ndarray,
-                    ref: jnp.ndarray,
-                    ref_labels: jnp.ndarray,
-                    obj_valid: jnp.ndarray,
-                    *,
-                    bg_bias: jnp.ndarray,
-                    fg_bias: jnp.ndarray,
-                    num_chunks: int = 1,
-                    max_chunk_bytes: Optional[int] = None,
-                    atrous: int = 1,
-                    min_pixels: int = 0,
-                    matching_dtype=jnp.float32,
-                    per_label: Optional[str] = None) -> jnp.ndarray:
+def global_matching(
+    query: jnp.ndarray,
+    ref: jnp.ndarray,
+    ref_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    bg_bias: jnp.ndarray,
+    fg_bias: jnp.ndarray,
+    num_chunks: int = 1,
+    max_chunk_bytes: Optional[int] = None,
+    atrous: int = 1,
+    min_pixels: int = 0,
+    matching_dtype=jnp.float32,
+    per_label: Optional[str] = None,
+) -> jnp.ndarray:
   """Global (nearest-neighbour) matching against all reference frames.
 
   Official `global_matching_for_eval` (notes §8): the reference set is the
@@ -277,65 +297,88 @@ def global_matching(query: jnp.ndarray,
     labels = _valid_labels(ref_labels[:, ::atrous, ::atrous], obj_valid)
   else:
     labels = atrous_reference_labels(
-        ref_labels, obj_valid, atrous=atrous, min_pixels=min_pixels)
+        ref_labels, obj_valid, atrous=atrous, min_pixels=min_pixels
+    )
   if per_label is None:
     per_label = 'sorted' if backend.is_cpu() else 'masked'
   if per_label not in ('masked', 'sorted'):
-    raise ValueError(f"per_label must be 'masked' or 'sorted', got "
-                     f'{per_label!r}')
+    raise ValueError(
+        f"per_label must be 'masked' or 'sorted', got " f'{per_label!r}'
+    )
   ref = ref.reshape(-1, channels).astype(matching_dtype)
   labels = labels.reshape(-1)
   penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
   if per_label == 'sorted':
     ref, block_labels, mixed_blocks, mixed_labels = _label_sorted_blocks(
-        ref, labels, num_slots)
+        ref, labels, num_slots
+    )
   ref_sq = _squared_norm(ref)
 
   num_queries = height * width
-  num_chunks = chunk_count(ref.shape[0], num_queries, num_chunks,
-                           max_chunk_bytes, matching_dtype)
+  num_chunks = chunk_count(
+      ref.shape[0], num_queries, num_chunks, max_chunk_bytes, matching_dtype
+  )
   chunk = -(-num_queries // num_chunks)
   queries = query.reshape(num_queries, channels).astype(matching_dtype)
   queries = jnp.pad(queries, ((0, chunk * num_chunks - num_queries), (0, 0)))
 
   def masked_minima(q):
-    dot = jnp.einsum('qc,rc->qr', q, ref, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
-    dist = ((_squared_norm(q)[:, None] + ref_sq[None, :])
-            - 2 * dot.astype(matching_dtype))                # [chunk, rows]
+    dot = jnp.einsum(
+        'qc,rc->qr',
+        q,
+        ref,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    dist = (_squared_norm(q)[:, None] + ref_sq[None, :]) - 2 * dot.astype(
+        matching_dtype
+    )  # [chunk, rows]
     is_slot = labels[None, None, :] == jnp.arange(num_slots)[:, None, None]
     inf = jnp.asarray(jnp.inf, matching_dtype)
     return jnp.min(jnp.where(is_slot, dist[None], inf), axis=-1)
 
   def sorted_minima(q):
-    dot = jnp.einsum('rc,qc->rq', ref, q, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
-    dist = ((ref_sq[:, None] + _squared_norm(q)[None, :])
-            - 2 * dot.astype(matching_dtype))
+    dot = jnp.einsum(
+        'rc,qc->rq',
+        ref,
+        q,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    dist = (ref_sq[:, None] + _squared_norm(q)[None, :]) - 2 * dot.astype(
+        matching_dtype
+    )
     dist = dist.reshape(-1, _BLOCK_ROWS, chunk)  # [blocks, rows, chunk]
     segment_min = lambda x, ids: jax.ops.segment_min(
-        x, ids, num_segments=num_slots + 1)[:num_slots]
+        x, ids, num_segments=num_slots + 1
+    )[:num_slots]
     return jnp.minimum(
         segment_min(jnp.min(dist, axis=1), block_labels),
-        segment_min(dist[mixed_blocks].reshape(-1, chunk), mixed_labels))
+        segment_min(dist[mixed_blocks].reshape(-1, chunk), mixed_labels),
+    )
 
   def match_chunk(q):
-    per_label_min = (masked_minima if per_label == 'masked'
-                     else sorted_minima)(q)                  # [K + 1, chunk]
+    per_label_min = (masked_minima if per_label == 'masked' else sorted_minima)(
+        q
+    )  # [K + 1, chunk]
     nearest = jnp.min(per_label_min, axis=0)
     return jnp.minimum(per_label_min, nearest + penalty)
 
-  dist = jax.lax.map(jax.checkpoint(match_chunk, prevent_cse=False),
-                     queries.reshape(num_chunks, chunk, channels))
+  dist = jax.lax.map(
+      jax.checkpoint(match_chunk, prevent_cse=False),
+      queries.reshape(num_chunks, chunk, channels),
+  )
   dist = jnp.moveaxis(dist, 1, 0).reshape(num_slots, -1)[:, :num_queries]
   biases = object_biases(num_slots, bg_bias, fg_bias)
   similarity = distance_to_similarity(
-      dist.reshape(num_slots, height, width), biases[:, None, None])
+      dist.reshape(num_slots, height, width), biases[:, None, None]
+  )
   return jnp.where(jnp.any(labels >= 0), similarity, 1.0)
 
 
-def _overlapping_tiles(x: jnp.ndarray, tile: int, span: int,
-                       axis: int) -> jnp.ndarray:
+def _overlapping_tiles(
+    x: jnp.ndarray, tile: int, span: int, axis: int
+) -> jnp.ndarray:
   """Tiles of length `span` starting every `tile` entries along `axis`.
 
   Args:
@@ -352,9 +395,8 @@ def _overlapping_tiles(x: jnp.ndarray, tile: int, span: int,
   """
   m = -(-span // tile)
   n = x.shape[axis] // tile - m + 1
-  blocks = x.reshape(x.shape[:axis] + (n + m - 1, tile) + x.shape[axis + 1:])
-  views = [jax.lax.slice_in_dim(blocks, u, u + n, axis=axis)
-           for u in range(m)]
+  blocks = x.reshape(x.shape[:axis] + (n + m - 1, tile) + x.shape[axis + 1 :])
+  views = [jax.lax.slice_in_dim(blocks, u, u + n, axis=axis) for u in range(m)]
   tiles = jnp.concatenate(views, axis=axis + 1)
   return jax.lax.slice_in_dim(tiles, 0, span, axis=axis + 1)
 
@@ -380,15 +422,16 @@ def _diagonal_band(x: jnp.ndarray, width: int) -> jnp.ndarray:
 def _window_band(x: jnp.ndarray, side: int) -> jnp.ndarray:
   """`[..., y, x, Y, X]` tile pairs -> `[..., y, x, dy, dx]`, the entries at
   Y = y + dy and X = x + dx (dy, dx < `side`)."""
-  x = jnp.moveaxis(x, -2, -3)                    # [..., y, Y, x, X]
-  x = _diagonal_band(x, side)                    # [..., y, Y, x, dx]
-  x = jnp.moveaxis(x, (-4, -3), (-2, -1))        # [..., x, dx, y, Y]
-  x = _diagonal_band(x, side)                    # [..., x, dx, y, dy]
-  return jnp.moveaxis(x, (-4, -3), (-3, -1))     # [..., y, x, dy, dx]
+  x = jnp.moveaxis(x, -2, -3)  # [..., y, Y, x, X]
+  x = _diagonal_band(x, side)  # [..., y, Y, x, dx]
+  x = jnp.moveaxis(x, (-4, -3), (-2, -1))  # [..., x, dx, y, Y]
+  x = _diagonal_band(x, side)  # [..., x, dx, y, dy]
+  return jnp.moveaxis(x, (-4, -3), (-3, -1))  # [..., y, x, dy, dx]
 
 
-def _neighbourhood_distances(query: jnp.ndarray, prev: jnp.ndarray,
-                             labels: jnp.ndarray, half: int):
+def _neighbourhood_distances(
+    query: jnp.ndarray, prev: jnp.ndarray, labels: jnp.ndarray, half: int
+):
   """Distances to every pixel of the (2 half + 1)^2 neighbourhood.
 
   The grid is cut into `_LOCAL_TILE`^2 query tiles; each tile's embeddings
@@ -417,30 +460,51 @@ def _neighbourhood_distances(query: jnp.ndarray, prev: jnp.ndarray,
   extra = -(-span // tile) - 1  # Whole blocks a tile reaches past its own.
 
   def pad(x, value=0):
-    return jnp.pad(x, [(0, 0), (half, (rows + extra) * tile - height - half),
-                       (half, (cols + extra) * tile - width - half)]
-                   + [(0, 0)] * (x.ndim - 3), constant_values=value)
+    return jnp.pad(
+        x,
+        [
+            (0, 0),
+            (half, (rows + extra) * tile - height - half),
+            (half, (cols + extra) * tile - width - half),
+        ]
+        + [(0, 0)] * (x.ndim - 3),
+        constant_values=value,
+    )
 
   def neighbourhoods(x):  # [N, H', W', ...] -> [N, rows, cols, span, span, ...]
-    x = _overlapping_tiles(x, tile, span, 1)    # [N, rows, span, W', ...]
-    x = _overlapping_tiles(x, tile, span, 3)    # [N, rows, span, cols, span, ...]
+    x = _overlapping_tiles(x, tile, span, 1)  # [N, rows, span, W', ...]
+    x = _overlapping_tiles(x, tile, span, 3)  # [N, rows, span, cols, span, ...]
     return jnp.moveaxis(x, 3, 2)
 
-  q = jnp.pad(query, [(0, 0), (0, rows * tile - height),
-                      (0, cols * tile - width), (0, 0)])
+  q = jnp.pad(
+      query,
+      [(0, 0), (0, rows * tile - height), (0, cols * tile - width), (0, 0)],
+  )
   q = q.reshape(num, rows, tile, cols, tile, channels).swapaxes(2, 3)
-  dot = jnp.einsum('nijyxc,nijYXc->nijyxYX', q, neighbourhoods(pad(prev)),
-                   precision=jax.lax.Precision.HIGHEST,
-                   preferred_element_type=jnp.float32)
+  dot = jnp.einsum(
+      'nijyxc,nijYXc->nijyxYX',
+      q,
+      neighbourhoods(pad(prev)),
+      precision=jax.lax.Precision.HIGHEST,
+      preferred_element_type=jnp.float32,
+  )
   dot = _window_band(dot.astype(query.dtype), side)
-  cand_sq = _window_band(jnp.broadcast_to(
-      neighbourhoods(pad(_squared_norm(prev)))[:, :, :, None, None],
-      dot.shape[:5] + (span, span)), side)
-  cand_labels = _window_band(jnp.broadcast_to(
-      neighbourhoods(pad(labels, -1))[:, :, :, None, None],
-      dot.shape[:5] + (span, span)), side)
+  cand_sq = _window_band(
+      jnp.broadcast_to(
+          neighbourhoods(pad(_squared_norm(prev)))[:, :, :, None, None],
+          dot.shape[:5] + (span, span),
+      ),
+      side,
+  )
+  cand_labels = _window_band(
+      jnp.broadcast_to(
+          neighbourhoods(pad(labels, -1))[:, :, :, None, None],
+          dot.shape[:5] + (span, span),
+      ),
+      side,
+  )
   query_sq = _squared_norm(q)[..., None, None]
-  dist = (query_sq + cand_sq) - 2 * dot           # [N, rows, cols, T, T, S, S]
+  dist = (query_sq + cand_sq) - 2 * dot  # [N, rows, cols, T, T, S, S]
 
   def untile(x):
     x = x.swapaxes(2, 3).reshape((num, rows * tile, cols * tile) + x.shape[5:])
@@ -449,16 +513,18 @@ def _neighbourhood_distances(query: jnp.ndarray, prev: jnp.ndarray,
   return untile(dist), untile(cand_labels)
 
 
-def local_matching(query: jnp.ndarray,
-                   prev: jnp.ndarray,
-                   prev_labels: jnp.ndarray,
-                   obj_valid: jnp.ndarray,
-                   *,
-                   bg_bias: jnp.ndarray,
-                   fg_bias: jnp.ndarray,
-                   windows: Sequence[int],
-                   atrous: int = 1,
-                   matching_dtype=jnp.float32) -> jnp.ndarray:
+def local_matching(
+    query: jnp.ndarray,
+    prev: jnp.ndarray,
+    prev_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    bg_bias: jnp.ndarray,
+    fg_bias: jnp.ndarray,
+    windows: Sequence[int],
+    atrous: int = 1,
+    matching_dtype=jnp.float32,
+) -> jnp.ndarray:
   """Multi-window local matching against the previous frame.
 
   Official parallel `local_matching` (notes §9 steps 2-5). With
@@ -509,51 +575,64 @@ def local_matching(query: jnp.ndarray,
   sub_h, sub_w = -(-height // a), -(-width // a)
 
   def phases(x, value=0):
-    x = jnp.pad(x, [(0, sub_h * a - height), (0, sub_w * a - width)]
-                + [(0, 0)] * (x.ndim - 2), constant_values=value)
+    x = jnp.pad(
+        x,
+        [(0, sub_h * a - height), (0, sub_w * a - width)]
+        + [(0, 0)] * (x.ndim - 2),
+        constant_values=value,
+    )
     x = x.reshape((sub_h, a, sub_w, a) + x.shape[2:])
     return jnp.moveaxis(x, (1, 3), (0, 1)).reshape(
-        (a * a, sub_h, sub_w) + x.shape[4:])
+        (a * a, sub_h, sub_w) + x.shape[4:]
+    )
 
   def window_minima(query, prev, labels):  # -> [K + 1, a^2, h', w', L]
     dist, cand = _neighbourhood_distances(
-        phases(query), phases(prev), phases(labels, -1),
-        half)                                        # [a^2, h', w', S, S]
+        phases(query), phases(prev), phases(labels, -1), half
+    )  # [a^2, h', w', S, S]
     penalty = jnp.asarray(WRONG_LABEL_PADDING_DISTANCE, matching_dtype)
     slot_ids = jnp.arange(num_slots, dtype=label_dtype).reshape(
-        (-1,) + (1,) * dist.ndim)
+        (-1,) + (1,) * dist.ndim
+    )
     per_window = []
     for size in windows:
       r = size // a
       inner = (slice(None),) * 4 + (slice(half - r, half + r + 1),) * 2
-      per_window.append(jnp.where(cand[None][inner] == slot_ids,
-                                  dist[None][inner], penalty).min(
-                                      axis=(-2, -1)))
+      per_window.append(
+          jnp.where(
+              cand[None][inner] == slot_ids, dist[None][inner], penalty
+          ).min(axis=(-2, -1))
+      )
     return jnp.stack(per_window[-1:] + per_window[:-1], axis=-1)
 
   # Recomputed in the backward pass rather than storing the [S, S]
   # neighbourhoods of every pixel (training differentiates through it).
   dist = jax.checkpoint(window_minima, prevent_cse=False)(
-      query.astype(matching_dtype), prev.astype(matching_dtype),
-      labels.astype(label_dtype))
+      query.astype(matching_dtype),
+      prev.astype(matching_dtype),
+      labels.astype(label_dtype),
+  )
   # [K + 1, a^2, h', w', L] -> [K + 1, h, w, L]
   dist = dist.reshape((num_slots, a, a, sub_h, sub_w, len(windows)))
   dist = jnp.moveaxis(dist, (1, 2), (2, 4)).reshape(
-      num_slots, sub_h * a, sub_w * a, len(windows))[:, :height, :width]
+      num_slots, sub_h * a, sub_w * a, len(windows)
+  )[:, :height, :width]
   biases = object_biases(num_slots, bg_bias, fg_bias)
   return distance_to_similarity(dist, biases[:, None, None, None])
 
 
-def local_matching_downsampled(query: jnp.ndarray,
-                               prev: jnp.ndarray,
-                               prev_labels: jnp.ndarray,
-                               obj_valid: jnp.ndarray,
-                               *,
-                               bg_bias: jnp.ndarray,
-                               fg_bias: jnp.ndarray,
-                               windows: Sequence[int],
-                               atrous: int = 1,
-                               matching_dtype=jnp.float32) -> jnp.ndarray:
+def local_matching_downsampled(
+    query: jnp.ndarray,
+    prev: jnp.ndarray,
+    prev_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    bg_bias: jnp.ndarray,
+    fg_bias: jnp.ndarray,
+    windows: Sequence[int],
+    atrous: int = 1,
+    matching_dtype=jnp.float32,
+) -> jnp.ndarray:
   """CFBI local matching on the half-resolution grid (notes §9.1, §9.6).
 
   The embeddings go to (h // 2 + 1, w // 2 + 1) with align-corners bilinear
@@ -582,13 +661,19 @@ def local_matching_downsampled(query: jnp.ndarray,
       resize.resize_bilinear_ac(query, half),
       resize.resize_bilinear_ac(prev, half),
       resize.resize_labels_nearest(prev_labels, half),
-      obj_valid, bg_bias=bg_bias, fg_bias=fg_bias, windows=windows,
-      atrous=atrous, matching_dtype=matching_dtype)
+      obj_valid,
+      bg_bias=bg_bias,
+      fg_bias=fg_bias,
+      windows=windows,
+      atrous=atrous,
+      matching_dtype=matching_dtype,
+  )
   return resize.resize_bilinear_ac(maps, (height, width))
 
 
-def foreground_to_background(fg_maps: jnp.ndarray,
-                             obj_valid: jnp.ndarray) -> jnp.ndarray:
+def foreground_to_background(
+    fg_maps: jnp.ndarray, obj_valid: jnp.ndarray
+) -> jnp.ndarray:
   """Official `foreground2background`: min over the other objects' maps.
 
   G_i = min over valid j != i of F_j (notes §10), computed from the smallest
@@ -609,8 +694,7 @@ def foreground_to_background(fg_maps: jnp.ndarray,
   expand = (num_slots,) + (1,) * (fg_maps.ndim - 1)
   inf = jnp.asarray(jnp.inf, fg_maps.dtype)
   masked = jnp.where(obj_valid.reshape(expand), fg_maps, inf)
-  is_first = (jnp.arange(num_slots).reshape(expand)
-              == jnp.argmin(masked, axis=0))
+  is_first = jnp.arange(num_slots).reshape(expand) == jnp.argmin(masked, axis=0)
   second = jnp.min(jnp.where(is_first, inf, masked), axis=0)
   background = jnp.where(is_first, second, jnp.min(masked, axis=0))
   return jnp.where(jnp.sum(obj_valid) > 1, background, fg_maps)

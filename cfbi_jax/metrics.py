@@ -75,8 +75,9 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
   return b
 
 
-def boundary_radius(height: int, width: int,
-                    tolerance: float = BOUNDARY_TOLERANCE) -> int:
+def boundary_radius(
+    height: int, width: int, tolerance: float = BOUNDARY_TOLERANCE
+) -> int:
   """Tolerance radius in pixels: ceil(tolerance * sqrt(H^2 + W^2)).
 
   `math.sqrt` of the exact integer H^2 + W^2 is correctly rounded, like the
@@ -151,8 +152,9 @@ def binary_dilation_disk(mask: np.ndarray, radius: int) -> np.ndarray:
   return out
 
 
-def boundary_f_measure(pred: np.ndarray, gt: np.ndarray,
-                       radius: Optional[int] = None) -> float:
+def boundary_f_measure(
+    pred: np.ndarray, gt: np.ndarray, radius: Optional[int] = None
+) -> float:
   """Contour accuracy F of two binary masks, the official rule.
 
   Boundaries come from `boundary_map`; precision is the fraction of predicted
@@ -174,8 +176,9 @@ def boundary_f_measure(pred: np.ndarray, gt: np.ndarray,
   _check_same_shape(pred, gt)
   if radius is None:
     radius = boundary_radius(*gt.shape)
-  return _f_from_boundaries(boundary_map(pred), boundary_map(gt),
-                            _int_radius(radius))
+  return _f_from_boundaries(
+      boundary_map(pred), boundary_map(gt), _int_radius(radius)
+  )
 
 
 def _f_from_boundaries(bp: np.ndarray, bg: np.ndarray, radius: int) -> float:
@@ -241,14 +244,17 @@ def mean_recall_decay(values: Sequence[float]) -> Tuple[float, float, float]:
   c = decay_cut_points(v.size)
   mean = float(np.mean(v))
   recall = float(np.mean(v > 0.5))
-  decay = float(np.mean(v[c[0]:c[1] + 1]) - np.mean(v[c[3]:c[4] + 1]))
+  decay = float(np.mean(v[c[0] : c[1] + 1]) - np.mean(v[c[3] : c[4] + 1]))
   return mean, recall, decay
 
 
-def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
-                      sequence: str = 'sequence',
-                      frame_names: Optional[Sequence[str]] = None
-                      ) -> Dict[str, np.ndarray]:
+def evaluate_sequence(
+    gt_masks: np.ndarray,
+    pred_masks: np.ndarray,
+    *,
+    sequence: str = 'sequence',
+    frame_names: Optional[Sequence[str]] = None,
+) -> Dict[str, np.ndarray]:
   """Per-object, per-frame J and F of one sequence, and their summaries.
 
   Follows the official semi-supervised protocol: the first and last frames
@@ -282,33 +288,42 @@ def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
   gt_masks = np.asarray(gt_masks)
   pred_masks = np.asarray(pred_masks)
   if gt_masks.ndim != 3:
-    raise ValueError(f'{sequence}: ground truth must be [T, H, W], got '
-                     f'{gt_masks.shape}')
+    raise ValueError(
+        f'{sequence}: ground truth must be [T, H, W], got ' f'{gt_masks.shape}'
+    )
   if pred_masks.shape != gt_masks.shape:
-    raise ValueError(f'{sequence}: prediction shape {pred_masks.shape} != '
-                     f'ground-truth shape {gt_masks.shape}')
+    raise ValueError(
+        f'{sequence}: prediction shape {pred_masks.shape} != '
+        f'ground-truth shape {gt_masks.shape}'
+    )
   t, h, w = gt_masks.shape
   if frame_names is None:
     frame_names = [str(i) for i in range(t)]
   if len(frame_names) != t:
-    raise ValueError(f'{sequence}: {len(frame_names)} frame names for {t} '
-                     'frames')
+    raise ValueError(
+        f'{sequence}: {len(frame_names)} frame names for {t} ' 'frames'
+    )
   if t < 3:
-    raise ValueError(f'{sequence}: {t} frames; the first and last frames are '
-                     'not evaluated, so at least 3 are needed')
+    raise ValueError(
+        f'{sequence}: {t} frames; the first and last frames are '
+        'not evaluated, so at least 3 are needed'
+    )
   void = gt_masks == 255
   gt_masks = np.where(void, 0, gt_masks)
   num_objects = int(gt_masks[0].max())
   if num_objects == 0:
-    raise ValueError(f'{sequence}: the first ground-truth frame '
-                     f'{frame_names[0]} contains no object')
+    raise ValueError(
+        f'{sequence}: the first ground-truth frame '
+        f'{frame_names[0]} contains no object'
+    )
   for i in range(1, t - 1):
     top = int(pred_masks[i].max())
     if top > num_objects:
       raise ValueError(
           f'{sequence}: prediction frame {frame_names[i]} contains label '
           f'{top}, but the sequence has only {num_objects} object(s) (K = '
-          'the largest label of the first ground-truth frame)')
+          'the largest label of the first ground-truth frame)'
+      )
 
   radius = boundary_radius(h, w)
   n = t - 2
@@ -322,8 +337,12 @@ def evaluate_sequence(gt_masks: np.ndarray, pred_masks: np.ndarray, *,
       j[k, i] = region_similarity(p, g)
       f[k, i] = _f_from_boundaries(boundary_map(p), boundary_map(g), radius)
 
-  out = {'num_objects': num_objects, 'frames': list(frame_names[1:-1]),
-         'J': j, 'F': f}
+  out = {
+      'num_objects': num_objects,
+      'frames': list(frame_names[1:-1]),
+      'J': j,
+      'F': f,
+  }
   for name, values in (('J', j), ('F', f)):
     stats = np.array([mean_recall_decay(v) for v in values])  # [K, 3]
     for s, stat in enumerate(STATISTICS):
@@ -340,5 +359,7 @@ def _int_radius(radius) -> int:
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
   if a.ndim != 2 or a.shape != b.shape:
-    raise ValueError(f'expected two [H, W] masks of the same shape, got '
-                     f'{a.shape} and {b.shape}')
+    raise ValueError(
+        f'expected two [H, W] masks of the same shape, got '
+        f'{a.shape} and {b.shape}'
+    )

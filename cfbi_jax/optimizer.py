@@ -29,10 +29,15 @@ import jax.numpy as jnp
 import optax
 
 
-def learning_rate_schedule(base_lr: float, total_steps: int,
-                           warmup_steps: int = 1000, power: float = 0.9,
-                           min_lr: float = 1e-5) -> Callable[[Any], Any]:
+def learning_rate_schedule(
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int = 1000,
+    power: float = 0.9,
+    min_lr: float = 1e-5,
+) -> Callable[[Any], Any]:
   """Warm-up then poly decay (see the module docstring)."""
+
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warm = base_lr * step / max(warmup_steps, 1)
@@ -40,13 +45,16 @@ def learning_rate_schedule(base_lr: float, total_steps: int,
     poly = base_lr * jnp.power(jnp.clip(1.0 - frac, 0.0, 1.0), power)
     poly = jnp.maximum(poly, min_lr)
     return jnp.where(step < warmup_steps, warm, poly)
+
   return schedule
 
 
 def _path_labels(params, fn):
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  names = ['.'.join(str(getattr(k, 'key', getattr(k, 'idx', k)))
-                    for k in path) for path, _ in flat]
+  names = [
+      '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+      for path, _ in flat
+  ]
   treedef = jax.tree_util.tree_structure(params)
   return jax.tree_util.tree_unflatten(treedef, [fn(n) for n in names])
 
@@ -68,14 +76,19 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   name = c.get('name', 'sgd')
   if name not in ('sgd', 'adamw'):
     raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {name!r}")
-  schedule = learning_rate_schedule(c.lr, c.total_steps, c.warmup_steps,
-                                    c.power, c.min_lr)
+  schedule = learning_rate_schedule(
+      c.lr, c.total_steps, c.warmup_steps, c.power, c.min_lr
+  )
   exclude = [re.compile(p) for p in c.weight_decay_exclude]
   decay_mask = _path_labels(
-      params, lambda n: not any(p.search(n) for p in exclude))
+      params, lambda n: not any(p.search(n) for p in exclude)
+  )
   lr_scale = _path_labels(
-      params, lambda n: c.backbone_lr_mult if n.startswith(
-          'feature_extracter') else 1.0)
+      params,
+      lambda n: c.backbone_lr_mult
+      if n.startswith('feature_extracter')
+      else 1.0,
+  )
   chain = []
   if c.clip_grad_norm:
     chain.append(optax.clip_by_global_norm(c.clip_grad_norm))
@@ -86,8 +99,10 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   else:
     # AdamW: decay added after the Adam scaling, so it is scaled by the
     # learning rate only.
-    chain += [optax.scale_by_adam(b1=c.momentum, b2=c.get('adam_b2', 0.999)),
-              decay]
+    chain += [
+        optax.scale_by_adam(b1=c.momentum, b2=c.get('adam_b2', 0.999)),
+        decay,
+    ]
   chain.append(optax.scale_by_schedule(lambda t: -schedule(t)))
   if c.backbone_lr_mult != 1.0:
     chain.append(_scale_per_leaf(lr_scale))
@@ -97,6 +112,7 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
 
 def _scale_per_leaf(scales) -> optax.GradientTransformation:
   """Multiplies each update leaf by a fixed per-leaf factor."""
+
   def init(params):
     del params
     return optax.EmptyState()

@@ -28,16 +28,18 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
   """Checks a `[H, W]` integer label map with values 0..255; returns uint8."""
   labels = np.asarray(labels)
   if labels.ndim != 2 or labels.dtype.kind not in 'biu':
-    raise ValueError(f'labels must be a [H, W] integer array, got '
-                     f'{labels.dtype} {labels.shape}')
+    raise ValueError(
+        f'labels must be a [H, W] integer array, got '
+        f'{labels.dtype} {labels.shape}'
+    )
   if labels.size and (labels.min() < 0 or labels.max() > 255):
     raise ValueError('labels must lie in 0..255 for a palette PNG')
   return labels.astype(np.uint8)
 
 
-def write_palette_png(path: str,
-                      labels: np.ndarray,
-                      palette: np.ndarray = masks.DAVIS_PALETTE) -> None:
+def write_palette_png(
+    path: str, labels: np.ndarray, palette: np.ndarray = masks.DAVIS_PALETTE
+) -> None:
   """Writes a label map as an 8-bit palette PNG (pixel value = object id).
 
   Args:
@@ -66,8 +68,10 @@ def write_probabilities(path: str, probs: np.ndarray) -> None:
   """
   probs = np.asarray(probs)
   if probs.ndim != 3 or probs.dtype.kind != 'f':
-    raise ValueError(f'probs must be a [K + 1, H, W] float array, got '
-                     f'{probs.dtype} {probs.shape}')
+    raise ValueError(
+        f'probs must be a [K + 1, H, W] float array, got '
+        f'{probs.dtype} {probs.shape}'
+    )
   with atomic_files.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, probs=probs.astype(np.float32))
@@ -87,7 +91,8 @@ def sequence_done(directory: str, frame_names: Sequence[str]) -> bool:
     True if all PNGs are present (and `frame_names` is not empty).
   """
   return bool(frame_names) and all(
-      os.path.isfile(os.path.join(directory, n + '.png')) for n in frame_names)
+      os.path.isfile(os.path.join(directory, n + '.png')) for n in frame_names
+  )
 
 
 def write_youtube_vos_zip(annotations_dir: str, zip_path: str) -> str:
@@ -127,11 +132,13 @@ def write_youtube_vos_zip(annotations_dir: str, zip_path: str) -> str:
   return zip_path
 
 
-def overlay(rgb: np.ndarray,
-            labels: np.ndarray,
-            palette: np.ndarray = masks.DAVIS_PALETTE,
-            alpha: float = 0.5,
-            boundary_color: Optional[Sequence[int]] = (0, 0, 0)) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray = masks.DAVIS_PALETTE,
+    alpha: float = 0.5,
+    boundary_color: Optional[Sequence[int]] = (0, 0, 0),
+) -> np.ndarray:
   """Blends object colours into a frame and outlines the objects.
 
   Object pixels (label > 0) become `round((1 - alpha) * rgb + alpha *
@@ -178,9 +185,9 @@ def _video_codec() -> str:
     return 'mpeg4'
 
 
-def write_overlay_video(path: str,
-                        frames: Iterable[np.ndarray],
-                        fps: float = 24.0) -> int:
+def write_overlay_video(
+    path: str, frames: Iterable[np.ndarray], fps: float = 24.0
+) -> int:
   """Encodes RGB frames to a video file (H.264 if available, else MPEG-4).
 
   Odd heights or widths are padded by one replicated row or column, since

@@ -52,8 +52,9 @@ def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
 def _uniform_int(seed: tf.Tensor, shape, limit: tf.Tensor) -> tf.Tensor:
   """Integers uniform in `[0, limit)`; `limit` >= 1 may be a dynamic scalar."""
   limit = tf.cast(limit, tf.int32)
-  draw = tf.cast(tf.floor(_uniform(shape, seed) * tf.cast(limit, tf.float32)),
-                 tf.int32)
+  draw = tf.cast(
+      tf.floor(_uniform(shape, seed) * tf.cast(limit, tf.float32)), tf.int32
+  )
   return tf.minimum(draw, limit - 1)  # float rounding at the top end
 
 
@@ -64,9 +65,15 @@ def _reflect(index: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
   return tf.where(m < length, m, period - m)
 
 
-def sample_frame_indices(seed: tf.Tensor, num_available: tf.Tensor, *,
-                         num_frames: int, max_gap: int, reverse_prob: float,
-                         reference_tries: int) -> Dict[str, tf.Tensor]:
+def sample_frame_indices(
+    seed: tf.Tensor,
+    num_available: tf.Tensor,
+    *,
+    num_frames: int,
+    max_gap: int,
+    reverse_prob: float,
+    reference_tries: int,
+) -> Dict[str, tf.Tensor]:
   """Chooses which of a video's (annotated) frames make a training clip.
 
   The rules (notes §19): the frame list is reversed with probability
@@ -105,15 +112,24 @@ def sample_frame_indices(seed: tf.Tensor, num_available: tf.Tensor, *,
 
 def _resize_clip(clip: Clip, size: tf.Tensor) -> Clip:
   """Bicubic frames (rounded, clipped to uint8) and nearest-neighbour labels."""
-  frames = tf.image.resize(tf.cast(clip['frames'], tf.float32), size,
-                           method='bicubic', antialias=False)
+  frames = tf.image.resize(
+      tf.cast(clip['frames'], tf.float32),
+      size,
+      method='bicubic',
+      antialias=False,
+  )
   frames = tf.cast(tf.clip_by_value(tf.round(frames), 0, 255), tf.uint8)
   labels = tf.image.resize(clip['labels'][..., None], size, method='nearest')
   return {**clip, 'frames': frames, 'labels': labels[..., 0]}
 
 
-def random_scale(clip: Clip, seed: tf.Tensor, *,
-                 scale_range: Tuple[float, float], short_edge: int) -> Clip:
+def random_scale(
+    clip: Clip,
+    seed: tf.Tensor,
+    *,
+    scale_range: Tuple[float, float],
+    short_edge: int,
+) -> Clip:
   """Resizes all frames by one random factor.
 
   The factor is `U(scale_range) * short_edge / min(H, W)` and the new size is
@@ -140,12 +156,16 @@ def random_scale(clip: Clip, seed: tf.Tensor, *,
 
 def _object_pixel_counts(labels: tf.Tensor) -> tf.Tensor:
   """`[256]` int32 pixel count of every id in a `[h, w]` label map."""
-  return tf.math.bincount(tf.cast(tf.reshape(labels, [-1]), tf.int32),
-                          minlength=_NUM_IDS, maxlength=_NUM_IDS)
+  return tf.math.bincount(
+      tf.cast(tf.reshape(labels, [-1]), tf.int32),
+      minlength=_NUM_IDS,
+      maxlength=_NUM_IDS,
+  )
 
 
-def best_foreground_window(reference: tf.Tensor,
-                           window: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+def best_foreground_window(
+    reference: tf.Tensor, window: Tuple[tf.Tensor, tf.Tensor]
+) -> tf.Tensor:
   """The deterministic fallback crop: most foreground, nearest the centre.
 
   Among all `window`-sized positions, takes those holding the most
@@ -169,8 +189,12 @@ def best_foreground_window(reference: tf.Tensor,
   fg = tf.cast(reference > 0, tf.int32)
   # Summed-area table: every window's foreground count in one subtraction.
   sat = tf.pad(tf.cumsum(tf.cumsum(fg, axis=0), axis=1), [[1, 0], [1, 0]])
-  sums = (sat[ch:, cw:] - sat[:h - ch + 1, cw:] - sat[ch:, :w - cw + 1]
-          + sat[:h - ch + 1, :w - cw + 1])
+  sums = (
+      sat[ch:, cw:]
+      - sat[: h - ch + 1, cw:]
+      - sat[ch:, : w - cw + 1]
+      + sat[: h - ch + 1, : w - cw + 1]
+  )
 
   def centred(axis_any, size, extent):
     idx = tf.cast(tf.where(axis_any)[:, 0], tf.int32)
@@ -190,10 +214,16 @@ def best_foreground_window(reference: tf.Tensor,
   return tf.stack([flat // (w - cw + 1), flat % (w - cw + 1)])
 
 
-def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
-                         max_tries: int, min_foreground: float,
-                         min_object_pixels: int,
-                         balanced: bool = True) -> Clip:
+def balanced_random_crop(
+    clip: Clip,
+    seed: tf.Tensor,
+    *,
+    crop_size: int,
+    max_tries: int,
+    min_foreground: float,
+    min_object_pixels: int,
+    balanced: bool = True,
+) -> Clip:
   """Crops one window from all frames, retrying until it shows objects.
 
   The window is `min(crop_size, H) x min(crop_size, W)`. Up to `max_tries`
@@ -232,10 +262,16 @@ def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
     y_seed, x_seed = tf.unstack(_split(try_seed, 2))
     y0 = _uniform_int(y_seed, [], h - ch + 1)
     x0 = _uniform_int(x_seed, [], w - cw + 1)
-    counts = _object_pixel_counts(reference[y0:y0 + ch, x0:x0 + cw])[1:]
+    counts = _object_pixel_counts(reference[y0 : y0 + ch, x0 : x0 + cw])[1:]
     foreground = tf.cast(tf.reduce_sum(counts), tf.float32)
-    accepted.append(tf.logical_or(not balanced, tf.logical_and(
-        foreground >= needed, tf.reduce_any(counts > min_object_pixels))))
+    accepted.append(
+        tf.logical_or(
+            not balanced,
+            tf.logical_and(
+                foreground >= needed, tf.reduce_any(counts > min_object_pixels)
+            ),
+        )
+    )
     offsets.append(tf.stack([y0, x0]))
 
   fallback = lambda: best_foreground_window(reference, (ch, cw))
@@ -246,20 +282,29 @@ def balanced_random_crop(clip: Clip, seed: tf.Tensor, *, crop_size: int,
   else:
     offset = fallback()
   y0, x0 = offset[0], offset[1]
-  out = {**clip, 'frames': clip['frames'][:, y0:y0 + ch, x0:x0 + cw],
-         'labels': labels[:, y0:y0 + ch, x0:x0 + cw]}
-  out = tf.cond(tf.logical_and(ch == crop_size, cw == crop_size),
-                lambda: out, lambda: _resize_clip(out, [crop_size, crop_size]))
+  out = {
+      **clip,
+      'frames': clip['frames'][:, y0 : y0 + ch, x0 : x0 + cw],
+      'labels': labels[:, y0 : y0 + ch, x0 : x0 + cw],
+  }
+  out = tf.cond(
+      tf.logical_and(ch == crop_size, cw == crop_size),
+      lambda: out,
+      lambda: _resize_clip(out, [crop_size, crop_size]),
+  )
   num_frames = clip['labels'].shape[0]
-  out['frames'] = tf.ensure_shape(out['frames'],
-                                  [num_frames, crop_size, crop_size, 3])
-  out['labels'] = tf.ensure_shape(out['labels'],
-                                  [num_frames, crop_size, crop_size])
+  out['frames'] = tf.ensure_shape(
+      out['frames'], [num_frames, crop_size, crop_size, 3]
+  )
+  out['labels'] = tf.ensure_shape(
+      out['labels'], [num_frames, crop_size, crop_size]
+  )
   return out
 
 
-def select_objects(clip: Clip, seed: tf.Tensor, *, max_objects: int,
-                   min_object_pixels: int) -> Clip:
+def select_objects(
+    clip: Clip, seed: tf.Tensor, *, max_objects: int, min_object_pixels: int
+) -> Clip:
   """Keeps the reference's sizeable objects, at most `max_objects`, as 1..K.
 
   Objects with more than `min_object_pixels` pixels in the reference frame
@@ -279,15 +324,15 @@ def select_objects(clip: Clip, seed: tf.Tensor, *, max_objects: int,
     bool: slot 0 (background) is True, slot k is True iff object k exists.
   """
   counts = _object_pixel_counts(clip['labels'][0])
-  candidate = tf.logical_and(counts > min_object_pixels,
-                             tf.range(_NUM_IDS) > 0)
+  candidate = tf.logical_and(counts > min_object_pixels, tf.range(_NUM_IDS) > 0)
   # Random priorities; non-candidates sort last.
   priority = tf.where(candidate, _uniform([_NUM_IDS], seed), 2.0)
   rank = tf.argsort(tf.argsort(priority))
   keep = tf.logical_and(candidate, rank < max_objects)
   new_ids = tf.where(keep, tf.cumsum(tf.cast(keep, tf.int32)), 0)
-  labels = tf.gather(tf.cast(new_ids, tf.uint8),
-                     tf.cast(clip['labels'], tf.int32))
+  labels = tf.gather(
+      tf.cast(new_ids, tf.uint8), tf.cast(clip['labels'], tf.int32)
+  )
   num_kept = tf.reduce_sum(tf.cast(keep, tf.int32))
   object_valid = tf.range(max_objects + 1) <= num_kept
   return {**clip, 'labels': labels, 'object_valid': object_valid}
@@ -305,8 +350,10 @@ def random_flip(clip: Clip, seed: tf.Tensor, *, prob: float) -> Clip:
     The clip, flipped or unchanged as a whole.
   """
   flip = _uniform([], seed) < prob
-  frames = tf.cond(flip, lambda: tf.reverse(clip['frames'], [2]),
-                   lambda: clip['frames'])
-  labels = tf.cond(flip, lambda: tf.reverse(clip['labels'], [2]),
-                   lambda: clip['labels'])
+  frames = tf.cond(
+      flip, lambda: tf.reverse(clip['frames'], [2]), lambda: clip['frames']
+  )
+  labels = tf.cond(
+      flip, lambda: tf.reverse(clip['labels'], [2]), lambda: clip['labels']
+  )
   return {**clip, 'frames': frames, 'labels': labels}

@@ -57,5 +57,8 @@ def bundled_models() -> dict:
   root = find('models')
   if not os.path.isdir(root):
     return {}
-  return {name: os.path.join(root, name) for name in sorted(os.listdir(root))
-          if os.path.isfile(os.path.join(root, name, 'model_config.json'))}
+  return {
+      name: os.path.join(root, name)
+      for name in sorted(os.listdir(root))
+      if os.path.isfile(os.path.join(root, name, 'model_config.json'))
+  }

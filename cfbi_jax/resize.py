@@ -50,7 +50,9 @@ def _linear_taps(in_size: int, out_size: int):
   return i0, i1, lam
 
 
-def _resize_axis_linear(x: jnp.ndarray, axis: int, out_size: int) -> jnp.ndarray:
+def _resize_axis_linear(
+    x: jnp.ndarray, axis: int, out_size: int
+) -> jnp.ndarray:
   in_size = x.shape[axis]
   if in_size == out_size:
     return x
@@ -88,8 +90,9 @@ def _cubic_coefficients(t: np.ndarray, a: float = -0.75) -> np.ndarray:
   def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)],
-                  axis=-1).astype(np.float32)
+  return np.stack(
+      [far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1
+  ).astype(np.float32)
 
 
 def _resize_axis_cubic(x: jnp.ndarray, axis: int, out_size: int) -> jnp.ndarray:
@@ -135,8 +138,9 @@ def legacy_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(src, in_size - 1).astype(np.int32)
 
 
-def resize_labels_nearest(labels: jnp.ndarray,
-                          size: Tuple[int, int]) -> jnp.ndarray:
+def resize_labels_nearest(
+    labels: jnp.ndarray, size: Tuple[int, int]
+) -> jnp.ndarray:
   """Legacy-nearest resize of an integer label map (PyTorch `mode='nearest'`).
 
   Args:

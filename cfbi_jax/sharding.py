@@ -25,8 +25,9 @@ from jax.sharding import PartitionSpec as P
 def make_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
   """A 1-D `data` mesh over all (or the first `num_devices`) devices."""
   n = num_devices or jax.device_count()
-  return jax.make_mesh((n,), ('data',), axis_types=(AxisType.Auto,),
-                       devices=jax.devices()[:n])
+  return jax.make_mesh(
+      (n,), ('data',), axis_types=(AxisType.Auto,), devices=jax.devices()[:n]
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -41,8 +42,9 @@ def global_array(local: Any, mesh: jax.sharding.Mesh) -> Any:
   """Host-local numpy batch (pytree) -> global arrays sharded on `data`."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding,
-                                                       np.asarray(x)), local)
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local,
+  )
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -60,20 +62,25 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
   def put(x):
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
+        x.dtype, jax.dtypes.prng_key
+    ):
+      return jax.random.wrap_key_data(
+          put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+      )
     value = host_value(x)
-    return jax.make_array_from_callback(value.shape, sharding,
-                                        lambda index: value[index])
+    return jax.make_array_from_callback(
+        value.shape, sharding, lambda index: value[index]
+    )
 
   return jax.tree.map(put, tree)
 
 
 def host_value(tree: Any) -> Any:
   """Replicated (or single-process) arrays -> numpy, from the local copy."""
+
   def get(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       x = x.addressable_data(0)
     return np.asarray(x)
+
   return jax.tree.map(get, tree)

@@ -50,6 +50,7 @@ class VideoSpec:
     object_scale: `(low, high)` ellipse semi-axis as a fraction of the
       short side.
   """
+
   size: Tuple[int, int] = (120, 160)
   num_frames: int = 24
   num_objects: Tuple[int, int] = (1, 3)
@@ -59,8 +60,9 @@ class VideoSpec:
   object_scale: Tuple[float, float] = (0.12, 0.22)
 
 
-def _smooth_field(rng: np.random.Generator, size: Tuple[int, int],
-                  cells: int, channels: int) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, size: Tuple[int, int], cells: int, channels: int
+) -> np.ndarray:
   """A smooth random field in [0, 1]: bilinear upsampling of a coarse grid."""
   h, w = size
   coarse = rng.random((cells + 1, cells + 1, channels)).astype(np.float32)
@@ -78,24 +80,27 @@ def _smooth_field(rng: np.random.Generator, size: Tuple[int, int],
 @dataclasses.dataclass
 class _Thing:
   """One drawn ellipse (object or distractor) and its motion."""
-  label: int                 # 0 for distractors.
-  texture: np.ndarray        # [T, T, 3] float32 texture tile.
-  axes: np.ndarray           # (a, b) semi-axes in pixels.
-  centre: np.ndarray         # (y, x) path centre.
-  amplitude: np.ndarray      # (ay, ax) path amplitude.
-  phase: np.ndarray          # (py, px).
-  speed: float               # Radians per frame.
+
+  label: int  # 0 for distractors.
+  texture: np.ndarray  # [T, T, 3] float32 texture tile.
+  axes: np.ndarray  # (a, b) semi-axes in pixels.
+  centre: np.ndarray  # (y, x) path centre.
+  amplitude: np.ndarray  # (ay, ax) path amplitude.
+  phase: np.ndarray  # (py, px).
+  speed: float  # Radians per frame.
   angle: float
   spin: float
-  wobble: float              # Relative axis deformation.
-  appear: int                # First frame drawn.
+  wobble: float  # Relative axis deformation.
+  appear: int  # First frame drawn.
 
 
 def _texture(rng: np.random.Generator, tile: int) -> np.ndarray:
   colours = rng.random((2, 3)).astype(np.float32)
   mix = _smooth_field(rng, (tile, tile), int(rng.integers(2, 6)), 1)
-  stripes = 0.5 + 0.5 * np.sin(np.arange(tile)[:, None] * rng.uniform(0.3, 1.2)
-                               + np.arange(tile)[None] * rng.uniform(0.0, 0.6))
+  stripes = 0.5 + 0.5 * np.sin(
+      np.arange(tile)[:, None] * rng.uniform(0.3, 1.2)
+      + np.arange(tile)[None] * rng.uniform(0.0, 0.6)
+  )
   mix = np.clip(0.6 * mix + 0.4 * stripes[..., None], 0, 1)
   return colours[0] * mix + colours[1] * (1 - mix)
 
@@ -119,29 +124,46 @@ def _make_things(rng: np.random.Generator, spec: VideoSpec) -> List[_Thing]:
     phase = rng.uniform(0, 2 * np.pi, size=2)
     start = centre + amplitude * np.sin(phase)
     if np.any(start < axes.max()) or np.any(
-        start > np.array([h, w]) - axes.max()):
+        start > np.array([h, w]) - axes.max()
+    ):
       phase = np.zeros(2)
-    things.append(_Thing(
-        label=k + 1, texture=_texture(rng, tile), axes=axes, centre=centre,
-        amplitude=amplitude, phase=phase,
-        speed=rng.uniform(0.08, 0.2), angle=rng.uniform(0, np.pi),
-        spin=rng.uniform(-0.1, 0.1), wobble=rng.uniform(0.05, 0.25),
-        appear=appear))
-  num_distractors = int(rng.integers(spec.num_distractors[0],
-                                     spec.num_distractors[1] + 1))
+    things.append(
+        _Thing(
+            label=k + 1,
+            texture=_texture(rng, tile),
+            axes=axes,
+            centre=centre,
+            amplitude=amplitude,
+            phase=phase,
+            speed=rng.uniform(0.08, 0.2),
+            angle=rng.uniform(0, np.pi),
+            spin=rng.uniform(-0.1, 0.1),
+            wobble=rng.uniform(0.05, 0.25),
+            appear=appear,
+        )
+    )
+  num_distractors = int(
+      rng.integers(spec.num_distractors[0], spec.num_distractors[1] + 1)
+  )
   for _ in range(min(num_distractors, num)):
     twin = things[int(rng.integers(num))]
-    things.append(dataclasses.replace(
-        twin, label=0, centre=rng.uniform([0.2 * h, 0.2 * w],
-                                          [0.8 * h, 0.8 * w]),
-        amplitude=rng.uniform(0.1, 0.3, size=2) * np.array([h, w]),
-        phase=rng.uniform(0, 2 * np.pi, size=2), appear=0))
+    things.append(
+        dataclasses.replace(
+            twin,
+            label=0,
+            centre=rng.uniform([0.2 * h, 0.2 * w], [0.8 * h, 0.8 * w]),
+            amplitude=rng.uniform(0.1, 0.3, size=2) * np.array([h, w]),
+            phase=rng.uniform(0, 2 * np.pi, size=2),
+            appear=0,
+        )
+    )
   order = rng.permutation(len(things))  # Depth: later ones are in front.
   return [things[i] for i in order]
 
 
-def render_video(seed: int, spec: VideoSpec = VideoSpec()
-                 ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+def render_video(
+    seed: int, spec: VideoSpec = VideoSpec()
+) -> Tuple[List[np.ndarray], List[np.ndarray]]:
   """Draws one video.
 
   Args:
@@ -157,8 +179,9 @@ def render_video(seed: int, spec: VideoSpec = VideoSpec()
   # occluded) is redrawn from the next sub-seed, so every video is a valid
   # semi-supervised task.
   for attempt in range(20):
-    frames, labels, required = _draw(np.random.default_rng([seed, attempt]),
-                                     spec)
+    frames, labels, required = _draw(
+        np.random.default_rng([seed, attempt]), spec
+    )
     if required <= set(np.unique(labels[0]).tolist()):
       break
   return frames, labels
@@ -169,8 +192,9 @@ def _draw(rng: np.random.Generator, spec: VideoSpec):
   h, w = spec.size
   pad = max(h, w) // 4
   big = (h + 2 * pad, w + 2 * pad)
-  background = (0.7 * _smooth_field(rng, big, int(rng.integers(3, 8)), 3)
-                + 0.3 * _smooth_field(rng, big, 24, 3))
+  background = 0.7 * _smooth_field(
+      rng, big, int(rng.integers(3, 8)), 3
+  ) + 0.3 * _smooth_field(rng, big, 24, 3)
   pan = rng.uniform(-1.0, 1.0, size=2)
   things = _make_things(rng, spec)
   yy, xx = np.mgrid[:h, :w].astype(np.float32)
@@ -178,16 +202,18 @@ def _draw(rng: np.random.Generator, spec: VideoSpec):
   for t in range(spec.num_frames):
     oy = int(np.clip(pad + pan[0] * t, 0, 2 * pad))
     ox = int(np.clip(pad + pan[1] * t, 0, 2 * pad))
-    frame = background[oy:oy + h, ox:ox + w].copy()
+    frame = background[oy : oy + h, ox : ox + w].copy()
     frame += rng.normal(0, 0.02, frame.shape).astype(np.float32)
     label = np.zeros((h, w), np.uint8)
     for thing in things:
       if t < thing.appear:
         continue
       cy, cx = thing.centre + thing.amplitude * np.sin(
-          thing.speed * t + thing.phase)
-      a, b = thing.axes * (1 + thing.wobble * np.sin(
-          0.3 * t + np.array([0.0, 1.7])))
+          thing.speed * t + thing.phase
+      )
+      a, b = thing.axes * (
+          1 + thing.wobble * np.sin(0.3 * t + np.array([0.0, 1.7]))
+      )
       angle = thing.angle + thing.spin * t
       cos, sin = np.cos(angle), np.sin(angle)
       dy, dx = yy - cy, xx - cx
@@ -207,9 +233,13 @@ def _draw(rng: np.random.Generator, spec: VideoSpec):
   return frames, labels, required
 
 
-def write_video(image_dir: str, mask_dir: str,
-                frames: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                annotated: Optional[Sequence[int]] = None) -> None:
+def write_video(
+    image_dir: str,
+    mask_dir: str,
+    frames: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    annotated: Optional[Sequence[int]] = None,
+) -> None:
   """Writes one video as `%05d.jpg` frames (JPEG quality 95) and `%05d.png`
   palette masks, each file atomically.
 
@@ -227,7 +257,8 @@ def write_video(image_dir: str, mask_dir: str,
       Image.fromarray(frame).save(tmp, format='JPEG', quality=95)
     if annotated is None or t in annotated:
       output_files.write_palette_png(
-          os.path.join(mask_dir, f'{t:05d}.png'), label)
+          os.path.join(mask_dir, f'{t:05d}.png'), label
+      )
 
 
 def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
@@ -242,8 +273,9 @@ def add_to_split(root: str, split: str, names: Sequence[str]) -> None:
       existing = [line.strip() for line in f if line.strip()]
   with atomic_files.atomic_path(list_path) as tmp:
     with open(tmp, 'w') as f:
-      f.write('\n'.join(existing + [n for n in names if n not in existing])
-              + '\n')
+      f.write(
+          '\n'.join(existing + [n for n in names if n not in existing]) + '\n'
+      )
 
 
 def video_seed(seed: int, index: int) -> int:
@@ -252,15 +284,21 @@ def video_seed(seed: int, index: int) -> int:
   return seed * 100_003 + index
 
 
-def sequence_names(num_videos: int, seed: int,
-                   prefix: str = 'synth') -> List[str]:
+def sequence_names(
+    num_videos: int, seed: int, prefix: str = 'synth'
+) -> List[str]:
   """The sequence names of a set: `<prefix><seed:03d>-<index:04d>`."""
   return [f'{prefix}{seed:03d}-{i:04d}' for i in range(num_videos)]
 
 
-def write_davis_dataset(root: str, num_videos: int, seed: int,
-                        spec: VideoSpec = VideoSpec(),
-                        split: str = 'val', prefix: str = 'synth') -> List[str]:
+def write_davis_dataset(
+    root: str,
+    num_videos: int,
+    seed: int,
+    spec: VideoSpec = VideoSpec(),
+    split: str = 'val',
+    prefix: str = 'synth',
+) -> List[str]:
   """Writes `num_videos` videos in the DAVIS 2017 layout under `root`.
 
   Video i is drawn from `video_seed(seed, i)`, so sets written with
@@ -274,16 +312,24 @@ def write_davis_dataset(root: str, num_videos: int, seed: int,
   names = sequence_names(num_videos, seed, prefix)
   for i, name in enumerate(names):
     frames, labels = render_video(video_seed(seed, i), spec)
-    write_video(os.path.join(root, 'JPEGImages', '480p', name),
-                os.path.join(root, 'Annotations', '480p', name),
-                frames, labels)
+    write_video(
+        os.path.join(root, 'JPEGImages', '480p', name),
+        os.path.join(root, 'Annotations', '480p', name),
+        frames,
+        labels,
+    )
   add_to_split(root, split, names)
   return names
 
 
-def ensure_davis_dataset(root: str, num_videos: int, seed: int,
-                         spec: VideoSpec = VideoSpec(), split: str = 'val',
-                         prefix: str = 'synth') -> List[str]:
+def ensure_davis_dataset(
+    root: str,
+    num_videos: int,
+    seed: int,
+    spec: VideoSpec = VideoSpec(),
+    split: str = 'val',
+    prefix: str = 'synth',
+) -> List[str]:
   """`write_davis_dataset` unless `root` already lists that split.
 
   The split file is written last, so a set whose writing was interrupted
@@ -305,7 +351,8 @@ def ensure_davis_dataset(root: str, num_videos: int, seed: int,
     if existing != names:
       raise ValueError(
           f'{list_path} lists {len(existing)} other videos than the '
-          f'{num_videos} of synthetic seed {seed}; use another folder')
+          f'{num_videos} of synthetic seed {seed}; use another folder'
+      )
     return names
   return write_davis_dataset(root, num_videos, seed, spec, split, prefix)
 
@@ -325,7 +372,10 @@ def sequence_statistics(labels: Sequence[np.ndarray]) -> dict:
     seen = [k in p for p in present]
     first = seen.index(True)
     last = len(seen) - 1 - seen[::-1].index(True)
-    if not all(seen[first:last + 1]):
+    if not all(seen[first : last + 1]):
       back.add(k)
-  return {'objects': sorted(objects), 'first_frame_objects': sorted(present[0]),
-          'absent_then_back': sorted(back)}
+  return {
+      'objects': sorted(objects),
+      'first_frame_objects': sorted(present[0]),
+      'absent_then_back': sorted(back),
+  }

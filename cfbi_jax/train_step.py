@@ -47,6 +47,7 @@ class TrainState:
     opt_state: optax state.
     rng: base PRNG key; step keys are `fold_in(rng, step)`.
   """
+
   step: jnp.ndarray
   params: Any
   frozen: Any
@@ -54,13 +55,18 @@ class TrainState:
   rng: jax.Array
 
 
-def create_train_state(module: nnx.Module, tx: optax.GradientTransformation,
-                       seed: int) -> Tuple[Any, TrainState]:
+def create_train_state(
+    module: nnx.Module, tx: optax.GradientTransformation, seed: int
+) -> Tuple[Any, TrainState]:
   """Splits `module` into (graphdef, TrainState) for training."""
   graphdef, params, frozen = nnx.split(module, nnx.Param, ...)
   return graphdef, TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-      opt_state=tx.init(params), rng=jax.random.key(seed))
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=tx.init(params),
+      rng=jax.random.key(seed),
+  )
 
 
 # What `remat` may name: 'backbone' embeds the clip one frame index at a
@@ -79,12 +85,17 @@ def _rematerialised(module: nnx.Module, fn, *args):
   """`fn(module, *args)` under `jax.checkpoint` (nothing inside is saved
   for the backward pass; it is recomputed there)."""
   graphdef, state = nnx.split(module)
-  return jax.checkpoint(
-      lambda st, *a: fn(nnx.merge(graphdef, st), *a))(state, *args)
+  return jax.checkpoint(lambda st, *a: fn(nnx.merge(graphdef, st), *a))(
+      state, *args
+  )
 
 
-def embed_clips(module: nnx.Module, images: jnp.ndarray, keys: jax.Array,
-                remat: bool = False) -> Any:
+def embed_clips(
+    module: nnx.Module,
+    images: jnp.ndarray,
+    keys: jax.Array,
+    remat: bool = False,
+) -> Any:
   """Embeddings of a batch of clips.
 
   Args:
@@ -102,20 +113,26 @@ def embed_clips(module: nnx.Module, images: jnp.ndarray, keys: jax.Array,
   b, t = images.shape[:2]
   embed = lambda m, x, k: m.embed(x, dropout_rng=k)[0]
   if not remat:
-    emb = embed(module, images.reshape((b * t,) + images.shape[2:]),
-                keys.reshape(b * t))
+    emb = embed(
+        module, images.reshape((b * t,) + images.shape[2:]), keys.reshape(b * t)
+    )
     return jax.tree.map(lambda x: x.reshape((b, t) + x.shape[1:]), emb)
   per_frame = jax.lax.map(
       lambda xs: _rematerialised(module, embed, *xs),
-      (jnp.moveaxis(images, 1, 0), jnp.moveaxis(keys, 1, 0)))
+      (jnp.moveaxis(images, 1, 0), jnp.moveaxis(keys, 1, 0)),
+  )
   return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_frame)
 
 
-def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
-              rng: jax.Array, num_hard: jnp.ndarray,
-              use_own_predictions: jnp.ndarray, bgr: bool = True,
-              remat: Tuple[str, ...] = ()
-              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+def clip_loss(
+    module: nnx.Module,
+    batch: Dict[str, jnp.ndarray],
+    rng: jax.Array,
+    num_hard: jnp.ndarray,
+    use_own_predictions: jnp.ndarray,
+    bgr: bool = True,
+    remat: Tuple[str, ...] = (),
+) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Sequential-training loss of one batch of clips (module docstring).
 
   `remat` names the parts recomputed in the backward pass (`REMAT_PARTS`):
@@ -132,48 +149,71 @@ def clip_loss(module: nnx.Module, batch: Dict[str, jnp.ndarray],
   crop = frames.shape[2:4]
   unknown = sorted(set(remat) - set(REMAT_PARTS))
   if unknown:
-    raise ValueError(f'train.remat parts {unknown} unknown; expected some '
-                     f'of {REMAT_PARTS}')
+    raise ValueError(
+        f'train.remat parts {unknown} unknown; expected some '
+        f'of {REMAT_PARTS}'
+    )
   images = vos.preprocess_images(
-      frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr)
+      frames.reshape((b * t,) + frames.shape[2:]), bgr=bgr
+  )
   keys = jax.random.split(rng, b * t).reshape(b, t)
-  emb = embed_clips(module, images.reshape((b, t) + images.shape[1:]), keys,
-                    remat='backbone' in remat)
+  emb = embed_clips(
+      module,
+      images.reshape((b, t) + images.shape[1:]),
+      keys,
+      remat='backbone' in remat,
+  )
   at = lambda i: jax.tree.map(lambda x: x[:, i], emb)
   no_reference = jnp.zeros((b,), bool)
-  state = vos.start_state(module, at(0), labels[:, 0],
-                                 num_ref_slots=1,
-                                 memory_slots=obj_valid.shape[1])
-  state = vos.advance_state(module, state, at(1), labels[:, 1],
-                                   no_reference, None, training=True)
+  state = vos.start_state(
+      module,
+      at(0),
+      labels[:, 0],
+      num_ref_slots=1,
+      memory_slots=obj_valid.shape[1],
+  )
+  state = vos.advance_state(
+      module, state, at(1), labels[:, 1], no_reference, None, training=True
+  )
 
   def body(state, xs):
     emb_t, labels_t = xs
     logits_of = lambda m, st, e, ov: vos.frame_logits(
-        m, st, e, ov, crop, training=True)
+        m, st, e, ov, crop, training=True
+    )
     if 'frame' in remat:
-      logits, update = _rematerialised(module, logits_of, state, emb_t,
-                                       obj_valid)
+      logits, update = _rematerialised(
+          module, logits_of, state, emb_t, obj_valid
+      )
     else:
       logits, update = logits_of(module, state, emb_t, obj_valid)
     loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
-    pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(
-        jnp.int32)
+    pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(jnp.int32)
     fed = jnp.where(use_own_predictions, pred, labels_t)
-    state = vos.advance_state(module, state, emb_t, fed, no_reference,
-                                     jax.lax.stop_gradient(update),
-                                     training=True)
+    state = vos.advance_state(
+        module,
+        state,
+        emb_t,
+        fed,
+        no_reference,
+        jax.lax.stop_gradient(update),
+        training=True,
+    )
     return state, (loss_t, pred, fed)
 
   time_major = lambda x: jnp.moveaxis(x[:, 2:], 1, 0)
   xs = (jax.tree.map(time_major, emb), time_major(labels))
   _, (frame_losses, preds, fed) = jax.lax.scan(body, state, xs)
-  return jnp.mean(frame_losses), {'per_frame_loss': frame_losses,
-                                  'predictions': preds, 'fed_labels': fed}
+  return jnp.mean(frame_losses), {
+      'per_frame_loss': frame_losses,
+      'predictions': preds,
+      'fed_labels': fed,
+  }
 
 
-def foreground_iou(preds: jnp.ndarray, labels: jnp.ndarray,
-                   obj_valid: jnp.ndarray) -> jnp.ndarray:
+def foreground_iou(
+    preds: jnp.ndarray, labels: jnp.ndarray, obj_valid: jnp.ndarray
+) -> jnp.ndarray:
   """Mean IoU over valid foreground objects (a training log metric).
 
   Args:
@@ -194,9 +234,13 @@ def foreground_iou(preds: jnp.ndarray, labels: jnp.ndarray,
   return jnp.sum(iou * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    bgr: bool = True, accumulate_steps: int = 1,
-                    remat: Tuple[str, ...] = ()):
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    bgr: bool = True,
+    accumulate_steps: int = 1,
+    remat: Tuple[str, ...] = (),
+):
   """Returns `train_step(state, batch, schedule) -> (state, metrics)`.
 
   `remat` is `clip_loss`'s (`config.train.remat`).
@@ -216,40 +260,56 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   `[T-2, S, S]` uint8, the predictions for sample 0 (for overlay images;
   it stays on the device unless fetched).
   """
+
   def grads_of(params, frozen, batch, rng, schedule):
     def loss_fn(p):
       module = nnx.merge(graphdef, p, frozen)
-      return clip_loss(module, batch, rng, schedule['num_hard'],
-                       schedule['use_own_predictions'], bgr, tuple(remat))
+      return clip_loss(
+          module,
+          batch,
+          rng,
+          schedule['num_hard'],
+          schedule['use_own_predictions'],
+          bgr,
+          tuple(remat),
+      )
+
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   def train_step(state: TrainState, batch, schedule):
     rng = jax.random.fold_in(state.rng, state.step)
     if accumulate_steps == 1:
-      (loss, aux), grads = grads_of(state.params, state.frozen, batch, rng,
-                                    schedule)
+      (loss, aux), grads = grads_of(
+          state.params, state.frozen, batch, rng, schedule
+      )
       preds = aux['predictions']
     else:
       size = batch['frames'].shape[0]
       if size % accumulate_steps:
-        raise ValueError(f'batch {size} is not divisible into '
-                         f'{accumulate_steps} micro-batches')
+        raise ValueError(
+            f'batch {size} is not divisible into '
+            f'{accumulate_steps} micro-batches'
+        )
       micro = jax.tree.map(
-          lambda x: x.reshape((accumulate_steps, size // accumulate_steps)
-                              + x.shape[1:]), batch)
+          lambda x: x.reshape(
+              (accumulate_steps, size // accumulate_steps) + x.shape[1:]
+          ),
+          batch,
+      )
 
       def body(acc, xs):
         j, mb = xs
-        (loss_j, aux_j), g = grads_of(state.params, state.frozen, mb,
-                                      jax.random.fold_in(rng, j), schedule)
+        (loss_j, aux_j), g = grads_of(
+            state.params, state.frozen, mb, jax.random.fold_in(rng, j), schedule
+        )
         acc = jax.tree.map(jnp.add, acc, (loss_j, g))
         return acc, aux_j['predictions']
 
       zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
       (loss, grads), preds = jax.lax.scan(
-          body, zeros, (jnp.arange(accumulate_steps), micro))
-      loss, grads = jax.tree.map(lambda x: x / accumulate_steps,
-                                 (loss, grads))
+          body, zeros, (jnp.arange(accumulate_steps), micro)
+      )
+      loss, grads = jax.tree.map(lambda x: x / accumulate_steps, (loss, grads))
       # [m, T-2, B/m, S, S] -> [T-2, B, S, S] in sample order.
       preds = jnp.moveaxis(preds, 0, 1)
       preds = preds.reshape(preds.shape[:1] + (size,) + preds.shape[3:])
@@ -258,12 +318,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     metrics = {
         'loss': loss,
         'grad_norm': optax.tree.norm(grads),
-        'iou': foreground_iou(preds,
-                              jnp.moveaxis(batch['labels'][:, 2:], 1, 0)
-                              .astype(jnp.int32), batch['object_valid']),
+        'iou': foreground_iou(
+            preds,
+            jnp.moveaxis(batch['labels'][:, 2:], 1, 0).astype(jnp.int32),
+            batch['object_valid'],
+        ),
         'preview': preds[:, 0].astype(jnp.uint8),
     }
-    return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state), metrics
+    return (
+        state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+        metrics,
+    )
 
   return train_step

@@ -64,16 +64,23 @@ from cfbi_jax import sharding
 from cfbi_jax import train_step as ts
 
 
-def schedule_values(step: int, train_config, num_pixels: int
-                    ) -> Dict[str, np.ndarray]:
+def schedule_values(
+    step: int, train_config, num_pixels: int
+) -> Dict[str, np.ndarray]:
   """Host-side schedule scalars for `step` (they enter the step as data)."""
   return {
-      'num_hard': np.int32(losses.num_hard_pixels(
-          step, num_pixels, train_config.top_k_percent,
-          train_config.hard_mining_step)),
+      'num_hard': np.int32(
+          losses.num_hard_pixels(
+              step,
+              num_pixels,
+              train_config.top_k_percent,
+              train_config.hard_mining_step,
+          )
+      ),
       'use_own_predictions': np.bool_(
           train_config.get('own_predictions', True)
-          and step >= train_config.own_predictions_from_step),
+          and step >= train_config.own_predictions_from_step
+      ),
   }
 
 
@@ -92,21 +99,32 @@ def _init_module(config, resuming: bool) -> nnx.Module:
       stored = checkpoint.read_model_config(directory)
       wanted = config.model.to_dict()
       plain = lambda v: json.loads(json.dumps(v))  # Tuples -> lists.
-      mismatched = sorted(k for k in stored
-                          if k in wanted and k not in
-                          models.eval_fields(wanted) + ('variant',)
-                          and plain(stored[k]) != plain(wanted[k]))
+      mismatched = sorted(
+          k
+          for k in stored
+          if k in wanted
+          and k not in models.eval_fields(wanted) + ('variant',)
+          and plain(stored[k]) != plain(wanted[k])
+      )
       if mismatched:
-        raise ValueError(f'{directory} was written for a different model: '
-                         f'fields {mismatched} differ from config.model')
+        raise ValueError(
+            f'{directory} was written for a different model: '
+            f'fields {mismatched} differ from config.model'
+        )
       # Evaluation-only fields (matching chunks, atrous rates...) follow the
       # training config.
-      module, _ = checkpoint.load_model(directory, overrides={
-          k: wanted[k] for k in models.eval_fields(wanted) if k in wanted})
+      module, _ = checkpoint.load_model(
+          directory,
+          overrides={
+              k: wanted[k] for k in models.eval_fields(wanted) if k in wanted
+          },
+      )
       logging.warning('INIT: weights from %s (%s)', directory, key)
       return module
-  logging.warning('INIT: no pretrained weights; training from scratch '
-                  '(seed %d)', config.seed)
+  logging.warning(
+      'INIT: no pretrained weights; training from scratch ' '(seed %d)',
+      config.seed,
+  )
   return models.build(config.model, rngs=nnx.Rngs(config.seed))
 
 
@@ -130,35 +148,54 @@ _STEP_FUNCTIONS: Dict[str, Any] = {}
 
 
 def _step_function(config, graphdef, tx, mesh):
-  key = json.dumps([config.model.to_dict(), config.optim.to_dict(),
-                    family_lib.bgr(config.model),
-                    list(config.train.get('remat', ())),
-                    [d.id for d in mesh.devices.flat]], sort_keys=True,
-                   default=str)
+  key = json.dumps(
+      [
+          config.model.to_dict(),
+          config.optim.to_dict(),
+          family_lib.bgr(config.model),
+          list(config.train.get('remat', ())),
+          [d.id for d in mesh.devices.flat],
+      ],
+      sort_keys=True,
+      default=str,
+  )
   if key not in _STEP_FUNCTIONS:
     replicated = sharding.replicated(mesh)
     _STEP_FUNCTIONS[key] = jax.jit(
-        ts.make_train_step(graphdef, tx, bgr=family_lib.bgr(config.model),
-                           accumulate_steps=config.optim.accumulate_steps,
-                           remat=tuple(config.train.get('remat', ()))),
-        out_shardings=(replicated, replicated), donate_argnums=(0,))
+        ts.make_train_step(
+            graphdef,
+            tx,
+            bgr=family_lib.bgr(config.model),
+            accumulate_steps=config.optim.accumulate_steps,
+            remat=tuple(config.train.get('remat', ())),
+        ),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
   return _STEP_FUNCTIONS[key]
 
 
 def _state_for_checkpoint(state: ts.TrainState) -> Dict[str, Any]:
-  return {'step': state.step, 'params': nnx.to_pure_dict(state.params),
-          'frozen': nnx.to_pure_dict(state.frozen),
-          'opt_state': state.opt_state,
-          'rng': jax.random.key_data(state.rng)}
+  return {
+      'step': state.step,
+      'params': nnx.to_pure_dict(state.params),
+      'frozen': nnx.to_pure_dict(state.frozen),
+      'opt_state': state.opt_state,
+      'rng': jax.random.key_data(state.rng),
+  }
 
 
 def _restore_into(state: ts.TrainState, tree: Dict[str, Any]) -> ts.TrainState:
   params, frozen = state.params, state.frozen
   nnx.replace_by_pure_dict(params, tree['params'])
   nnx.replace_by_pure_dict(frozen, tree['frozen'])
-  return state.replace(step=jnp.asarray(tree['step']), params=params,
-                       frozen=frozen, opt_state=tree['opt_state'],
-                       rng=jax.random.wrap_key_data(tree['rng']))
+  return state.replace(
+      step=jnp.asarray(tree['step']),
+      params=params,
+      frozen=frozen,
+      opt_state=tree['opt_state'],
+      rng=jax.random.wrap_key_data(tree['rng']),
+  )
 
 
 def _writer(workdir: str):
@@ -169,11 +206,13 @@ def _writer(workdir: str):
     logging.warning('clu is not installed: no TensorBoard logs')
     return None
   return metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+      workdir, just_logging=jax.process_index() > 0
+  )
 
 
-def preview_image(frames: np.ndarray, labels: np.ndarray,
-                  preds: np.ndarray) -> np.ndarray:
+def preview_image(
+    frames: np.ndarray, labels: np.ndarray, preds: np.ndarray
+) -> np.ndarray:
   """One overlay image of a training clip: ground truth above predictions.
 
   Args:
@@ -186,7 +225,9 @@ def preview_image(frames: np.ndarray, labels: np.ndarray,
     the reference and previous frames with theirs, then the predictions.
   """
   top = [output_files.overlay(f, l) for f, l in zip(frames, labels)]
-  bottom = top[:2] + [output_files.overlay(f, p) for f, p in zip(frames[2:], preds)]
+  bottom = top[:2] + [
+      output_files.overlay(f, p) for f, p in zip(frames[2:], preds)
+  ]
   return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
 
 
@@ -206,35 +247,56 @@ class _Checkpoints:
     # they save the same step, and the processes of a multi-host run then
     # failed ("barrier ... is already ongoing") or hung.
     options = lambda n, prefix: ocp.CheckpointManagerOptions(
-        max_to_keep=n, create=True, enable_async_checkpointing=True,
+        max_to_keep=n,
+        create=True,
+        enable_async_checkpointing=True,
         multiprocessing_options=ocp.options.MultiprocessingOptions(
-            barrier_sync_key_prefix=prefix))
+            barrier_sync_key_prefix=prefix
+        ),
+    )
     root = os.path.abspath(workdir)
-    self.last = ocp.CheckpointManager(os.path.join(root, 'checkpoints'),
-                                      item_names=('state', 'data'),
-                                      options=options(keep, 'last'))
-    self.best = ocp.CheckpointManager(os.path.join(root, 'best'),
-                                      item_names=('state', 'data'),
-                                      options=options(1, 'best'))
+    self.last = ocp.CheckpointManager(
+        os.path.join(root, 'checkpoints'),
+        item_names=('state', 'data'),
+        options=options(keep, 'last'),
+    )
+    self.best = ocp.CheckpointManager(
+        os.path.join(root, 'best'),
+        item_names=('state', 'data'),
+        options=options(1, 'best'),
+    )
 
   def restore(self, state: ts.TrainState):
     """(state, data dict) from the latest checkpoint, or (state, None)."""
     latest = self.last.latest_step()
     if latest is None:
       return state, None
-    restored = self.last.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_state_for_checkpoint(state)),
-        data=ocp.args.JsonRestore()))
+    restored = self.last.restore(
+        latest,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_state_for_checkpoint(state)),
+            data=ocp.args.JsonRestore(),
+        ),
+    )
     return _restore_into(state, restored['state']), dict(restored['data'])
 
-  def save(self, step: int, state: ts.TrainState, data: Dict[str, Any],
-           improved: bool) -> None:
+  def save(
+      self,
+      step: int,
+      state: ts.TrainState,
+      data: Dict[str, Any],
+      improved: bool,
+  ) -> None:
     tree = _state_for_checkpoint(state)
     managers = (self.last, self.best) if improved else (self.last,)
     for manager in managers:
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data)),
-                   force=True)
+      manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data)
+          ),
+          force=True,
+      )
 
   def close(self) -> None:
     for manager in (self.last, self.best):
@@ -260,49 +322,69 @@ def train(config, workdir: str) -> Dict[str, Any]:
     raise ValueError(
         f'train.batch_size {global_batch} must be divisible by the device '
         f'count ({jax.device_count()}) times optim.accumulate_steps '
-        f'({accumulate})')
+        f'({accumulate})'
+    )
   local_batch = global_batch // jax.process_count()
 
   # Model and optimizer, replicated over the mesh; then restore into it.
   ckpt = _Checkpoints(workdir, config.train.keep_checkpoints)
   graphdef, tx, state = create_state(
-      config, resuming=ckpt.last.latest_step() is not None)
+      config, resuming=ckpt.last.latest_step() is not None
+  )
   state = sharding.replicate(state, mesh)
   state, data_state = ckpt.restore(state)
   start_step, best_iou = 0, -1.0
   if data_state is not None:
     if int(data_state.get('seed', config.seed)) != config.seed:
-      raise ValueError(f'{workdir} was trained with seed '
-                       f"{data_state['seed']}, the config says {config.seed}")
+      raise ValueError(
+          f'{workdir} was trained with seed '
+          f"{data_state['seed']}, the config says {config.seed}"
+      )
     start_step = int(data_state['step'])
     best_iou = float(data_state.get('best_iou', -1.0))
     logging.warning('INIT: resumed from %s at step %d', workdir, start_step)
 
   # Data: a pure function of (seed, element index), so resuming is exact.
   from cfbi_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
   dataset = input_pipeline.make_train_dataset(
-      config.data, batch_size=local_batch, num_frames=config.train.num_frames,
-      seed=config.seed, start_index=start_step * global_batch,
-      shard_index=jax.process_index(), num_shards=jax.process_count())
+      config.data,
+      batch_size=local_batch,
+      num_frames=config.train.num_frames,
+      seed=config.seed,
+      start_index=start_step * global_batch,
+      shard_index=jax.process_index(),
+      num_shards=jax.process_count(),
+  )
   batches = iter(dataset.as_numpy_iterator())
 
   # Step function.
   step_fn = _step_function(config, graphdef, tx, mesh)
-  num_pixels = config.data.crop_size ** 2
+  num_pixels = config.data.crop_size**2
   lr_fn = optimizer.learning_rate_schedule(
-      config.optim.lr, config.optim.total_steps, config.optim.warmup_steps,
-      config.optim.power, config.optim.min_lr)
+      config.optim.lr,
+      config.optim.total_steps,
+      config.optim.warmup_steps,
+      config.optim.power,
+      config.optim.min_lr,
+  )
   writer = _writer(workdir)
   stop = {'flag': False}
-  previous = signal.signal(signal.SIGTERM,
-                           lambda *_: stop.__setitem__('flag', True))
+  previous = signal.signal(
+      signal.SIGTERM, lambda *_: stop.__setitem__('flag', True)
+  )
 
   example_log = None
   if config.train.get('log_examples', False):
     os.makedirs(os.path.join(workdir, 'examples'), exist_ok=True)
-    example_log = open(os.path.join(  # pylint: disable=consider-using-with
-        workdir, 'examples', f'process_{jax.process_index()}.jsonl'), 'a',
-                       buffering=1, encoding='utf-8')  # Line by line.
+    example_log = open(
+        os.path.join(  # pylint: disable=consider-using-with
+            workdir, 'examples', f'process_{jax.process_index()}.jsonl'
+        ),
+        'a',
+        buffering=1,
+        encoding='utf-8',
+    )  # Line by line.
 
   history, window, values = [], [], {}
   step = start_step
@@ -310,25 +392,33 @@ def train(config, workdir: str) -> Dict[str, Any]:
   try:
     # A bar on a terminal only; the log_every lines report progress in a
     # log file.
-    with tqdm.tqdm(total=config.train.steps, initial=start_step,
-                   desc='train', unit='step', dynamic_ncols=True,
-                   disable=not sys.stderr.isatty()) as bar:
+    with tqdm.tqdm(
+        total=config.train.steps,
+        initial=start_step,
+        desc='train',
+        unit='step',
+        dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
       while step < config.train.steps:
         local = next(batches)
         indices = local.pop('index')
         schedule = schedule_values(step, config.train, num_pixels)
-        state, metrics = step_fn(state, sharding.global_array(local, mesh),
-                                 schedule)
+        state, metrics = step_fn(
+            state, sharding.global_array(local, mesh), schedule
+        )
         step += 1
         bar.update(1)
         if example_log is not None:
-          example_log.write(json.dumps({'step': step,
-                                        'index': indices.tolist()}) + '\n')
+          example_log.write(
+              json.dumps({'step': step, 'index': indices.tolist()}) + '\n'
+          )
         window.append({k: v for k, v in metrics.items() if k != 'preview'})
         if step % config.train.log_every == 0 or step == config.train.steps:
           fetched = sharding.host_value(window)
-          values = {k: float(np.mean([m[k] for m in fetched]))
-                    for k in fetched[0]}
+          values = {
+              k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
+          }
           values['learning_rate'] = float(lr_fn(step - 1))
           values['hard_pixel_ratio'] = float(schedule['num_hard']) / num_pixels
           now = time.perf_counter()
@@ -338,25 +428,36 @@ def train(config, workdir: str) -> Dict[str, Any]:
           values['examples_per_s'] = values['steps_per_s'] * global_batch
           history.append(dict(values, step=step))
           window = []
-          bar.set_postfix(loss=f"{values['loss']:.4f}",
-                          iou=f"{values['iou']:.3f}")
+          bar.set_postfix(
+              loss=f"{values['loss']:.4f}", iou=f"{values['iou']:.3f}"
+          )
           if writer is not None:
             writer.write_scalars(step, values)
         if writer is not None and step % config.train.image_every == 0:
-          writer.write_images(step, {'train/gt_top_prediction_bottom':
-                                     preview_image(
-                                         local['frames'][0],
-                                         local['labels'][0],
-                                         sharding.host_value(
-                                             metrics['preview']))
-                                     [None]})
-        if (step % config.train.checkpoint_every == 0 or stop['flag']
-            or step == config.train.steps):
+          writer.write_images(
+              step,
+              {
+                  'train/gt_top_prediction_bottom': preview_image(
+                      local['frames'][0],
+                      local['labels'][0],
+                      sharding.host_value(metrics['preview']),
+                  )[None]
+              },
+          )
+        if (
+            step % config.train.checkpoint_every == 0
+            or stop['flag']
+            or step == config.train.steps
+        ):
           iou = values.get('iou', -1.0)
           improved = iou > best_iou
           best_iou = max(best_iou, iou)
-          ckpt.save(step, state, {'step': step, 'best_iou': best_iou,
-                                  'seed': config.seed}, improved)
+          ckpt.save(
+              step,
+              state,
+              {'step': step, 'best_iou': best_iou, 'seed': config.seed},
+              improved,
+          )
         if stop['flag']:
           logging.warning('SIGTERM: saved step %d; exiting', step)
           break
@@ -367,8 +468,14 @@ def train(config, workdir: str) -> Dict[str, Any]:
       example_log.close()
     if writer is not None:
       writer.flush()
-  return {'state': state, 'graphdef': graphdef, 'metrics': values,
-          'steps': step, 'history': history, 'terminated': stop['flag']}
+  return {
+      'state': state,
+      'graphdef': graphdef,
+      'metrics': values,
+      'steps': step,
+      'history': history,
+      'terminated': stop['flag'],
+  }
 
 
 def train_and_write(config, workdir: str) -> Dict[str, Any]:
@@ -391,17 +498,22 @@ def apply_deprecated_fields(config) -> None:
   into `config.model`, with a warning."""
   if config.get('model_bgr') is None:
     return
-  logging.warning('config.model_bgr is deprecated; use --config.model.bgr '
-                  '(saved in the model directory, which evaluation reads)')
-  print('warning: config.model_bgr is deprecated; use --config.model.bgr',
-        file=sys.stderr)
+  logging.warning(
+      'config.model_bgr is deprecated; use --config.model.bgr '
+      '(saved in the model directory, which evaluation reads)'
+  )
+  print(
+      'warning: config.model_bgr is deprecated; use --config.model.bgr',
+      file=sys.stderr,
+  )
   with config.unlocked():
     config.model.bgr = bool(config.model_bgr)
     config.model_bgr = None
 
 
-def write_model_dir(result: Dict[str, Any], model_config, directory: str
-                    ) -> None:
+def write_model_dir(
+    result: Dict[str, Any], model_config, directory: str
+) -> None:
   """Writes the trained model as a model directory for `evaluate.py`.
 
   A directory that already holds this step (a finished run started again)
@@ -410,9 +522,12 @@ def write_model_dir(result: Dict[str, Any], model_config, directory: str
   if os.path.isdir(os.path.join(directory, str(int(result['steps'])))):
     logging.warning('%s already holds step %d', directory, result['steps'])
     return
-  module = nnx.merge(result['graphdef'], result['state'].params,
-                     result['state'].frozen)
-  checkpoint.save_model(directory, model_config,
-                        sharding.host_value(checkpoint.flat_state(module)),
-                        step=int(result['steps']))
-
+  module = nnx.merge(
+      result['graphdef'], result['state'].params, result['state'].frozen
+  )
+  checkpoint.save_model(
+      directory,
+      model_config,
+      sharding.host_value(checkpoint.flat_state(module)),
+      step=int(result['steps']),
+  )

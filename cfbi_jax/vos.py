@@ -55,6 +55,7 @@ class FrameEmbedding:
       FEELVOS: one at stride 4; CFBI+: strides 4, 8 and 16; VideoMatch:
       one at its matching stride).
   """
+
   features_s4: jnp.ndarray
   scales: Tuple[jnp.ndarray, ...]
 
@@ -72,6 +73,7 @@ class Segmentation:
     aux: named intermediates for inspection and tests (`global_fg_s4`,
       `attention_s4`, ...); nothing downstream reads them.
   """
+
   logits: jnp.ndarray
   memory_update: Any = None
   aux: Dict[str, Any] = flax.struct.field(default_factory=dict)
@@ -90,24 +92,34 @@ class VOSModel(Protocol):
   labels fed in training).
   """
 
-  def embed(self, images: jnp.ndarray,
-            dropout_rng: Optional[jax.Array] = None
-            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+  def embed(
+      self, images: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
     """`[B, H, W, 3]` normalised images -> (their embedding, features)."""
 
-  def segment(self, state: 'PropagationState', current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False
-              ) -> Segmentation:
+  def segment(
+      self,
+      state: 'PropagationState',
+      current: FrameEmbedding,
+      obj_valid: jnp.ndarray,
+      training: bool = False,
+  ) -> Segmentation:
     """One frame against the state's references, previous frame and
     memory (`obj_valid` `[B, K + 1]`)."""
 
-  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
-                   memory_slots: int) -> Any:
+  def start_memory(
+      self, emb: FrameEmbedding, labels: jnp.ndarray, memory_slots: int
+  ) -> Any:
     """The memory after the first frame (`labels` `[B, H, W]`)."""
 
-  def advance_memory(self, state: 'PropagationState', emb: FrameEmbedding,
-                     labels: jnp.ndarray, update: Any,
-                     training: bool = False) -> Any:
+  def advance_memory(
+      self,
+      state: 'PropagationState',
+      emb: FrameEmbedding,
+      labels: jnp.ndarray,
+      update: Any,
+      training: bool = False,
+  ) -> Any:
     """The memory after a frame with final `labels` `[B, H, W]`; `update`
     is the frame's `Segmentation.memory_update` (None where no frame was
     segmented: the training clip's ground-truth previous frame)."""
@@ -151,6 +163,7 @@ class PropagationState:
     prev_labels: `[B, H, W]` int32 previous-frame (hard) labels.
     memory: the model's own carried state (`VOSModel`), `()` if none.
   """
+
   ref_scales: Tuple[jnp.ndarray, ...]
   ref_labels: jnp.ndarray
   ref_valid: jnp.ndarray
@@ -159,8 +172,12 @@ class PropagationState:
   memory: Any = ()
 
 
-def start(emb: FrameEmbedding, labels: jnp.ndarray,
-          num_ref_slots: int, memory: Any = ()) -> PropagationState:
+def start(
+    emb: FrameEmbedding,
+    labels: jnp.ndarray,
+    num_ref_slots: int,
+    memory: Any = (),
+) -> PropagationState:
   """The state after the first (annotated) frame.
 
   Args:
@@ -173,19 +190,31 @@ def start(emb: FrameEmbedding, labels: jnp.ndarray,
     A state whose reference slot 0 and previous frame are that frame.
   """
   pad = lambda x: jnp.concatenate(
-      [x[:, None], jnp.zeros((x.shape[0], num_ref_slots - 1) + x.shape[1:],
-                             x.dtype)], axis=1)
+      [
+          x[:, None],
+          jnp.zeros((x.shape[0], num_ref_slots - 1) + x.shape[1:], x.dtype),
+      ],
+      axis=1,
+  )
   labels = labels.astype(jnp.int32)
   valid = jnp.zeros((labels.shape[0], num_ref_slots), bool).at[:, 0].set(True)
   return PropagationState(
-      ref_scales=tuple(pad(s) for s in emb.scales), ref_labels=pad(labels),
-      ref_valid=valid, prev_scales=tuple(emb.scales), prev_labels=labels,
-      memory=memory)
+      ref_scales=tuple(pad(s) for s in emb.scales),
+      ref_labels=pad(labels),
+      ref_valid=valid,
+      prev_scales=tuple(emb.scales),
+      prev_labels=labels,
+      memory=memory,
+  )
 
 
-def advance(state: PropagationState, emb: FrameEmbedding,
-            labels: jnp.ndarray, add_reference: jnp.ndarray,
-            memory: Any = None) -> PropagationState:
+def advance(
+    state: PropagationState,
+    emb: FrameEmbedding,
+    labels: jnp.ndarray,
+    add_reference: jnp.ndarray,
+    memory: Any = None,
+) -> PropagationState:
   """Moves the state to the next frame.
 
   Args:
@@ -204,35 +233,50 @@ def advance(state: PropagationState, emb: FrameEmbedding,
   """
   labels = labels.astype(jnp.int32)
   num_slots = state.ref_valid.shape[1]
-  next_slot = jnp.sum(state.ref_valid, axis=1)                   # [B]
-  write = (jnp.arange(num_slots)[None] == next_slot[:, None]) \
-      & add_reference[:, None]                                     # [B, R]
+  next_slot = jnp.sum(state.ref_valid, axis=1)  # [B]
+  write = (jnp.arange(num_slots)[None] == next_slot[:, None]) & add_reference[
+      :, None
+  ]  # [B, R]
 
   def put(old, new):
     w = write.reshape(write.shape + (1,) * (old.ndim - 2))
     return jnp.where(w, new[:, None].astype(old.dtype), old)
 
   return PropagationState(
-      ref_scales=tuple(put(o, n) for o, n in zip(state.ref_scales,
-                                                  emb.scales)),
+      ref_scales=tuple(put(o, n) for o, n in zip(state.ref_scales, emb.scales)),
       ref_labels=put(state.ref_labels, labels),
       ref_valid=state.ref_valid | write,
-      prev_scales=tuple(emb.scales), prev_labels=labels,
-      memory=state.memory if memory is None else memory)
+      prev_scales=tuple(emb.scales),
+      prev_labels=labels,
+      memory=state.memory if memory is None else memory,
+  )
 
 
-def start_state(model: VOSModel, emb: FrameEmbedding, labels: jnp.ndarray,
-                num_ref_slots: int, memory_slots: int) -> PropagationState:
+def start_state(
+    model: VOSModel,
+    emb: FrameEmbedding,
+    labels: jnp.ndarray,
+    num_ref_slots: int,
+    memory_slots: int,
+) -> PropagationState:
   """`start` with the model's first memory (`memory_slots` object slots)."""
-  return start(emb, labels, num_ref_slots,
-               model.start_memory(emb, labels.astype(jnp.int32),
-                                  memory_slots))
+  return start(
+      emb,
+      labels,
+      num_ref_slots,
+      model.start_memory(emb, labels.astype(jnp.int32), memory_slots),
+  )
 
 
-def advance_state(model: VOSModel, state: PropagationState,
-                  emb: FrameEmbedding, labels: jnp.ndarray,
-                  add_reference: jnp.ndarray, update: Any,
-                  training: bool = False) -> PropagationState:
+def advance_state(
+    model: VOSModel,
+    state: PropagationState,
+    emb: FrameEmbedding,
+    labels: jnp.ndarray,
+    add_reference: jnp.ndarray,
+    update: Any,
+    training: bool = False,
+) -> PropagationState:
   """`advance` with the model's memory moved too (`update` as returned by
   `frame_logits`, None for a frame that was not segmented)."""
   labels = labels.astype(jnp.int32)
@@ -240,8 +284,9 @@ def advance_state(model: VOSModel, state: PropagationState,
   return advance(state, emb, labels, add_reference, memory)
 
 
-def grow_references(state: PropagationState,
-                    num_ref_slots: int) -> PropagationState:
+def grow_references(
+    state: PropagationState, num_ref_slots: int
+) -> PropagationState:
   """The same state with `num_ref_slots` reference slots (more, unused).
 
   Unused slots are ignored by matching and attention (`ref_valid`), so the
@@ -257,26 +302,35 @@ def grow_references(state: PropagationState,
   """
   extra = num_ref_slots - state.ref_valid.shape[1]
   if extra < 0:
-    raise ValueError(f'cannot shrink {state.ref_valid.shape[1]} reference '
-                     f'slots to {num_ref_slots}')
+    raise ValueError(
+        f'cannot shrink {state.ref_valid.shape[1]} reference '
+        f'slots to {num_ref_slots}'
+    )
   pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-  return state.replace(ref_scales=tuple(pad(x) for x in state.ref_scales),
-                       ref_labels=pad(state.ref_labels),
-                       ref_valid=pad(state.ref_valid))
+  return state.replace(
+      ref_scales=tuple(pad(x) for x in state.ref_scales),
+      ref_labels=pad(state.ref_labels),
+      ref_valid=pad(state.ref_valid),
+  )
 
 
-def merge_annotation(labels: jnp.ndarray,
-                     annotation: jnp.ndarray) -> jnp.ndarray:
+def merge_annotation(
+    labels: jnp.ndarray, annotation: jnp.ndarray
+) -> jnp.ndarray:
   """Pastes an annotation's objects (ids > 0) over predicted labels (notes
   §17); void pixels (255) keep the prediction."""
   objects = (annotation > 0) & (annotation != masks.VOID_ID)
   return jnp.where(objects, annotation.astype(labels.dtype), labels)
 
 
-def frame_logits(model: VOSModel, state: PropagationState,
-                 emb: FrameEmbedding, obj_valid: jnp.ndarray,
-                 out_size: Tuple[int, int], training: bool = False
-                 ) -> Tuple[jnp.ndarray, Any]:
+def frame_logits(
+    model: VOSModel,
+    state: PropagationState,
+    emb: FrameEmbedding,
+    obj_valid: jnp.ndarray,
+    out_size: Tuple[int, int],
+    training: bool = False,
+) -> Tuple[jnp.ndarray, Any]:
   """One frame's logits at `out_size`: the core that training (its
   `lax.scan` body, `train_step.clip_loss`) and inference
   (`inference.step.next_frame`)

@@ -34,8 +34,10 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
       continue
     key, _, value = item.partition('=')
     if key not in defaults:
-      raise ValueError(f'unknown config argument {key!r}; expected one of '
-                       f'{sorted(defaults)}')
+      raise ValueError(
+          f'unknown config argument {key!r}; expected one of '
+          f'{sorted(defaults)}'
+      )
     default = defaults[key]
     if isinstance(default, bool):
       out[key] = value.lower() in ('', '1', 'true', 'yes')
@@ -49,13 +51,17 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
 # cfbi, cfbip, feelvos, videomatch). `variant=` is the older spelling of
 # both.
 TRAIN_BACKBONES = {'resnet': 'resnet101', 'mobilenet': 'mobilenetv2'}
-_OLD_VARIANTS = {'cfbi': ('cfbi', 'resnet'), 'cfbip': ('cfbip', 'resnet'),
-                 'mobilenet': ('cfbi', 'mobilenet')}
+_OLD_VARIANTS = {
+    'cfbi': ('cfbi', 'resnet'),
+    'cfbip': ('cfbip', 'resnet'),
+    'mobilenet': ('cfbi', 'mobilenet'),
+}
 
 
 def train_models() -> Tuple[str, ...]:
   """The `model=` names (`models.training_models`)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   return models.training_models()
 
 
@@ -63,12 +69,15 @@ def parse_training_arg(arg) -> ml_collections.ConfigDict:
   """The arguments of the training configs: `model=` one of
   `train_models()`, `backbone=resnet|mobilenet`, `runlocal` (and the older
   `variant=cfbi|cfbip|mobilenet`)."""
-  args = parse_arg(arg, model='cfbi', backbone='resnet', variant='',
-                   runlocal=False)
+  args = parse_arg(
+      arg, model='cfbi', backbone='resnet', variant='', runlocal=False
+  )
   if args.variant:
     if args.variant not in _OLD_VARIANTS:
-      raise ValueError(f'variant must be one of {sorted(_OLD_VARIANTS)}, '
-                       f'got {args.variant!r}')
+      raise ValueError(
+          f'variant must be one of {sorted(_OLD_VARIANTS)}, '
+          f'got {args.variant!r}'
+      )
     args.model, args.backbone = _OLD_VARIANTS[args.variant]
   return args
 
@@ -76,16 +85,22 @@ def parse_training_arg(arg) -> ml_collections.ConfigDict:
 def training_preset(model: str, backbone: str, runlocal: bool) -> str:
   """The model variant a training run builds (`models.variants()`)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   if model not in train_models():
     raise ValueError(f'model must be one of {train_models()}, got {model!r}')
   if backbone not in TRAIN_BACKBONES:
-    raise ValueError(f'backbone must be one of {sorted(TRAIN_BACKBONES)}, '
-                     f'got {backbone!r}')
-  preset = (f'tiny_{model}' if runlocal
-            else f'{model}_{TRAIN_BACKBONES[backbone]}')
+    raise ValueError(
+        f'backbone must be one of {sorted(TRAIN_BACKBONES)}, '
+        f'got {backbone!r}'
+    )
+  preset = (
+      f'tiny_{model}' if runlocal else f'{model}_{TRAIN_BACKBONES[backbone]}'
+  )
   if preset not in models.variants():
-    raise ValueError(f'{model} has no {backbone} variant; expected one of '
-                     f'{[v for v in models.variants() if v.startswith(model)]}')
+    raise ValueError(
+        f'{model} has no {backbone} variant; expected one of '
+        f'{[v for v in models.variants() if v.startswith(model)]}'
+    )
   return preset
 
 
@@ -100,6 +115,7 @@ def training_model_config(preset: str) -> ml_collections.ConfigDict:
   (the training matching chunks: CFBI [official] TRAIN_GLOBAL_CHUNKS 20,
   one per scale for CFBI+; FEELVOS [ours] as CFBI's)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   return models.training_model_config(preset)
 
 
@@ -108,8 +124,7 @@ def one_global_chunk(model: ml_collections.ConfigDict) -> None:
   that have the field."""
   if 'global_chunks' in model:
     chunks = model.global_chunks
-    model.global_chunks = ((1,) * len(chunks) if isinstance(chunks, tuple)
-                           else 1)
+    model.global_chunks = (1,) * len(chunks) if isinstance(chunks, tuple) else 1
 
 
 def uses_own_predictions(model_config) -> bool:
@@ -118,6 +133,7 @@ def uses_own_predictions(model_config) -> bool:
   mask [paper FEELVOS §3] and VideoMatch on frame pairs [paper
   VideoMatch §4.1], so neither does (`Family.own_predictions`)."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   return models.family_of(model_config).own_predictions
 
 
@@ -125,25 +141,26 @@ def optim_config(total_steps: int) -> ml_collections.ConfigDict:
   """The optimizer block of the recipe (`config.optim`); no TF import, so
   TF-free code (bench/bench_train.py on an accelerator image) can use it."""
   optim = ml_collections.ConfigDict()
-  optim.name = 'sgd'             # [paper]; 'adamw' [ours] for tiny models
-  optim.lr = 0.01                # [paper] CFBI+ §4
+  optim.name = 'sgd'  # [paper]; 'adamw' [ours] for tiny models
+  optim.lr = 0.01  # [paper] CFBI+ §4
   optim.total_steps = total_steps
-  optim.warmup_steps = 1000      # [official] TRAIN_WARM_UP_STEPS
-  optim.power = 0.9              # [paper] poly decay
-  optim.min_lr = 1e-5            # [ours] notes §19
-  optim.momentum = 0.9           # [paper]
-  optim.nesterov = True          # [ours] notes §19
-  optim.adam_b2 = 0.999          # [ours] name='adamw' only
-  optim.weight_decay = 1.5e-4    # [official] TRAIN_WEIGHT_DECAY
+  optim.warmup_steps = 1000  # [official] TRAIN_WARM_UP_STEPS
+  optim.power = 0.9  # [paper] poly decay
+  optim.min_lr = 1e-5  # [ours] notes §19
+  optim.momentum = 0.9  # [paper]
+  optim.nesterov = True  # [ours] notes §19
+  optim.adam_b2 = 0.999  # [ours] name='adamw' only
+  optim.weight_decay = 1.5e-4  # [official] TRAIN_WEIGHT_DECAY
   optim.weight_decay_exclude = ()  # [ours] decay on every parameter
-  optim.backbone_lr_mult = 1.0   # [ours]
-  optim.clip_grad_norm = 5.0     # [official] TRAIN_CLIP_GRAD_NORM
-  optim.accumulate_steps = 1     # [ours] micro-batches per step
+  optim.backbone_lr_mult = 1.0  # [ours]
+  optim.clip_grad_norm = 5.0  # [official] TRAIN_CLIP_GRAD_NORM
+  optim.accumulate_steps = 1  # [ours] micro-batches per step
   return optim
 
 
-def training_config(model: str, runlocal: bool,
-                    backbone: str = 'resnet') -> ml_collections.ConfigDict:
+def training_config(
+    model: str, runlocal: bool, backbone: str = 'resnet'
+) -> ml_collections.ConfigDict:
   """The shared training recipe (module docstring); stage files adjust it.
 
   Args:
@@ -165,11 +182,11 @@ def training_config(model: str, runlocal: bool,
   config.model_bgr = ml_collections.config_dict.placeholder(bool)
   config.data = data_config.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 100_000          # [paper] CFBI+ §4 (YouTube-VOS)
-  config.train.batch_size = 8           # [paper] CFBI+ §4; ECCV CFBI: 4
-  config.train.num_frames = 3           # [paper] N current frames per clip
-  config.train.top_k_percent = 0.15     # [paper] bootstrapped CE
-  config.train.hard_mining_step = 50_000           # [official] steps / 2
+  config.train.steps = 100_000  # [paper] CFBI+ §4 (YouTube-VOS)
+  config.train.batch_size = 8  # [paper] CFBI+ §4; ECCV CFBI: 4
+  config.train.num_frames = 3  # [paper] N current frames per clip
+  config.train.top_k_percent = 0.15  # [paper] bootstrapped CE
+  config.train.hard_mining_step = 50_000  # [official] steps / 2
   config.train.own_predictions_from_step = 50_001  # [official] GT while
   # step <= TRAIN_START_SEQ_TRAINING_STEPS (50k), own predictions after.
   # False: the previous mask is always the ground truth (`uses_own_
@@ -184,16 +201,16 @@ def training_config(model: str, runlocal: bool,
   # small backbones and the smoke test, where memory is not the limit and
   # the step is faster without the recomputation.
   config.train.remat = default_remat(preset)
-  config.train.log_every = 50           # [ours]
-  config.train.image_every = 1000       # [ours] overlay images to TensorBoard
+  config.train.log_every = 50  # [ours]
+  config.train.image_every = 1000  # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]
-  config.train.keep_checkpoints = 3     # [ours] plus the best one
+  config.train.keep_checkpoints = 3  # [ours] plus the best one
   # [ours] True: each process appends the element indices of the clips it
   # fed to every step to workdir/examples/process_<i>.jsonl (trainer.py).
   config.train.log_examples = False
   config.optim = optim_config(config.train.steps)
   config.init = ml_collections.ConfigDict()
-  config.init.cfbi_checkpoint = ''      # converted official CFBI weights
+  config.init.cfbi_checkpoint = ''  # converted official CFBI weights
   config.init.backbone_checkpoint = ''  # convert.py --backbone_only output
   config.init.zero_attention_gates = False  # [ours] True: IA gates start at 1
   if runlocal:

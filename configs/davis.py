@@ -23,7 +23,7 @@ def get_config(arg=None):
   config = common.training_config(args.model, args.runlocal, args.backbone)
   config.data.source = 'davis'
   if not args.runlocal:
-    config.optim.lr = 0.006          # [paper]
-    config.train.batch_size = 6      # [paper]
+    config.optim.lr = 0.006  # [paper]
+    config.train.batch_size = 6  # [paper]
     common.set_steps(config, 50_000)  # [paper]
   return config

@@ -58,6 +58,7 @@ def model_eval_fields() -> ml_collections.ConfigDict:
   command line overrides the loaded model's; one its family does not have
   is refused when the model loads."""
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   kinds = {}
   for record in models.FAMILIES.values():
     defaults = dict(record.defaults(), bgr=True)

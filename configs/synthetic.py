@@ -48,8 +48,9 @@ from configs import common
 
 def _single_window(config):
   # The largest window of each scale (CFBI Table 4: one local window).
-  config.model.local_windows = tuple((w[-1],)
-                                     for w in config.model.local_windows)
+  config.model.local_windows = tuple(
+      (w[-1],) for w in config.model.local_windows
+  )
 
 
 def _gt_masks(config):
@@ -64,19 +65,32 @@ def _set(path, value):
 # name -> (what it removes, how). CFBI Table 3 (bias) and Table 4 (the rest).
 ABLATIONS = {
     'none': ('full CFBI', lambda config: None),
-    'no_background': ('no background matching / attention / embedding',
-                      _set('model.use_background', False)),
-    'no_bias': ('no foreground/background offsets in the distance',
-                _set('model.use_matching_bias', False)),
+    'no_background': (
+        'no background matching / attention / embedding',
+        _set('model.use_background', False),
+    ),
+    'no_bias': (
+        'no foreground/background offsets in the distance',
+        _set('model.use_matching_bias', False),
+    ),
     'single_window': ('one local window (the largest)', _single_window),
-    'no_attention': ('no instance-level attention',
-                     _set('model.use_attention', False)),
-    'feelvos_head': ("FEELVOS's segmentation head, not the ensembler",
-                     _set('model.head', 'feelvos')),
-    'normal_crop': ('normal instead of balanced random crop',
-                    _set('data.balanced_crop', False)),
-    'gt_masks': ('ground-truth previous masks throughout (no sequential '
-                 'training on own predictions)', _gt_masks),
+    'no_attention': (
+        'no instance-level attention',
+        _set('model.use_attention', False),
+    ),
+    'feelvos_head': (
+        "FEELVOS's segmentation head, not the ensembler",
+        _set('model.head', 'feelvos'),
+    ),
+    'normal_crop': (
+        'normal instead of balanced random crop',
+        _set('data.balanced_crop', False),
+    ),
+    'gt_masks': (
+        'ground-truth previous masks throughout (no sequential '
+        'training on own predictions)',
+        _gt_masks,
+    ),
 }
 
 
@@ -98,14 +112,18 @@ RECIPES = {'scratch': _scratch, 'sgd': _sgd}
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, model='cfbi', preset='', steps=0,
-                          ablation='none', recipe='scratch')
+  args = common.parse_arg(
+      arg, model='cfbi', preset='', steps=0, ablation='none', recipe='scratch'
+  )
   if args.ablation not in ABLATIONS:
-    raise ValueError(f'unknown ablation {args.ablation!r}; expected one of '
-                     f'{sorted(ABLATIONS)}')
+    raise ValueError(
+        f'unknown ablation {args.ablation!r}; expected one of '
+        f'{sorted(ABLATIONS)}'
+    )
   if args.recipe not in RECIPES:
-    raise ValueError(f'unknown recipe {args.recipe!r}; expected one of '
-                     f'{sorted(RECIPES)}')
+    raise ValueError(
+        f'unknown recipe {args.recipe!r}; expected one of ' f'{sorted(RECIPES)}'
+    )
   config = common.training_config('cfbi', runlocal=False)
   preset = args.preset or common.training_preset(args.model, 'resnet', True)
   config.model = common.training_model_config(preset)

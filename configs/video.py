@@ -20,5 +20,6 @@ from configs import eval as eval_config
 
 
 def get_config(arg=None):
-  return eval_config.get_config(f'dataset=video,{arg}' if arg
-                                else 'dataset=video')
+  return eval_config.get_config(
+      f'dataset=video,{arg}' if arg else 'dataset=video'
+  )

@@ -20,8 +20,9 @@ import tensorflow_datasets as tfds
 from cfbi_jax import input_pipeline
 
 
-class VideoRecordsBuilder(tfds.core.GeneratorBasedBuilder,
-                          skip_registration=True):
+class VideoRecordsBuilder(
+    tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
   """Whole-video records of a raw layout (subclasses name the videos)."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -32,8 +33,9 @@ class VideoRecordsBuilder(tfds.core.GeneratorBasedBuilder,
     # Random access (tfds data sources) needs array_record.
     super().__init__(file_format=file_format or 'array_record', **kwargs)
 
-  def _split_videos(self, root: str
-                    ) -> Dict[str, List[input_pipeline.TrainVideo]]:
+  def _split_videos(
+      self, root: str
+  ) -> Dict[str, List[input_pipeline.TrainVideo]]:
     """`{split: videos}` found under the manual directory `root`."""
     raise NotImplementedError
 
@@ -43,12 +45,14 @@ class VideoRecordsBuilder(tfds.core.GeneratorBasedBuilder,
         features=input_pipeline.tfds_video_features(),
         homepage=self.HOMEPAGE,
         disable_shuffling=True,  # Record i is the i-th video by name.
-        metadata=tfds.core.MetadataDict())
+        metadata=tfds.core.MetadataDict(),
+    )
 
   def _split_generators(self, dl_manager):
     generators = {}
     for split, videos in self._split_videos(
-        os.fspath(dl_manager.manual_dir)).items():
+        os.fspath(dl_manager.manual_dir)
+    ).items():
       self.info.metadata[split] = input_pipeline.tfds_video_metadata(videos)
       generators[split] = self._generate_examples(videos)
     return generators
@@ -61,10 +65,13 @@ class VideoRecordsBuilder(tfds.core.GeneratorBasedBuilder,
 def build_main(builder_cls) -> None:
   """`--manual_dir RAW --data_dir TFDS`: builds `builder_cls` there."""
   parser = argparse.ArgumentParser(description=f'Builds {builder_cls.name}.')
-  parser.add_argument('--manual_dir', required=True,
-                      help='the raw dataset folder (data/README.md)')
+  parser.add_argument(
+      '--manual_dir',
+      required=True,
+      help='the raw dataset folder (data/README.md)',
+  )
   parser.add_argument('--data_dir', required=True, help='TFDS data_dir')
   args = parser.parse_args()
   builder_cls(data_dir=args.data_dir).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=args.manual_dir))
+      download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir)
+  )

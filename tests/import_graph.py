@@ -32,7 +32,7 @@ PACKAGE = 'cfbi_jax'
 
 
 def _module_name(path: str, root: str) -> str:
-  rel = os.path.relpath(path, root)[:-len('.py')].split(os.sep)
+  rel = os.path.relpath(path, root)[: -len('.py')].split(os.sep)
   if rel[-1] == '__init__':
     rel = rel[:-1]
   return '.'.join(rel)
@@ -110,8 +110,9 @@ def summary(root: str = ROOT) -> Dict[str, object]:
   cycles = [sorted(c) for c in _components(modules, edges) if len(c) > 1]
   group = {m: i for i, c in enumerate(cycles) for m in c}
   same = lambda u, v: u in group and group.get(v) == group[u]
-  below = {m: [v for u, v, _ in edges if u == m and not same(u, v)]
-           for m in modules}
+  below = {
+      m: [v for u, v, _ in edges if u == m and not same(u, v)] for m in modules
+  }
   layer: Dict[str, int] = {}
 
   def depth(m):
@@ -122,16 +123,22 @@ def summary(root: str = ROOT) -> Dict[str, object]:
   for m in modules:
     depth(m)
   upward = [(u, v) for u, v, _ in edges if same(u, v) and layer[v] > layer[u]]
-  return {'modules': len(modules), 'edges': len(edges),
-          'layers': 1 + max(layer.values()), 'cycles': cycles,
-          'upward': upward}
+  return {
+      'modules': len(modules),
+      'edges': len(edges),
+      'layers': 1 + max(layer.values()),
+      'cycles': cycles,
+      'upward': upward,
+  }
 
 
 if __name__ == '__main__':
   figures = summary()
-  print(f"modules {figures['modules']}, import edges {figures['edges']}, "
-        f"layers {figures['layers']}, cycles {len(figures['cycles'])}, "
-        f"upward imports {len(figures['upward'])}")
+  print(
+      f"modules {figures['modules']}, import edges {figures['edges']}, "
+      f"layers {figures['layers']}, cycles {len(figures['cycles'])}, "
+      f"upward imports {len(figures['upward'])}"
+  )
   for cycle in figures['cycles']:
     print('  cycle:', ' <-> '.join(cycle))
   for u, v in figures['upward']:

@@ -24,20 +24,24 @@ from cfbi_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_DIR = os.environ.get(
-    'CFBI_PARITY_DIR', os.path.join(REPO, '..', 'shared', 'fixtures', 'parity'))
+    'CFBI_PARITY_DIR', os.path.join(REPO, '..', 'shared', 'fixtures', 'parity')
+)
 
 requires_parity = pytest.mark.skipif(
     not os.path.isdir(PARITY_DIR),
-    reason=f'parity fixtures not found at {PARITY_DIR} (set CFBI_PARITY_DIR)')
+    reason=f'parity fixtures not found at {PARITY_DIR} (set CFBI_PARITY_DIR)',
+)
 
 
 def variants() -> List[str]:
   """Variant folders present in the fixture directory (manifest.json)."""
   if not os.path.isdir(PARITY_DIR):
     return []
-  return sorted(d for d in os.listdir(PARITY_DIR)
-                if os.path.exists(os.path.join(PARITY_DIR, d,
-                                               'manifest.json')))
+  return sorted(
+      d
+      for d in os.listdir(PARITY_DIR)
+      if os.path.exists(os.path.join(PARITY_DIR, d, 'manifest.json'))
+  )
 
 
 def path(*parts: str) -> str:
@@ -68,7 +72,8 @@ def atol(variant: str, name: str) -> float:
 def state_dict(variant: str) -> Dict[str, np.ndarray]:
   """The manifest weights, rebuilt by the fixture folder's own script."""
   spec = importlib.util.spec_from_file_location(
-      'make_state_dict', path('make_state_dict.py'))
+      'make_state_dict', path('make_state_dict.py')
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.make_state_dict(path(variant, 'manifest.json'))
@@ -89,7 +94,8 @@ def eval_overrides(variant: str, setting: str) -> Dict[str, object]:
     flag = flag.lstrip('-')
     if flag == 'global_atrous_rate':
       out['global_atrous'] = (int(value),) + (1,) * (
-          len(config.global_atrous) - 1)
+          len(config.global_atrous) - 1
+      )
     elif flag == 'min_matching_pixels':
       out['min_matching_pixels'] = int(value)
     elif flag == 'float16':
@@ -106,7 +112,8 @@ def build_model(variant: str, setting: str = 'default') -> nnx.Module:
   config = models.model_config(variant)
   config.update(eval_overrides(variant, setting))
   arrays = convert.convert_state_dict(
-      convert.resolve_aliases(state_dict(variant), config), config)
+      convert.resolve_aliases(state_dict(variant), config), config
+  )
   module = nnx.eval_shape(lambda: models.build(config))
   checkpoint.set_state(module, arrays)
   return module

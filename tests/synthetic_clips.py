@@ -23,11 +23,11 @@ def two_squares(num_frames=4, size=(33, 49), seed=0, late_object=False):
   frames, labels = [], []
   for t in range(num_frames):
     frame, label = background.copy(), np.zeros(size, np.uint8)
-    frame[5 + t:15 + t, 5:15] = (250, 20, 20)
-    label[5 + t:15 + t, 5:15] = 1
+    frame[5 + t : 15 + t, 5:15] = (250, 20, 20)
+    label[5 + t : 15 + t, 5:15] = 1
     if not late_object or t >= 2:
-      frame[18:28, 25 + t:35 + t] = (20, 250, 20)
-      label[18:28, 25 + t:35 + t] = 2
+      frame[18:28, 25 + t : 35 + t] = (20, 250, 20)
+      label[18:28, 25 + t : 35 + t] = 2
     frames.append(frame)
     labels.append(label)
   return frames, labels

@@ -23,8 +23,10 @@ def render_video(num_frames, size, seed):
   rng = np.random.default_rng(seed)
   h, w = size
   coarse = rng.integers(40, 200, (h // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
-  background = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
-      (w, h), Image.BILINEAR), np.float32)
+  background = np.asarray(
+      Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BILINEAR),
+      np.float32,
+  )
   side = max(8, min(h, w) // 4)
   starts = rng.integers(0, [h - side, w - side], (2, 2))
   speeds = rng.integers(-3, 4, (2, 2))
@@ -35,9 +37,10 @@ def render_video(num_frames, size, seed):
     for k in range(2):
       y, x = np.clip(starts[k] + speeds[k] * t, 0, [h - side, w - side])
       patch = np.asarray(OBJECT_COLOURS[k], np.float32) + rng.normal(
-          0, 12, (side, side, 3))
-      frame[y:y + side, x:x + side] = patch
-      label[y:y + side, x:x + side] = k + 1
+          0, 12, (side, side, 3)
+      )
+      frame[y : y + side, x : x + side] = patch
+      label[y : y + side, x : x + side] = k + 1
     frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     labels.append(label)
   return frames, labels
@@ -48,27 +51,39 @@ def write_davis(root, num_videos=3, num_frames=8, size=(72, 96), seed=0):
   names = [f'video{v}' for v in range(num_videos)]
   for v, name in enumerate(names):
     frames, labels = render_video(num_frames, size, seed * 1000 + v)
-    synthetic.write_video(os.path.join(root, 'JPEGImages', '480p', name),
-                          os.path.join(root, 'Annotations', '480p', name),
-                          frames, labels)
+    synthetic.write_video(
+        os.path.join(root, 'JPEGImages', '480p', name),
+        os.path.join(root, 'Annotations', '480p', name),
+        frames,
+        labels,
+    )
   synthetic.add_to_split(root, 'train', names)
   return root
 
 
-def write_youtube_vos(root, num_videos=3, num_frames=26, size=(72, 96),
-                      seed=0):
+def write_youtube_vos(root, num_videos=3, num_frames=26, size=(72, 96), seed=0):
   """YouTube-VOS train layout: every frame's JPEG, masks every 5th frame."""
   meta = {'videos': {}}
   for v in range(num_videos):
     name = f'{v:04d}abcd'
     frames, labels = render_video(num_frames, size, seed * 1000 + 500 + v)
     annotated = list(range(0, num_frames, 5))
-    synthetic.write_video(os.path.join(root, 'train', 'JPEGImages', name),
-                          os.path.join(root, 'train', 'Annotations', name),
-                          frames, labels, annotated)
-    meta['videos'][name] = {'objects': {
-        str(k): {'category': 'square', 'frames': [f'{t:05d}' for t in annotated]}
-        for k in (1, 2)}}
+    synthetic.write_video(
+        os.path.join(root, 'train', 'JPEGImages', name),
+        os.path.join(root, 'train', 'Annotations', name),
+        frames,
+        labels,
+        annotated,
+    )
+    meta['videos'][name] = {
+        'objects': {
+            str(k): {
+                'category': 'square',
+                'frames': [f'{t:05d}' for t in annotated],
+            }
+            for k in (1, 2)
+        }
+    }
   with open(os.path.join(root, 'train', 'meta.json'), 'w') as f:
     json.dump(meta, f)
   return root

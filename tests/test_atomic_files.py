@@ -26,8 +26,9 @@ def test_atomic_path_cleans_up_on_error(tmp_path):
   assert os.listdir(tmp_path) == ['keep.txt']
 
 
-def test_write_json_replaces_and_names_output_on_disk_full(tmp_path,
-                                                           monkeypatch):
+def test_write_json_replaces_and_names_output_on_disk_full(
+    tmp_path, monkeypatch
+):
   path = tmp_path / 'sub' / 'summary.json'
   atomic_files.write_json(str(path), {'a': 1}, indent=2)
   atomic_files.write_json(str(path), {'b': [1, 2]})

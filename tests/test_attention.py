@@ -37,13 +37,15 @@ def np_pool(embs, labels, obj):
   return fg_sum / (fg_count + EPS), (total - fg_sum) / (bg_count + EPS)
 
 
-def np_attention_head(ref_emb, ref_labels, ref_valid, prev_emb, prev_labels,
-                      num_slots):
+def np_attention_head(
+    ref_emb, ref_labels, ref_valid, prev_emb, prev_labels, num_slots
+):
   refs = [r for r in range(len(ref_valid)) if ref_valid[r]]
   out = []
   for obj in range(num_slots):
-    ref_fg, ref_bg = np_pool([ref_emb[r] for r in refs],
-                             [ref_labels[r] for r in refs], obj)
+    ref_fg, ref_bg = np_pool(
+        [ref_emb[r] for r in refs], [ref_labels[r] for r in refs], obj
+    )
     prev_fg, prev_bg = np_pool([prev_emb], [prev_labels], obj)
     out.append(np.concatenate([ref_fg, ref_bg, prev_fg, prev_bg]))
   return np.stack(out)
@@ -60,35 +62,48 @@ def make_inputs(seed, num_refs, h, w, c, label_high):
 
 def run_head(ref_emb, ref_labels, ref_valid, prev_emb, prev_labels, num_slots):
   fn = jax.jit(attention.attention_head, static_argnames='num_slots')
-  return np.asarray(fn(jnp.asarray(ref_emb), jnp.asarray(ref_labels),
-                       jnp.asarray(ref_valid), jnp.asarray(prev_emb),
-                       jnp.asarray(prev_labels), num_slots=num_slots))
+  return np.asarray(
+      fn(
+          jnp.asarray(ref_emb),
+          jnp.asarray(ref_labels),
+          jnp.asarray(ref_valid),
+          jnp.asarray(prev_emb),
+          jnp.asarray(prev_labels),
+          num_slots=num_slots,
+      )
+  )
 
 
 # ------------------------------------------------------------ attention_head
-@pytest.mark.parametrize('num_refs,ref_valid', [
-    pytest.param(1, [True], id='one_ref'),
-    pytest.param(3, [True, False, True], id='three_refs_middle_invalid'),
-    pytest.param(3, [False, True, True], id='three_refs_first_invalid'),
-])
+@pytest.mark.parametrize(
+    'num_refs,ref_valid',
+    [
+        pytest.param(1, [True], id='one_ref'),
+        pytest.param(3, [True, False, True], id='three_refs_middle_invalid'),
+        pytest.param(3, [False, True, True], id='three_refs_first_invalid'),
+    ],
+)
 def test_attention_head_matches_naive(num_refs, ref_valid):
   ref_emb, ref_labels, prev_emb, prev_labels = make_inputs(
-      0, num_refs, 5, 7, 6, label_high=3)
+      0, num_refs, 5, 7, 6, label_high=3
+  )
   ref_valid = np.array(ref_valid)
   # An invalid slot holds large values and every object; it must not count.
   for r in np.flatnonzero(~ref_valid):
     ref_emb[r] = 1e3
     ref_labels[r] = np.arange(5 * 7).reshape(5, 7) % 3
   got = run_head(ref_emb, ref_labels, ref_valid, prev_emb, prev_labels, 4)
-  want = np_attention_head(ref_emb, ref_labels, ref_valid, prev_emb,
-                           prev_labels, 4)
+  want = np_attention_head(
+      ref_emb, ref_labels, ref_valid, prev_emb, prev_labels, 4
+  )
   assert got.shape == (4, 4 * 6)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_head_invalid_slot_contributes_nothing():
   ref_emb, ref_labels, prev_emb, prev_labels = make_inputs(
-      1, 3, 4, 6, 5, label_high=4)
+      1, 3, 4, 6, 5, label_high=4
+  )
   valid = np.array([True, False, True])
   base = run_head(ref_emb, ref_labels, valid, prev_emb, prev_labels, 4)
   rng = np.random.default_rng(2)
@@ -98,8 +113,9 @@ def test_attention_head_invalid_slot_contributes_nothing():
   np.testing.assert_array_equal(changed, base)
   # The same frames without the invalid slot give the same vectors.
   keep = [0, 2]
-  dropped = run_head(ref_emb[keep], ref_labels[keep], valid[keep], prev_emb,
-                     prev_labels, 4)
+  dropped = run_head(
+      ref_emb[keep], ref_labels[keep], valid[keep], prev_emb, prev_labels, 4
+  )
   np.testing.assert_allclose(dropped, base, rtol=1e-6, atol=1e-6)
 
 
@@ -118,33 +134,40 @@ def test_attention_head_minus_one_is_background_of_every_object():
   fg0 = e[0, :2].sum(0) / (2 + EPS)
   bg0 = (e.sum((0, 1)) - e[0, :2].sum(0)) / (18 + EPS)
   np.testing.assert_allclose(got[0, :c], fg0, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(got[0, c:2 * c], bg0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[0, c : 2 * c], bg0, rtol=1e-5, atol=1e-6)
   # Object 1: a single pixel; its bg holds 19 pixels (object 0 and -1 ones).
   fg1 = e[3, 4] / (1 + EPS)
   bg1 = (e.sum((0, 1)) - e[3, 4]) / (19 + EPS)
   np.testing.assert_allclose(got[1, :c], fg1, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(got[1, c:2 * c], bg1, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[1, c : 2 * c], bg1, rtol=1e-5, atol=1e-6)
   want = np_attention_head(ref_emb, labels[None], [True], prev_emb, labels, 2)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_head_absent_object():
   ref_emb, ref_labels, prev_emb, prev_labels = make_inputs(
-      4, 2, 4, 4, 3, label_high=2)  # labels in {-1, 0, 1}; object 2 absent
-  got = run_head(ref_emb, ref_labels, np.array([True, True]), prev_emb,
-                 prev_labels, 3)
+      4, 2, 4, 4, 3, label_high=2
+  )  # labels in {-1, 0, 1}; object 2 absent
+  got = run_head(
+      ref_emb, ref_labels, np.array([True, True]), prev_emb, prev_labels, 3
+  )
   c = 3
   # fg = 0 / eps = 0; bg = mean over every pixel of the valid frames.
   np.testing.assert_array_equal(got[2, :c], 0.0)
-  np.testing.assert_array_equal(got[2, 2 * c:3 * c], 0.0)
+  np.testing.assert_array_equal(got[2, 2 * c : 3 * c], 0.0)
   total = ref_emb.astype(np.float64).sum((0, 1, 2))
-  np.testing.assert_allclose(got[2, c:2 * c], total / (32 + EPS), rtol=1e-5,
-                             atol=1e-6)
   np.testing.assert_allclose(
-      got[2, 3 * c:], prev_emb.astype(np.float64).sum((0, 1)) / (16 + EPS),
-      rtol=1e-5, atol=1e-6)
-  want = np_attention_head(ref_emb, ref_labels, [True, True], prev_emb,
-                           prev_labels, 3)
+      got[2, c : 2 * c], total / (32 + EPS), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      got[2, 3 * c :],
+      prev_emb.astype(np.float64).sum((0, 1)) / (16 + EPS),
+      rtol=1e-5,
+      atol=1e-6,
+  )
+  want = np_attention_head(
+      ref_emb, ref_labels, [True, True], prev_emb, prev_labels, 3
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -35,10 +35,12 @@ from tests.random_weights import randn, random_model
 PARITY_DIR = pathlib.Path(pf.PARITY_DIR)
 MANIFEST = PARITY_DIR / 'cfbi_resnet101' / 'manifest.json'
 
-TINY_RESNET = dict(aspp_channels=32, decoder_channels=32,
-                   resnet_blocks=(1, 1, 1, 1), resnet_width=8)
-
-
+TINY_RESNET = dict(
+    aspp_channels=32,
+    decoder_channels=32,
+    resnet_blocks=(1, 1, 1, 1),
+    resnet_width=8,
+)
 
 
 def abstract_features(make, image_hw):
@@ -74,8 +76,10 @@ def np_depthwise_valid(x, conv, stride, dilation):
     for j in range(out_w):
       for a in range(3):
         for b in range(3):
-          out[:, i, j] += (x[:, i * stride + a * dilation,
-                             j * stride + b * dilation] * kernel[a, b])
+          out[:, i, j] += (
+              x[:, i * stride + a * dilation, j * stride + b * dilation]
+              * kernel[a, b]
+          )
   return out
 
 
@@ -92,8 +96,11 @@ def np_inverted_residual(x, block, stride, dilation, pad_before_expansion):
   y = relu6(np_frozen_bn(np_pointwise(y, block.expand_conv), block.expand_bn))
   if not pad_before_expansion:
     y = np.pad(y, pad)
-  y = relu6(np_frozen_bn(np_depthwise_valid(y, block.dw_conv, stride,
-                                            dilation), block.dw_bn))
+  y = relu6(
+      np_frozen_bn(
+          np_depthwise_valid(y, block.dw_conv, stride, dilation), block.dw_bn
+      )
+  )
   y = np_frozen_bn(np_pointwise(y, block.project_conv), block.project_bn)
   return x + y if block.use_res_connect else y
 
@@ -103,11 +110,16 @@ def np_inverted_residual(x, block, stride, dilation, pad_before_expansion):
 def test_tiny_resnet_deeplab_feature_shapes(image_hw):
   channels, feats = abstract_features(
       lambda: backbone.DeepLab('resnet', rngs=nnx.Rngs(0), **TINY_RESNET),
-      image_hw)
+      image_hw,
+  )
   h, w = image_hw
   width = TINY_RESNET['resnet_width']
-  assert channels == {'low_s4': 4 * width, 'mid_s8': 8 * width,
-                      'aspp_s16': 32, 'decoder_s4': 32}
+  assert channels == {
+      'low_s4': 4 * width,
+      'mid_s8': 8 * width,
+      'aspp_s16': 32,
+      'decoder_s4': 32,
+  }
   stride_and_channels = {
       'low_s4': (4, channels['low_s4']),
       'decoder_s4': (4, channels['decoder_s4']),
@@ -128,7 +140,8 @@ def test_tiny_resnet_deeplab_feature_shapes(image_hw):
 
 def test_tiny_resnet_deeplab_runs_finite_and_dropout_only_with_rng():
   model = random_model(
-      lambda: backbone.DeepLab('resnet', rngs=nnx.Rngs(0), **TINY_RESNET), 0)
+      lambda: backbone.DeepLab('resnet', rngs=nnx.Rngs(0), **TINY_RESNET), 0
+  )
   images = jnp.asarray(randn(np.random.default_rng(1), 1, 33, 49, 3))
   run = nnx.jit(lambda m, x, key: m(x, key))
   plain = nnx.jit(lambda m, x: m(x))
@@ -137,25 +150,31 @@ def test_tiny_resnet_deeplab_runs_finite_and_dropout_only_with_rng():
   dropped = run(model, images, jax.random.key(0))
   for name, value in feats.items():
     assert np.all(np.isfinite(np.asarray(value))), name
-  np.testing.assert_array_equal(np.asarray(feats['aspp_s16']),
-                                np.asarray(again['aspp_s16']))
-  np.testing.assert_array_equal(np.asarray(feats['low_s4']),
-                                np.asarray(dropped['low_s4']))
+  np.testing.assert_array_equal(
+      np.asarray(feats['aspp_s16']), np.asarray(again['aspp_s16'])
+  )
+  np.testing.assert_array_equal(
+      np.asarray(feats['low_s4']), np.asarray(dropped['low_s4'])
+  )
   aspp, aspp_drop = np.asarray(feats['aspp_s16']), np.asarray(
-      dropped['aspp_s16'])
+      dropped['aspp_s16']
+  )
   kept = aspp_drop != 0
   np.testing.assert_allclose(aspp_drop[kept], aspp[kept] / 0.9, rtol=1e-5)
   assert np.any(aspp_drop[aspp > 0] == 0)
 
 
 def test_group_norm_backbone_normalises():
-  make = lambda norm: backbone.DeepLab('resnet', norm=norm, norm_groups=4,
-                                       rngs=nnx.Rngs(0), **TINY_RESNET)
+  make = lambda norm: backbone.DeepLab(
+      'resnet', norm=norm, norm_groups=4, rngs=nnx.Rngs(0), **TINY_RESNET
+  )
   frozen, grouped = make('frozen_bn'), make('group_norm')
   norm_paths = lambda m, kind: sorted(
-      path for path, sub in nnx.iter_modules(m) if isinstance(sub, kind))
+      path for path, sub in nnx.iter_modules(m) if isinstance(sub, kind)
+  )
   assert norm_paths(frozen, backbone.layers.FrozenBatchNorm) == norm_paths(
-      grouped, nnx.GroupNorm)
+      grouped, nnx.GroupNorm
+  )
   assert not norm_paths(grouped, backbone.layers.FrozenBatchNorm)
   images = jnp.asarray(randn(np.random.default_rng(2), 2, 33, 49, 3))
   run = nnx.jit(lambda m, x: m(x)['decoder_s4'])
@@ -170,7 +189,8 @@ def test_group_norm_backbone_normalises():
 
 def test_mobilenetv2_feature_shapes():
   channels, feats = abstract_features(
-      lambda: backbone.MobileNetV2(rngs=nnx.Rngs(0)), (65, 65))
+      lambda: backbone.MobileNetV2(rngs=nnx.Rngs(0)), (65, 65)
+  )
   assert channels == (24, None, 320)
   assert set(feats) == {'low_s4', 'backbone_s16'}
   assert feats['low_s4'].shape == (2, 17, 17, 24)
@@ -179,9 +199,14 @@ def test_mobilenetv2_feature_shapes():
 
 def test_mobilenet_deeplab_feature_shapes():
   channels, feats = abstract_features(
-      lambda: backbone.DeepLab('mobilenetv2', rngs=nnx.Rngs(0)), (65, 65))
-  assert channels == {'low_s4': 24, 'mid_s8': None, 'aspp_s16': 256,
-                      'decoder_s4': 256}
+      lambda: backbone.DeepLab('mobilenetv2', rngs=nnx.Rngs(0)), (65, 65)
+  )
+  assert channels == {
+      'low_s4': 24,
+      'mid_s8': None,
+      'aspp_s16': 256,
+      'decoder_s4': 256,
+  }
   assert feats['decoder_s4'].shape == (2, 17, 17, 256)
   assert feats['aspp_s16'].shape == (2, 5, 5, 256)
   assert 'mid_s8' not in feats
@@ -193,15 +218,21 @@ def test_deeplab_rejects_unknown_backbone():
 
 
 # --------------------------------------------------- MobileNetV2 padding quirk
-@pytest.mark.parametrize('inp,oup,stride,dilation', [
-    pytest.param(4, 4, 1, 1, id='residual_d1'),
-    pytest.param(4, 6, 2, 1, id='stride2_d1'),
-    pytest.param(4, 4, 1, 2, id='residual_d2'),
-])
+@pytest.mark.parametrize(
+    'inp,oup,stride,dilation',
+    [
+        pytest.param(4, 4, 1, 1, id='residual_d1'),
+        pytest.param(4, 6, 2, 1, id='stride2_d1'),
+        pytest.param(4, 4, 1, 2, id='residual_d2'),
+    ],
+)
 def test_inverted_residual_pads_before_expansion(inp, oup, stride, dilation):
   block = random_model(
-      lambda: backbone.InvertedResidual(inp, oup, stride, dilation, 6,
-                                        rngs=nnx.Rngs(0)), 2)
+      lambda: backbone.InvertedResidual(
+          inp, oup, stride, dilation, 6, rngs=nnx.Rngs(0)
+      ),
+      2,
+  )
   x = randn(np.random.default_rng(3), 2, 9, 8, inp)
   got = np.asarray(block(jnp.asarray(x)))
   official = np_inverted_residual(x, block, stride, dilation, True)
@@ -221,11 +252,13 @@ def test_inverted_residual_shift_reaches_border():
   # ReLU6(BN shift) everywhere, including the padded border, so the
   # depthwise output is the same at every pixel, corners included.
   block = random_model(
-      lambda: backbone.InvertedResidual(2, 2, 1, 1, 6, rngs=nnx.Rngs(0)), 4)
+      lambda: backbone.InvertedResidual(2, 2, 1, 1, 6, rngs=nnx.Rngs(0)), 4
+  )
   block.expand_conv.kernel[...] = jnp.zeros_like(block.expand_conv.kernel[...])
   out = np.asarray(block(jnp.zeros((1, 5, 5, 2))))
-  np.testing.assert_allclose(out, np.broadcast_to(out[:, 2:3, 2:3], out.shape),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      out, np.broadcast_to(out[:, 2:3, 2:3], out.shape), atol=1e-6
+  )
   textbook = np_inverted_residual(np.zeros((1, 5, 5, 2)), block, 1, 1, False)
   assert np.abs(textbook[0, 0, 0] - textbook[0, 2, 2]).max() > 1e-3
 
@@ -234,15 +267,20 @@ def test_inverted_residual_shift_reaches_border():
 def _manifest_counts():
   with open(MANIFEST) as f:
     entries = json.load(f)['entries']
-  entries = [e for e in entries if e['key'].startswith('feature_extracter.')
-             and e['init']['dist'] != 'alias']
+  entries = [
+      e
+      for e in entries
+      if e['key'].startswith('feature_extracter.')
+      and e['init']['dist'] != 'alias'
+  ]
   total = sum(math.prod(e['shape']) for e in entries)
   conv_weights = sum(1 for e in entries if len(e['shape']) == 4)
   return total, conv_weights, len(entries) - conv_weights
 
 
-@pytest.mark.skipif(not MANIFEST.is_file(),
-                    reason=f'no parity manifest at {MANIFEST}')
+@pytest.mark.skipif(
+    not MANIFEST.is_file(), reason=f'no parity manifest at {MANIFEST}'
+)
 def test_resnet101_deeplab_parameter_count_matches_official():
   model = nnx.eval_shape(lambda: backbone.DeepLab('resnet', rngs=nnx.Rngs(0)))
   params = jax.tree.leaves(nnx.state(model, nnx.Param))

@@ -40,17 +40,28 @@ BUNDLED = os.path.join(REPO, 'models', 'tiny_cfbi_synthetic')
 
 
 def command(script, *args, cwd):
-  out = subprocess.run([sys.executable, os.path.join(REPO, script), *args],
-                       cwd=cwd, capture_output=True, text=True, check=False,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, script), *args],
+      cwd=cwd,
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, PYTHONPATH=REPO),
+  )
   return out.returncode, out.stdout + out.stderr
 
 
 def broken_copies(tmp_path):
   """{case: model directory}: the bundled model, damaged four ways."""
+
   def largest(directory):
-    files = [f for f in glob.glob(os.path.join(directory, '*', 'model', '**'),
-                                  recursive=True) if os.path.isfile(f)]
+    files = [
+        f
+        for f in glob.glob(
+            os.path.join(directory, '*', 'model', '**'), recursive=True
+        )
+        if os.path.isfile(f)
+    ]
     return max(files, key=os.path.getsize)
 
   def truncate(path):
@@ -61,9 +72,11 @@ def broken_copies(tmp_path):
       'truncated array file': lambda d: truncate(largest(d)),
       'deleted array file': lambda d: os.remove(largest(d)),
       'truncated _METADATA': lambda d: truncate(
-          glob.glob(os.path.join(d, '*', 'model', '_METADATA'))[0]),
+          glob.glob(os.path.join(d, '*', 'model', '_METADATA'))[0]
+      ),
       'truncated model_config.json': lambda d: truncate(
-          os.path.join(d, checkpoint.CONFIG_FILE)),
+          os.path.join(d, checkpoint.CONFIG_FILE)
+      ),
   }
   out = {}
   for i, (case, damage) in enumerate(cases.items()):
@@ -88,14 +101,22 @@ def test_damaged_checkpoints_are_named(tmp_path):
     stored = json.load(f)
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(dict(stored, field_of_a_later_version=1), f)
-  with pytest.raises(checkpoint.CheckpointError,
-                     match='field_of_a_later_version.*another version'):
+  with pytest.raises(
+      checkpoint.CheckpointError,
+      match='field_of_a_later_version.*another version',
+  ):
     checkpoint.load_model(newer)
 
 
-@pytest.mark.parametrize('case', ['truncated array file', 'deleted array file',
-                                  'truncated _METADATA',
-                                  'truncated model_config.json'])
+@pytest.mark.parametrize(
+    'case',
+    [
+        'truncated array file',
+        'deleted array file',
+        'truncated _METADATA',
+        'truncated model_config.json',
+    ],
+)
 def test_evaluate_reports_a_damaged_checkpoint_in_one_line(case, tmp_path):
   directory = broken_copies(tmp_path)[case]
   output = tmp_path / 'out'
@@ -118,34 +139,48 @@ def test_bundled_model_by_name_from_any_folder(tmp_path, monkeypatch):
   for name in ('tiny_cfbi_synthetic', 'models/tiny_cfbi_synthetic'):
     assert os.path.samefile(checkpoint.resolve_model_dir(name), BUNDLED)
   assert checkpoint.read_model_config('tiny_cfbi_synthetic').variant == (
-      'tiny_cfbi')
-  with pytest.raises(FileNotFoundError, match=(
-      'model folder elsewhere/tiny_cfbi_synthetic does not exist: .*bundled '
-      r'model by name \(tiny_cfbi_synthetic\)')):
+      'tiny_cfbi'
+  )
+  with pytest.raises(
+      FileNotFoundError,
+      match=(
+          'model folder elsewhere/tiny_cfbi_synthetic does not exist: .*bundled '
+          r'model by name \(tiny_cfbi_synthetic\)'
+      ),
+  ):
     checkpoint.resolve_model_dir('elsewhere/tiny_cfbi_synthetic')
 
 
 def test_a_missing_checkpoint_folder_is_named_missing(tmp_path):
   output = tmp_path / 'out'
-  rc, text = command('evaluate.py', '--config.checkpoint=/no/such/dir',
-                     f'--config.output_dir={output}', cwd=str(tmp_path))
+  rc, text = command(
+      'evaluate.py',
+      '--config.checkpoint=/no/such/dir',
+      f'--config.output_dir={output}',
+      cwd=str(tmp_path),
+  )
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
-  assert errors == ['error: model folder /no/such/dir does not exist: give a '
-                    'folder written by cfbi-convert or train.py, or a bundled '
-                    'model by name (tiny_cfbi_synthetic)']
+  assert errors == [
+      'error: model folder /no/such/dir does not exist: give a '
+      'folder written by cfbi-convert or train.py, or a bundled '
+      'model by name (tiny_cfbi_synthetic)'
+  ]
 
 
 @pytest.mark.parametrize('script', ['evaluate.py', 'train.py'])
 def test_unknown_config_field_names_the_closest(script, tmp_path):
   field = 'checkpiont' if script == 'evaluate.py' else 'train.stpes'
   extra = [f'--workdir={tmp_path}'] if script == 'train.py' else []
-  rc, text = command(script, f'--config.{field}=1', *extra,
-                     cwd=str(tmp_path))  # Another folder than the repo.
+  rc, text = command(
+      script, f'--config.{field}=1', *extra, cwd=str(tmp_path)
+  )  # Another folder than the repo.
   assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
   closest = 'checkpoint' if script == 'evaluate.py' else 'train.steps'
-  assert (f'unknown config field --config.{field}; did you mean '
-          f'--config.{closest}?') in text
+  assert (
+      f'unknown config field --config.{field}; did you mean '
+      f'--config.{closest}?'
+  ) in text
   assert sum(line.startswith('error:') for line in text.splitlines()) == 1
 
 
@@ -175,16 +210,27 @@ def test_evaluate_on_a_full_disk_names_the_file(tmp_path):
   # The limit is set by a shell (no preexec_fn: forking this multithreaded
   # process to run Python in the child can deadlock): 3 blocks of 512
   # bytes, with SIGXFSZ ignored so that a write gets EFBIG instead.
-  command_line = ' '.join(shlex.quote(a) for a in [
-      sys.executable, os.path.join(REPO, 'evaluate.py'),
-      '--config=configs/video.py', f'--config.video={folder}',
-      f'--config.masks={tmp_path / "first.png"}',
-      f'--config.checkpoint={BUNDLED}', f'--config.output_dir={output}',
-      '--config.compilation_cache_dir='])
+  command_line = ' '.join(
+      shlex.quote(a)
+      for a in [
+          sys.executable,
+          os.path.join(REPO, 'evaluate.py'),
+          '--config=configs/video.py',
+          f'--config.video={folder}',
+          f'--config.masks={tmp_path / "first.png"}',
+          f'--config.checkpoint={BUNDLED}',
+          f'--config.output_dir={output}',
+          '--config.compilation_cache_dir=',
+      ]
+  )
   out = subprocess.run(
       ['sh', '-c', f"ulimit -f 3; trap '' XFSZ; exec {command_line}"],
-      cwd=str(tmp_path), capture_output=True, text=True, check=False,
-      env=dict(os.environ, PYTHONPATH=REPO))
+      cwd=str(tmp_path),
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, PYTHONPATH=REPO),
+  )
   text = out.stdout + out.stderr
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert out.returncode == cli.USER_EXIT_CODE, text[-2000:]
@@ -216,9 +262,14 @@ cli.run(main, [])
 
 
 def test_closed_event_loop_noise_never_prints(tmp_path):
-  out = subprocess.run([sys.executable, '-c', _STRAGGLERS], cwd=str(tmp_path),
-                       capture_output=True, text=True, check=False,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+  out = subprocess.run(
+      [sys.executable, '-c', _STRAGGLERS],
+      cwd=str(tmp_path),
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, PYTHONPATH=REPO),
+  )
   text = out.stdout + out.stderr
   assert out.returncode == cli.USER_EXIT_CODE, text
   assert 'Event loop is closed' not in text
@@ -235,33 +286,51 @@ def test_an_unwritable_output_folder_is_named_before_model_work(tmp_path):
     output = tmp_path / 'read_only'
     output.mkdir()
     output.chmod(0o500)
-  rc, text = command('evaluate.py', f'--config.output_dir={output}',
-                     cwd=str(tmp_path))
+  rc, text = command(
+      'evaluate.py', f'--config.output_dir={output}', cwd=str(tmp_path)
+  )
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
   assert len(errors) == 1, text[-2000:]
-  assert errors[0].startswith(f'error: cannot write to the output folder '
-                              f'{output} (')
+  assert errors[0].startswith(
+      f'error: cannot write to the output folder ' f'{output} ('
+  )
   assert 'tmp' not in errors[0].split(str(output))[1]
 
 
 def test_convert_of_a_missing_file_is_one_line(tmp_path):
   done = subprocess.run(
-      [sys.executable, '-m', 'cfbi_jax.convert', '--variant', 'cfbi_resnet101',
-       '--src', 'missing.pth',
-       '--dst', str(tmp_path / 'model')], cwd=str(tmp_path),
-      capture_output=True, text=True, check=False,
-      env=dict(os.environ, PYTHONPATH=REPO))
+      [
+          sys.executable,
+          '-m',
+          'cfbi_jax.convert',
+          '--variant',
+          'cfbi_resnet101',
+          '--src',
+          'missing.pth',
+          '--dst',
+          str(tmp_path / 'model'),
+      ],
+      cwd=str(tmp_path),
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, PYTHONPATH=REPO),
+  )
   rc, text = done.returncode, done.stdout + done.stderr
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert rc == cli.USER_EXIT_CODE and 'Traceback' not in text, text[-2000:]
-  assert errors == ['error: missing.pth: no such weights file (give the '
-                    'official .pth, or a state dict saved as .npz)']
+  assert errors == [
+      'error: missing.pth: no such weights file (give the '
+      'official .pth, or a state dict saved as .npz)'
+  ]
   assert not os.path.exists(tmp_path / 'model')
 
 
-@pytest.mark.parametrize('signum,code,word', [
-    (2, 130, 'interrupted (Ctrl-C)'), (15, 143, 'terminated (SIGTERM)')])
+@pytest.mark.parametrize(
+    'signum,code,word',
+    [(2, 130, 'interrupted (Ctrl-C)'), (15, 143, 'terminated (SIGTERM)')],
+)
 def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   """A real SIGINT / SIGTERM once segmenting has begun: one line saying
   what is kept, exit 128 + signal, and no sequence left looking finished
@@ -273,8 +342,9 @@ def test_a_signal_during_evaluation_is_one_line(signum, code, word, tmp_path):
   which a child of a shell's background job inherits as ignored.
   """
   root, out = str(tmp_path / 'DAVIS'), str(tmp_path / 'out')
-  synthetic_layouts.write_davis(root, num_videos=3, num_frames=12,
-                                size=(33, 49))
+  synthetic_layouts.write_davis(
+      root, num_videos=3, num_frames=12, size=(33, 49)
+  )
   hook = tmp_path / 'hook'
   hook.mkdir()
   (hook / 'sitecustomize.py').write_text(f"""
@@ -289,32 +359,53 @@ def segment_sequence(propagator, seq, config):
   return _segment(propagator, seq, config)
 evaluation.segment_sequence = segment_sequence
 """)
-  args = [sys.executable, os.path.join(REPO, 'evaluate.py'),
-          '--config=configs/eval.py:dataset=davis2017',
-          '--config.checkpoint=tiny_cfbi_synthetic',
-          f'--config.data.root={root}', '--config.data.split=train',
-          f'--config.output_dir={out}',
-          '--config.score=False']
+  args = [
+      sys.executable,
+      os.path.join(REPO, 'evaluate.py'),
+      '--config=configs/eval.py:dataset=davis2017',
+      '--config.checkpoint=tiny_cfbi_synthetic',
+      f'--config.data.root={root}',
+      '--config.data.split=train',
+      f'--config.output_dir={out}',
+      '--config.score=False',
+  ]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), REPO]))
-  first = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
-                         capture_output=True, check=False, timeout=600)
+  first = subprocess.run(
+      args,
+      cwd=str(tmp_path),
+      env=env,
+      text=True,
+      capture_output=True,
+      check=False,
+      timeout=600,
+  )
   stderr = first.stderr
   assert first.returncode == code, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
   assert re.search(r'^1/3 video0: 12 frames', stderr, re.M), stderr[-2000:]
   last = stderr.strip().splitlines()[-1]
-  assert last == (f'{word}: the sequences finished so far are kept in the '
-                  'output folder; the same command segments the rest')
+  assert last == (
+      f'{word}: the sequences finished so far are kept in the '
+      'output folder; the same command segments the rest'
+  )
   finished = sorted(os.listdir(os.path.join(out, '.inputs')))
   assert finished == ['video0.json'], finished
   assert len(os.listdir(os.path.join(out, 'video0'))) == 12
   env = dict(os.environ, PYTHONPATH=REPO)
-  done = subprocess.run(args, cwd=str(tmp_path), env=env, text=True,
-                        capture_output=True, check=False, timeout=600)
+  done = subprocess.run(
+      args,
+      cwd=str(tmp_path),
+      env=env,
+      text=True,
+      capture_output=True,
+      check=False,
+      timeout=600,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   for seq in ('video0', 'video1', 'video2'):
     assert len(os.listdir(os.path.join(out, seq))) == 12
   # stderr is a pipe, not a terminal: one line per sequence, no bars.
   assert '\r' not in done.stderr and 'it/s' not in done.stderr
-  assert re.search(r'^3/3 video2: 12 frames, [0-9.]+ frames/s$', done.stderr,
-                   re.M), done.stderr[-2000:]
+  assert re.search(
+      r'^3/3 video2: 12 frames, [0-9.]+ frames/s$', done.stderr, re.M
+  ), done.stderr[-2000:]

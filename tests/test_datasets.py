@@ -50,18 +50,28 @@ def save_mask(path, labels, mode='P'):
 
 def box_mask(obj_id=1, h=H, w=W, top=4, left=6, size=8):
   labels = np.zeros((h, w), np.uint8)
-  labels[top:top + size, left:left + size] = obj_id
+  labels[top : top + size, left : left + size] = obj_id
   return labels
 
 
-def make_davis(root, seqs=('bear', 'cat'), n_frames=3, year_dir='2017',
-               split_lines=None, split='val'):
+def make_davis(
+    root,
+    seqs=('bear', 'cat'),
+    n_frames=3,
+    year_dir='2017',
+    split_lines=None,
+    split='val',
+):
   for k, seq in enumerate(seqs):
     for i in range(n_frames):
-      save_frame(os.path.join(root, 'JPEGImages', '480p', seq, f'{i:05d}.jpg'),
-                 seed=10 * k + i)
-    save_mask(os.path.join(root, 'Annotations', '480p', seq, '00000.png'),
-              box_mask(1) + box_mask(2, top=14, left=20, size=6))
+      save_frame(
+          os.path.join(root, 'JPEGImages', '480p', seq, f'{i:05d}.jpg'),
+          seed=10 * k + i,
+      )
+    save_mask(
+        os.path.join(root, 'Annotations', '480p', seq, '00000.png'),
+        box_mask(1) + box_mask(2, top=14, left=20, size=6),
+    )
   lines = split_lines if split_lines is not None else list(seqs)
   path = os.path.join(root, 'ImageSets', year_dir, f'{split}.txt')
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -74,8 +84,16 @@ def test_palette_formula():
   p = masks.DAVIS_PALETTE
   assert p.shape == (256, 3) and p.dtype == np.uint8
   np.testing.assert_array_equal(
-      p[:6], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128],
-              [128, 0, 128]])
+      p[:6],
+      [
+          [0, 0, 0],
+          [128, 0, 0],
+          [0, 128, 0],
+          [128, 128, 0],
+          [0, 0, 128],
+          [128, 0, 128],
+      ],
+  )
   np.testing.assert_array_equal(p[255], [224, 224, 192])
 
 
@@ -94,7 +112,8 @@ def test_davis_2017(tmp_path):
   assert np.abs(frame.astype(int) - frame_rgb(1)).mean() < 3
   labels = seq.load_annotation(0)
   np.testing.assert_array_equal(
-      labels, box_mask(1) + box_mask(2, top=14, left=20, size=6))
+      labels, box_mask(1) + box_mask(2, top=14, left=20, size=6)
+  )
   assert seq.load_annotation(1) is None
   names = [(i, n) for i, n, _ in seq.iter_frames()]
   assert names == [(0, '00000'), (1, '00001'), (2, '00002')]
@@ -103,26 +122,36 @@ def test_davis_2017(tmp_path):
 def test_davis_only_first_mask_and_test_dev(tmp_path):
   root = str(tmp_path)
   make_davis(root, seqs=('judo',), split='test-dev')
-  save_mask(os.path.join(root, 'Annotations', '480p', 'judo', '00002.png'),
-            box_mask(3))
+  save_mask(
+      os.path.join(root, 'Annotations', '480p', 'judo', '00002.png'),
+      box_mask(3),
+  )
   (seq,) = datasets.davis_sequences(root, split='test-dev')
   assert list(seq.annotated) == [0]
 
 
 def test_davis_2016_pairs_binarised(tmp_path):
   root = str(tmp_path)
-  lines = [f'/JPEGImages/480p/{s}/{i:05d}.jpg /Annotations/480p/{s}/'
-           f'{i:05d}.png' for s in ('cow', 'bear') for i in range(3)]
+  lines = [
+      f'/JPEGImages/480p/{s}/{i:05d}.jpg /Annotations/480p/{s}/' f'{i:05d}.png'
+      for s in ('cow', 'bear')
+      for i in range(3)
+  ]
   make_davis(root, seqs=('bear', 'cow'), year_dir='480p', split_lines=lines)
   # The original DAVIS 2016 masks are 0/255 grayscale.
-  save_mask(os.path.join(root, 'Annotations', '480p', 'cow', '00000.png'),
-            box_mask(255), mode='L')
+  save_mask(
+      os.path.join(root, 'Annotations', '480p', 'cow', '00000.png'),
+      box_mask(255),
+      mode='L',
+  )
   seqs = datasets.davis_sequences(root, year=2016, single_object=True)
   assert [s.name for s in seqs] == ['bear', 'cow']
   for seq in seqs:
-    np.testing.assert_array_equal(seq.load_annotation(0), box_mask(1) +
-                                  box_mask(1, top=14, left=20, size=6) *
-                                  (seq.name == 'bear'))
+    np.testing.assert_array_equal(
+        seq.load_annotation(0),
+        box_mask(1)
+        + box_mask(1, top=14, left=20, size=6) * (seq.name == 'bear'),
+    )
 
 
 def test_davis_2016_from_2017_image_sets(tmp_path):
@@ -171,8 +200,9 @@ def test_davis_missing_annotation(tmp_path):
 def test_davis_frames_of_different_sizes(tmp_path):
   root = str(tmp_path)
   make_davis(root, seqs=('bear',))
-  save_frame(os.path.join(root, 'JPEGImages', '480p', 'bear', '00002.jpg'),
-             h=H + 2)
+  save_frame(
+      os.path.join(root, 'JPEGImages', '480p', 'bear', '00002.jpg'), h=H + 2
+  )
   with pytest.raises(DatasetError, match='differ in size.*00002.jpg'):
     datasets.davis_sequences(root)
 
@@ -186,18 +216,31 @@ def make_youtube_vos(split_dir, n_jpegs=11):
   """
   for i in range(n_jpegs):
     save_frame(os.path.join(split_dir, 'JPEGImages', 'v1', f'{i:05d}.jpg'), i)
-  save_mask(os.path.join(split_dir, 'Annotations', 'v1', '00000.png'),
-            box_mask(1))
-  save_mask(os.path.join(split_dir, 'Annotations', 'v1', '00005.png'),
-            box_mask(2, top=14, left=20, size=6))
+  save_mask(
+      os.path.join(split_dir, 'Annotations', 'v1', '00000.png'), box_mask(1)
+  )
+  save_mask(
+      os.path.join(split_dir, 'Annotations', 'v1', '00005.png'),
+      box_mask(2, top=14, left=20, size=6),
+  )
   save_frame(os.path.join(split_dir, 'JPEGImages', 'v0', '00003.jpg'))
-  save_mask(os.path.join(split_dir, 'Annotations', 'v0', '00003.png'),
-            box_mask(1))
-  meta = {'videos': {
-      'v1': {'objects': {
-          '1': {'category': 'cat', 'frames': ['00000', '00005', '00010']},
-          '2': {'category': 'dog', 'frames': ['00005', '00010']}}},
-      'v0': {'objects': {'1': {'category': 'x', 'frames': ['00003']}}}}}
+  save_mask(
+      os.path.join(split_dir, 'Annotations', 'v0', '00003.png'), box_mask(1)
+  )
+  meta = {
+      'videos': {
+          'v1': {
+              'objects': {
+                  '1': {
+                      'category': 'cat',
+                      'frames': ['00000', '00005', '00010'],
+                  },
+                  '2': {'category': 'dog', 'frames': ['00005', '00010']},
+              }
+          },
+          'v0': {'objects': {'1': {'category': 'x', 'frames': ['00003']}}},
+      }
+  }
   with open(os.path.join(split_dir, 'meta.json'), 'w') as f:
     json.dump(meta, f)
 
@@ -214,8 +257,9 @@ def test_youtube_vos(tmp_path, use_parent):
   assert seq.frame_names == ['00000', '00005', '00010']
   assert sorted(seq.annotated) == [0, 1]
   assert seq.annotated[1].endswith(os.path.join('v1', '00005.png'))
-  np.testing.assert_array_equal(seq.load_annotation(1),
-                                box_mask(2, top=14, left=20, size=6))
+  np.testing.assert_array_equal(
+      seq.load_annotation(1), box_mask(2, top=14, left=20, size=6)
+  )
   assert seq.load_annotation(2) is None
   assert np.abs(seq.load_frame(2).astype(int) - frame_rgb(10)).mean() < 3
 
@@ -242,17 +286,24 @@ def test_youtube_vos_meta_reader(tmp_path):
   make_youtube_vos(split_dir)
   root, videos = datasets.read_youtube_vos_meta(str(tmp_path), 'valid')
   assert root == split_dir and list(videos) == ['v0', 'v1']
-  assert videos['v1'] == {'1': ['00000', '00005', '00010'],
-                          '2': ['00005', '00010']}
+  assert videos['v1'] == {
+      '1': ['00000', '00005', '00010'],
+      '2': ['00005', '00010'],
+  }
   meta_path = os.path.join(split_dir, 'meta.json')
   for text, message in [
       ('{"videos": ', 'meta.json is not valid JSON'),
       ('[]', 'no "videos" object'),
       ('{"videos": {"v": {}}}', 'video v has no "objects"'),
-      ('{"videos": {"v": {"objects": {"1": {}}}}}',
-       'object 1 of video v has no "frames"'),
-      ('{"videos": {"v": {"objects": {"1": {"frames": [0]}}}}}',
-       'object 1 of video v has no "frames"')]:
+      (
+          '{"videos": {"v": {"objects": {"1": {}}}}}',
+          'object 1 of video v has no "frames"',
+      ),
+      (
+          '{"videos": {"v": {"objects": {"1": {"frames": [0]}}}}}',
+          'object 1 of video v has no "frames"',
+      ),
+  ]:
     with open(meta_path, 'w') as f:
       f.write(text)
     with pytest.raises(DatasetError, match=message):
@@ -280,8 +331,9 @@ def test_own_frame_folder_natural_order(tmp_path):
   assert sorted(seq.annotated) == [0, 2]
   # PNG frames are lossless; f10 was written first (seed 0).
   np.testing.assert_array_equal(seq.load_frame(2), frame_rgb(0))
-  single = datasets.own_video_sequence(str(frames), str(mask_dir / 'f1.png'),
-                                       name='x')
+  single = datasets.own_video_sequence(
+      str(frames), str(mask_dir / 'f1.png'), name='x'
+  )
   assert single.name == 'x' and list(single.annotated) == [0]
 
 
@@ -321,12 +373,16 @@ def test_own_video_file(tmp_path):
   np.testing.assert_array_equal(seq.load_frame(4), frames[4][2])
   np.testing.assert_array_equal(seq.load_frame(5), frames[5][2])
   np.testing.assert_array_equal(seq.load_frame(1), frames[1][2])
-  np.testing.assert_array_equal(seq.load_annotation(3),
-                                box_mask(2, top=14, left=20, size=6))
+  np.testing.assert_array_equal(
+      seq.load_annotation(3), box_mask(2, top=14, left=20, size=6)
+  )
   # A sequence claiming more frames than the file holds.
   longer = datasets.VideoSequence(
-      name='walk', frame_names=[f'{i:05d}' for i in range(8)],
-      annotated={0: str(mask_dir / '00000.png')}, video_path=str(video))
+      name='walk',
+      frame_names=[f'{i:05d}' for i in range(8)],
+      annotated={0: str(mask_dir / '00000.png')},
+      video_path=str(video),
+  )
   with pytest.raises(DatasetError, match='walk.mp4 has 6 frames, expected 8'):
     longer.validate()
   with pytest.raises(DatasetError, match='ended after 6 frames; frame 7'):
@@ -373,8 +429,9 @@ def test_colour_mask_rejected(tmp_path, mode):
   save_frame(str(frames / '00000.jpg'))
   mask = tmp_path / 'rgb.png'
   save_mask(str(mask), box_mask(1), mode=mode)
-  with pytest.raises(DatasetError,
-                     match=f'rgb.png is a colour .{mode}.*palette'):
+  with pytest.raises(
+      DatasetError, match=f'rgb.png is a colour .{mode}.*palette'
+  ):
     datasets.own_video_sequence(str(frames), str(mask))
 
 
@@ -427,8 +484,11 @@ def test_mask_size_empty_and_max_objects(tmp_path):
     datasets.own_video_sequence(str(frames), str(empty))
   many = tmp_path / 'many.png'
   save_mask(str(many), box_mask(1) + box_mask(5, top=14, left=20, size=6))
-  with pytest.raises(DatasetError, match=r'many.png has object ids \[5\] above '
-                     r'max_objects=4; raise it with --config.max_objects=5'):
+  with pytest.raises(
+      DatasetError,
+      match=r'many.png has object ids \[5\] above '
+      r'max_objects=4; raise it with --config.max_objects=5',
+  ):
     datasets.own_video_sequence(str(frames), str(many), max_objects=4)
   seq = datasets.own_video_sequence(str(frames), str(many), max_objects=5)
   assert seq.load_annotation(0).max() == 5

@@ -22,16 +22,23 @@ from PIL import Image
 
 from cfbi_jax import davis_eval
 
-FIXTURE_DIR = pathlib.Path(os.environ.get(
-    'CFBI_DAVIS_METRIC_DIR',
-    pathlib.Path(__file__).resolve().parents[1] / '..' / 'shared' /
-    'fixtures' / 'davis-metric'))
+FIXTURE_DIR = pathlib.Path(
+    os.environ.get(
+        'CFBI_DAVIS_METRIC_DIR',
+        pathlib.Path(__file__).resolve().parents[1]
+        / '..'
+        / 'shared'
+        / 'fixtures'
+        / 'davis-metric',
+    )
+)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 needs_fixture = pytest.mark.skipif(
     not (FIXTURE_DIR / 'expected' / 'results.json').is_file(),
     reason=f'DAVIS metric fixture not found at {FIXTURE_DIR} '
-    '(set CFBI_DAVIS_METRIC_DIR)')
+    '(set CFBI_DAVIS_METRIC_DIR)',
+)
 
 # Standard DAVIS / PASCAL VOC colour map, first entries.
 PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128] + [0] * 753
@@ -50,8 +57,11 @@ def copy_preds(dst: pathlib.Path) -> pathlib.Path:
 
 def expected(name: str):
   path = FIXTURE_DIR / 'expected' / name
-  return json.loads(path.read_text()) if name.endswith('.json') else (
-      path.read_bytes())
+  return (
+      json.loads(path.read_text())
+      if name.endswith('.json')
+      else (path.read_bytes())
+  )
 
 
 @pytest.fixture(scope='module')
@@ -60,8 +70,7 @@ def fixture_run(tmp_path_factory):
   if not (FIXTURE_DIR / 'expected' / 'results.json').is_file():
     pytest.skip(f'DAVIS metric fixture not found at {FIXTURE_DIR}')
   preds = copy_preds(tmp_path_factory.mktemp('davis'))
-  return davis_eval.evaluate_davis(str(FIXTURE_DIR / 'data'), str(preds),
-                                   'val')
+  return davis_eval.evaluate_davis(str(FIXTURE_DIR / 'data'), str(preds), 'val')
 
 
 # ----------------------------------------------------------- golden (fixture)
@@ -103,9 +112,18 @@ def test_cli_writes_official_csvs_and_console(tmp_path, capsys):
   # Stale CSVs must be recomputed, not reprinted.
   (preds / 'global_results-val.csv').write_text('stale\n')
   (preds / 'per-sequence_results-val.csv').write_text('stale\n')
-  rc = davis_eval.main(['--davis_path', str(FIXTURE_DIR / 'data'),
-                        '--results_path', str(preds), '--set', 'val',
-                        '--task', 'semi-supervised'])
+  rc = davis_eval.main(
+      [
+          '--davis_path',
+          str(FIXTURE_DIR / 'data'),
+          '--results_path',
+          str(preds),
+          '--set',
+          'val',
+          '--task',
+          'semi-supervised',
+      ]
+  )
   assert rc == 0
   for name in ('global_results-val.csv', 'per-sequence_results-val.csv'):
     assert (preds / name).read_bytes() == expected(name), name
@@ -127,13 +145,26 @@ def _without_timing(text):
 def test_cli_as_module_subprocess(tmp_path):
   preds = copy_preds(tmp_path)
   proc = subprocess.run(
-      [sys.executable, '-m', 'cfbi_jax.davis_eval', '--davis_path',
-       str(FIXTURE_DIR / 'data'), '--results_path', str(preds)],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+      [
+          sys.executable,
+          '-m',
+          'cfbi_jax.davis_eval',
+          '--davis_path',
+          str(FIXTURE_DIR / 'data'),
+          '--results_path',
+          str(preds),
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr
   assert ' 0.774381 0.708354  0.766369' in proc.stdout
   assert (preds / 'global_results-val.csv').read_bytes() == expected(
-      'global_results-val.csv')
+      'global_results-val.csv'
+  )
 
 
 # -------------------------------------------------------- synthetic dataset
@@ -141,7 +172,7 @@ def write_png(path: pathlib.Path, labels: np.ndarray, mode: str = 'P'):
   path.parent.mkdir(parents=True, exist_ok=True)
   im = Image.fromarray(labels.astype(np.uint8))
   if mode == 'P':
-    im.putpalette(PALETTE)   # an 'L' image with a palette becomes 'P'
+    im.putpalette(PALETTE)  # an 'L' image with a palette becomes 'P'
   elif mode == 'RGB':
     im = im.convert('RGB')
   im.save(path)
@@ -156,7 +187,7 @@ def make_dataset(root: pathlib.Path, num_frames: int = 5):
   for seq, k in (('seq-a', 2), ('seq-b', 1)):
     for t in range(num_frames):
       lab = np.zeros((24, 32), np.uint8)
-      lab[3:10, 2 + t:12 + t] = 1
+      lab[3:10, 2 + t : 12 + t] = 1
       if k == 2:
         lab[14:20, 16:28] = 2
       write_png(data / 'Annotations' / '480p' / seq / f'{t:05d}.png', lab)
@@ -168,17 +199,28 @@ def test_synthetic_perfect_predictions(tmp_path):
   data, preds = make_dataset(tmp_path)
   res = davis_eval.evaluate_davis(str(data), str(preds))
   assert [r['Sequence'] for r in res['per_object']] == [
-      'seq-a_1', 'seq-a_2', 'seq-b_1']
-  assert res['global'] == {'J&F-Mean': 1.0, 'J-Mean': 1.0, 'J-Recall': 1.0,
-                           'J-Decay': 0.0, 'F-Mean': 1.0, 'F-Recall': 1.0,
-                           'F-Decay': 0.0}
+      'seq-a_1',
+      'seq-a_2',
+      'seq-b_1',
+  ]
+  assert res['global'] == {
+      'J&F-Mean': 1.0,
+      'J-Mean': 1.0,
+      'J-Recall': 1.0,
+      'J-Decay': 0.0,
+      'F-Mean': 1.0,
+      'F-Recall': 1.0,
+      'F-Decay': 0.0,
+  }
   assert davis_eval.global_csv(res) == (
       'J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay\n'
-      '1.000,1.000,1.000,0.000,1.000,1.000,0.000\n')
+      '1.000,1.000,1.000,0.000,1.000,1.000,0.000\n'
+  )
   # pandas trims the zeros every value of a column shares (keeping one).
   assert davis_eval.format_results(res).splitlines()[1:3] == [
       ' J&F-Mean  J-Mean  J-Recall  J-Decay  F-Mean  F-Recall  F-Decay',
-      '      1.0     1.0       1.0      0.0     1.0       1.0      0.0']
+      '      1.0     1.0       1.0      0.0     1.0       1.0      0.0',
+  ]
 
 
 def test_first_and_last_predictions_are_not_read(tmp_path):
@@ -194,11 +236,14 @@ def test_label_above_num_objects_is_an_error(tmp_path, capsys):
   bad = np.zeros((24, 32), np.uint8)
   bad[0, 0] = 3
   write_png(preds / 'seq-a' / '00002.png', bad)
-  with pytest.raises(davis_eval.DavisEvalError,
-                     match=r'seq-a: prediction frame 00002 contains label 3'):
+  with pytest.raises(
+      davis_eval.DavisEvalError,
+      match=r'seq-a: prediction frame 00002 contains label 3',
+  ):
     davis_eval.evaluate_davis(str(data), str(preds))
-  rc = davis_eval.main(['--davis_path', str(data), '--results_path',
-                        str(preds)])
+  rc = davis_eval.main(
+      ['--davis_path', str(data), '--results_path', str(preds)]
+  )
   assert rc == 1
   assert 'label 3' in capsys.readouterr().err
   assert not (preds / 'global_results-val.csv').exists()
@@ -208,8 +253,9 @@ def test_missing_prediction_is_an_error_naming_the_file(tmp_path):
   data, preds = make_dataset(tmp_path)
   missing = preds / 'seq-b' / '00003.png'
   missing.unlink()
-  with pytest.raises(davis_eval.DavisEvalError,
-                     match=f'missing prediction file: {missing}'):
+  with pytest.raises(
+      davis_eval.DavisEvalError, match=f'missing prediction file: {missing}'
+  ):
     davis_eval.evaluate_davis(str(data), str(preds))
 
 
@@ -225,8 +271,9 @@ def test_rgb_prediction_is_an_error(tmp_path):
   data, preds = make_dataset(tmp_path)
   path = preds / 'seq-a' / '00001.png'
   write_png(path, np.zeros((24, 32), np.uint8), mode='RGB')
-  with pytest.raises(davis_eval.DavisEvalError,
-                     match=f"{path} has PIL mode 'RGB'"):
+  with pytest.raises(
+      davis_eval.DavisEvalError, match=f"{path} has PIL mode 'RGB'"
+  ):
     davis_eval.evaluate_davis(str(data), str(preds))
 
 
@@ -237,8 +284,16 @@ def test_missing_split_file_and_other_task(tmp_path):
   with pytest.raises(davis_eval.DavisEvalError, match='semi-supervised'):
     davis_eval.evaluate_davis(str(data), str(preds), task='unsupervised')
   with pytest.raises(SystemExit) as exc:
-    davis_eval.main(['--davis_path', str(data), '--results_path',
-                     str(preds), '--task', 'unsupervised'])
+    davis_eval.main(
+        [
+            '--davis_path',
+            str(data),
+            '--results_path',
+            str(preds),
+            '--task',
+            'unsupervised',
+        ]
+    )
   assert exc.value.code == 2
 
 

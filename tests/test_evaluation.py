@@ -60,10 +60,14 @@ def _davis_root(root, names=('alpha', 'beta')):
   for i, name in enumerate(names):
     frames, labels = synthetic_clips.two_squares(seed=i)
     for t, (f, l) in enumerate(zip(frames, labels)):
-      _save_png(os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'),
-                f, palette=False)
-      _save_png(os.path.join(root, 'Annotations', '480p', name,
-                             f'{t:05d}.png'), l)
+      _save_png(
+          os.path.join(root, 'JPEGImages', '480p', name, f'{t:05d}.jpg'),
+          f,
+          palette=False,
+      )
+      _save_png(
+          os.path.join(root, 'Annotations', '480p', name, f'{t:05d}.png'), l
+      )
   os.makedirs(os.path.join(root, 'ImageSets', '2017'), exist_ok=True)
   with open(os.path.join(root, 'ImageSets', '2017', 'val.txt'), 'w') as f:
     f.write('\n'.join(names) + '\n')
@@ -78,15 +82,17 @@ def dict_copy(config, **fields):
 
 
 def _config(base, dataset=None, **fields):
-  return dict_copy(base.get_config(f'dataset={dataset}' if dataset else None),
-                   **fields)
+  return dict_copy(
+      base.get_config(f'dataset={dataset}' if dataset else None), **fields
+  )
 
 
 # The command line (convert, then evaluate.py on a frame folder) is the same
 # wiring for every variant, and every variant's numerical parity is
 # tests/test_parity.py's; one variant, the cheapest, keeps CI time down.
-_CLI_VARIANTS = ([v for v in pf.variants() if v == 'cfbi_mobilenetv2']
-                 or pf.variants()[:1])
+_CLI_VARIANTS = [
+    v for v in pf.variants() if v == 'cfbi_mobilenetv2'
+] or pf.variants()[:1]
 
 
 @pytest.mark.slow
@@ -98,23 +104,47 @@ def test_command_line_on_parity_clip(variant, tmp_path):
   np.savez(src, **sd)
   ckpt = str(tmp_path / 'ckpt')
   env = dict(os.environ, PYTHONPATH=REPO)
-  subprocess.run([sys.executable, '-m', 'cfbi_jax.convert', '--variant',
-                  variant, '--src', src, '--dst', ckpt], check=True, env=env,
-                 cwd=REPO, capture_output=True)
+  subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'cfbi_jax.convert',
+          '--variant',
+          variant,
+          '--src',
+          src,
+          '--dst',
+          ckpt,
+      ],
+      check=True,
+      env=env,
+      cwd=REPO,
+      capture_output=True,
+  )
   out = str(tmp_path / 'out')
   result = subprocess.run(
-      [sys.executable, 'evaluate.py', '--config=configs/video.py',
-       f'--config.video={pf.path("clip", "frames")}',
-       f'--config.masks={pf.path("clip", "annotations", "00000.png")}',
-       f'--config.checkpoint={ckpt}', f'--config.output_dir={out}',
-       '--config.save_probs=True', '--config.overlays=False',
-       f'--config.compilation_cache_dir={tmp_path / "jax_cache"}'],
+      [
+          sys.executable,
+          'evaluate.py',
+          '--config=configs/video.py',
+          f'--config.video={pf.path("clip", "frames")}',
+          f'--config.masks={pf.path("clip", "annotations", "00000.png")}',
+          f'--config.checkpoint={ckpt}',
+          f'--config.output_dir={out}',
+          '--config.save_probs=True',
+          '--config.overlays=False',
+          f'--config.compilation_cache_dir={tmp_path / "jax_cache"}',
+      ],
       env={k: v for k, v in env.items() if k != 'JAX_COMPILATION_CACHE_DIR'},
-      cwd=REPO, capture_output=True, text=True)
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   # The compiled steps went to the persistent compilation cache.
-  assert any('next_frame' in name
-             for name in os.listdir(tmp_path / 'jax_cache'))
+  assert any(
+      'next_frame' in name for name in os.listdir(tmp_path / 'jax_cache')
+  )
   probs = np.load(os.path.join(out, 'frames', '00001.npz'))['probs']
   official = pf.load_npz(variant, 'frame1.npz')['probs'][0]
   diff = pf.max_abs_diff(probs, official)
@@ -133,9 +163,14 @@ def tiny_ckpt(tmp_path_factory):
 def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   root = _davis_root(str(tmp_path / 'DAVIS'))
   out = str(tmp_path / 'out')
-  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
-                   dataset='davis2017', **{'data.root': root},
-                   save_probs=True)
+  config = _config(
+      eval_config,
+      checkpoint=tiny_ckpt,
+      output_dir=out,
+      dataset='davis2017',
+      **{'data.root': root},
+      save_probs=True,
+  )
   summary = evaluation.run(config)
   assert [r['sequence'] for r in summary['sequences']] == ['alpha', 'beta']
   assert 0.0 <= summary['davis']['J&F-Mean'] <= 1.0
@@ -148,14 +183,17 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   # Frame 0's PNG is the given annotation.
   first = np.asarray(Image.open(os.path.join(out, 'alpha', '00000.png')))
   np.testing.assert_array_equal(
-      first, synthetic_clips.two_squares(seed=0)[1][0])
+      first, synthetic_clips.two_squares(seed=0)[1][0]
+  )
   # A re-run skips both finished sequences and rewrites nothing.
   stamp = os.path.getmtime(os.path.join(out, 'beta', '00003.png'))
   capsys.readouterr()
   again = evaluation.run(config)
   assert again['skipped_complete'] == ['alpha', 'beta']
-  assert (f'outputs: {out}; reusing 2 of 2 sequences, finished there from '
-          'the same inputs (alpha, beta)') in capsys.readouterr().out
+  assert (
+      f'outputs: {out}; reusing 2 of 2 sequences, finished there from '
+      'the same inputs (alpha, beta)'
+  ) in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(out, 'beta', '00003.png')) == stamp
   # ... and keeps the first run's timings in summary.json.
   assert again['sequences'] == summary['sequences']
@@ -168,8 +206,9 @@ def test_davis_run_scores_and_resumes(tiny_ckpt, tmp_path, capsys):
   assert third['sequences'][0] == summary['sequences'][0]
   assert third['sequences'][1] != summary['sequences'][1]
   with open(os.path.join(out, 'summary.json'), encoding='utf-8') as f:
-    assert json.load(f)['sequences'] == json.loads(json.dumps(
-        third['sequences']))
+    assert json.load(f)['sequences'] == json.loads(
+        json.dumps(third['sequences'])
+    )
 
 
 def test_changed_inputs_are_segmented_again(tiny_ckpt, tmp_path, capsys):
@@ -178,21 +217,30 @@ def test_changed_inputs_are_segmented_again(tiny_ckpt, tmp_path, capsys):
   makes its sequence run again; the other sequence is still reused."""
   root = _davis_root(str(tmp_path / 'DAVIS'))
   out = str(tmp_path / 'out')
-  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
-                   dataset='davis2017', **{'data.root': root})
+  config = _config(
+      eval_config,
+      checkpoint=tiny_ckpt,
+      output_dir=out,
+      dataset='davis2017',
+      **{'data.root': root},
+  )
   evaluation.run(config)
-  labels = lambda t: np.asarray(Image.open(
-      os.path.join(out, 'alpha', f'{t:05d}.png')))
+  labels = lambda t: np.asarray(
+      Image.open(os.path.join(out, 'alpha', f'{t:05d}.png'))
+  )
   assert labels(0).max() == 2  # frame 0's PNG is its annotation
   mask_path = os.path.join(root, 'Annotations', '480p', 'alpha', '00000.png')
-  _save_png(mask_path, (np.asarray(Image.open(mask_path)) == 1).astype(
-      np.uint8))
+  _save_png(
+      mask_path, (np.asarray(Image.open(mask_path)) == 1).astype(np.uint8)
+  )
   capsys.readouterr()
   again = evaluation.run(config)
   assert again['skipped_complete'] == ['beta']
-  assert ('reusing 1 of 2 sequences, finished there from the same inputs '
-          '(beta); segmenting 1 again, whose inputs changed since their '
-          'outputs were written (alpha)') in capsys.readouterr().out
+  assert (
+      'reusing 1 of 2 sequences, finished there from the same inputs '
+      '(beta); segmenting 1 again, whose inputs changed since their '
+      'outputs were written (alpha)'
+  ) in capsys.readouterr().out
   # The new one-object mask's segmentation.
   assert labels(0).max() == 1 and labels(3).max() <= 1
   # A frame replaced by another file of the same name counts too.
@@ -209,21 +257,38 @@ def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
   for n, f in zip(names, frames):
     _save_png(str(root / 'JPEGImages' / 'vid' / f'{n}.jpg'), f, palette=False)
   # An extra JPEG that meta.json does not list is not segmented.
-  _save_png(str(root / 'JPEGImages' / 'vid' / '00001.jpg'), frames[0],
-            palette=False)
-  _save_png(str(root / 'Annotations' / 'vid' / f'{names[0]}.png'),
-            (labels[0] == 1).astype(np.uint8))
-  _save_png(str(root / 'Annotations' / 'vid' / f'{names[2]}.png'),
-            np.where(labels[2] == 2, 2, 0).astype(np.uint8))
-  meta = {'videos': {'vid': {'objects': {
-      '1': {'category': 'a', 'frames': names},
-      '2': {'category': 'b', 'frames': names[2:]}}}}}
+  _save_png(
+      str(root / 'JPEGImages' / 'vid' / '00001.jpg'), frames[0], palette=False
+  )
+  _save_png(
+      str(root / 'Annotations' / 'vid' / f'{names[0]}.png'),
+      (labels[0] == 1).astype(np.uint8),
+  )
+  _save_png(
+      str(root / 'Annotations' / 'vid' / f'{names[2]}.png'),
+      np.where(labels[2] == 2, 2, 0).astype(np.uint8),
+  )
+  meta = {
+      'videos': {
+          'vid': {
+              'objects': {
+                  '1': {'category': 'a', 'frames': names},
+                  '2': {'category': 'b', 'frames': names[2:]},
+              }
+          }
+      }
+  }
   with open(root / 'meta.json', 'w') as f:
     json.dump(meta, f)
   out = str(tmp_path / 'out')
-  config = _config(eval_config, checkpoint=tiny_ckpt, output_dir=out,
-                   dataset='youtubevos2018', save_probs=True,
-                   **{'data.root': str(tmp_path / 'ytvos')})
+  config = _config(
+      eval_config,
+      checkpoint=tiny_ckpt,
+      output_dir=out,
+      dataset='youtubevos2018',
+      save_probs=True,
+      **{'data.root': str(tmp_path / 'ytvos')},
+  )
   summary = evaluation.run(config)
   with zipfile.ZipFile(summary['submission']) as z:
     assert sorted(z.namelist()) == [f'Annotations/vid/{n}.png' for n in names]
@@ -231,8 +296,9 @@ def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
   k_before = np.load(os.path.join(out, 'vid', f'{names[2]}.npz'))['probs']
   k_after = np.load(os.path.join(out, 'vid', f'{names[3]}.npz'))['probs']
   assert k_before.shape[0] == 2 and k_after.shape[0] == 3
-  pasted = np.asarray(Image.open(os.path.join(out, 'Annotations', 'vid',
-                                              f'{names[2]}.png')))
+  pasted = np.asarray(
+      Image.open(os.path.join(out, 'Annotations', 'vid', f'{names[2]}.png'))
+  )
   assert np.all(pasted[labels[2] == 2] == 2)
   # A streaming Session on the same model directory, frames and masks gives
   # exactly the labels evaluate.py wrote.
@@ -240,8 +306,9 @@ def test_youtube_vos_late_object_and_submission(tiny_ckpt, tmp_path):
   stream = Session(tiny_ckpt)
   for t, name, rgb in seq.iter_frames():
     mask = seq.load_annotation(t) if t in seq.annotated else None
-    written = np.asarray(Image.open(os.path.join(out, 'Annotations', 'vid',
-                                                 f'{name}.png')))
+    written = np.asarray(
+        Image.open(os.path.join(out, 'Annotations', 'vid', f'{name}.png'))
+    )
     np.testing.assert_array_equal(stream.push(rgb, mask), written)
 
 
@@ -253,8 +320,13 @@ def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
   mask = str(tmp_path / 'first.png')
   _save_png(mask, labels[0])
   out = str(tmp_path / 'out')
-  config = _config(video_config, checkpoint=tiny_ckpt, output_dir=out,
-                   video=video, masks=mask)
+  config = _config(
+      video_config,
+      checkpoint=tiny_ckpt,
+      output_dir=out,
+      video=video,
+      masks=mask,
+  )
   summary = evaluation.run(config)
   assert summary['sequences'][0]['frames'] == 4
   for t in range(4):
@@ -262,17 +334,21 @@ def test_video_file_input_with_overlays(tiny_ckpt, tmp_path):
     assert os.path.exists(os.path.join(out, 'clip_overlay', f'{t:05d}.png'))
   # The overlay video keeps the input's 10 frames/s.
   overlay = datasets.own_video_sequence(
-      os.path.join(out, 'clip_overlay.mp4'), mask, validate=False)
+      os.path.join(out, 'clip_overlay.mp4'), mask, validate=False
+  )
   assert overlay.frame_rate() == pytest.approx(10.0)
 
 
-@pytest.mark.parametrize('case,message', [
-    ('rgb_mask', 'palette'),
-    ('size_mismatch', 'but its frame is'),
-    ('empty_first_mask', 'no object'),
-    ('too_many_objects', 'max_objects'),
-    ('missing_frame_dir', 'not found|does not exist|no frames|missing'),
-])
+@pytest.mark.parametrize(
+    'case,message',
+    [
+        ('rgb_mask', 'palette'),
+        ('size_mismatch', 'but its frame is'),
+        ('empty_first_mask', 'no object'),
+        ('too_many_objects', 'max_objects'),
+        ('missing_frame_dir', 'not found|does not exist|no frames|missing'),
+    ],
+)
 def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
   frames, labels = synthetic_clips.two_squares(num_frames=3)
   folder = tmp_path / 'frames'
@@ -290,21 +366,27 @@ def test_bad_inputs_are_clear_errors(tiny_ckpt, tmp_path, case, message):
   else:
     _save_png(mask, labels[0])
     folder = tmp_path / 'nowhere'
-  config = _config(video_config, checkpoint=tiny_ckpt,
-                   output_dir=str(tmp_path / 'out'), video=str(folder),
-                   masks=mask, max_objects=5)
-  with pytest.raises((datasets.DatasetError, ValueError, FileNotFoundError),
-                     match=message):
+  config = _config(
+      video_config,
+      checkpoint=tiny_ckpt,
+      output_dir=str(tmp_path / 'out'),
+      video=str(folder),
+      masks=mask,
+      max_objects=5,
+  )
+  with pytest.raises(
+      (datasets.DatasetError, ValueError, FileNotFoundError), match=message
+  ):
     evaluation.run(config)
   assert not os.path.exists(tmp_path / 'out' / 'frames' / '00001.png')
 
 
-def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
-                                                             tmp_path):
+def test_default_run_is_the_bundled_model_on_held_out_videos(
+    tiny_ckpt, tmp_path
+):
   config = eval_config.get_config()
   assert config.dataset == 'synthetic' and config.data.synthetic_seed == 2
-  assert os.path.isfile(os.path.join(config.checkpoint,
-                                     checkpoint.CONFIG_FILE))
+  assert os.path.isfile(os.path.join(config.checkpoint, checkpoint.CONFIG_FILE))
   # The first of the 20 default videos (same seed, so the same video).
   config.data.synthetic_videos = 1
   config.data.root = str(tmp_path / 'data')
@@ -328,15 +410,15 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
   config_json = os.path.join(moved, checkpoint.CONFIG_FILE)
   with open(config_json, 'a') as f:
     f.write('\n')  # Same folder, other bytes.
-  other = dict_copy(config, checkpoint=moved,
-                    output_dir=str(tmp_path / 'out2'))
+  other = dict_copy(config, checkpoint=moved, output_dir=str(tmp_path / 'out2'))
   other.data.synthetic_videos = 1
   os.makedirs(other.output_dir)  # As evaluation.run does before claiming.
   # The input channel order the run claims: the model's own.
   bgr = family.bgr(checkpoint.read_model_config(config.checkpoint))
   evaluation._claim_output_dir(other, bgr)  # pylint: disable=protected-access
-  shutil.copy(os.path.join(config.checkpoint, checkpoint.CONFIG_FILE),
-              config_json)
+  shutil.copy(
+      os.path.join(config.checkpoint, checkpoint.CONFIG_FILE), config_json
+  )
   with pytest.raises(ValueError, match='digest differ'):
     evaluation._claim_output_dir(other, bgr)  # pylint: disable=protected-access
   # Outputs without a claim (written before claims existed) are refused.
@@ -347,23 +429,32 @@ def test_default_run_is_the_bundled_model_on_held_out_videos(tiny_ckpt,
 
 def test_config_errors(tiny_ckpt, tmp_path):
   with pytest.raises(ValueError, match='checkpoint'):
-    evaluation.run(_config(eval_config, output_dir=str(tmp_path),
-                           checkpoint=''))
+    evaluation.run(
+        _config(eval_config, output_dir=str(tmp_path), checkpoint='')
+    )
   with pytest.raises(ValueError, match='holds'):
-    evaluation.run(_config(eval_config, checkpoint=tiny_ckpt,
-                           output_dir=str(tmp_path), variant='cfbi_resnet101',
-                           **{'data.root': str(tmp_path)}))
+    evaluation.run(
+        _config(
+            eval_config,
+            checkpoint=tiny_ckpt,
+            output_dir=str(tmp_path),
+            variant='cfbi_resnet101',
+            **{'data.root': str(tmp_path)},
+        )
+    )
   with pytest.raises(ValueError, match='unknown config argument'):
     eval_config.get_config('varient=cfbi_resnet101')
   # --config.dataset over the synthetic defaults (bundled model, its test
   # scale) would evaluate DAVIS with them.
   synthetic_defaults = eval_config.get_config()
   assert tuple(synthetic_defaults.tta.scales) == (eval_config.SYNTHETIC_SCALE,)
-  assert tuple(eval_config.get_config('dataset=davis2017').tta.scales) == (
-      1.0,)
+  assert tuple(eval_config.get_config('dataset=davis2017').tta.scales) == (1.0,)
   with pytest.raises(ValueError, match='dataset=davis2017 instead of'):
-    evaluation.run(dict_copy(synthetic_defaults, dataset='davis2017',
-                             output_dir=str(tmp_path)))
+    evaluation.run(
+        dict_copy(
+            synthetic_defaults, dataset='davis2017', output_dir=str(tmp_path)
+        )
+    )
   with pytest.raises(AttributeError):
     config = eval_config.get_config()
     config.lock()

@@ -20,7 +20,7 @@ from cfbi_jax import synthetic
 from configs import eval as eval_config
 from tests import parity_fixtures as pf
 
-_STANDALONE = textwrap.dedent('''
+_STANDALONE = textwrap.dedent("""
     import sys
     sys.modules['flax'] = None      # import flax -> ImportError
     sys.modules['cfbi_jax'] = None  # import cfbi_jax -> ImportError
@@ -37,7 +37,7 @@ _STANDALONE = textwrap.dedent('''
       state, frame_labels = step.call(state, frame)
       labels.append(np.asarray(frame_labels))
     np.save(sys.argv[3], np.stack(labels))
-''')
+""")
 
 
 def export_and_run(ckpt, frames, mask, scale, tmp_path, platforms=()):
@@ -49,11 +49,29 @@ def export_and_run(ckpt, frames, mask, scale, tmp_path, platforms=()):
   out = str(tmp_path / 'export')
   env = dict(os.environ, PYTHONPATH=pf.REPO)
   made = subprocess.run(
-      [sys.executable, '-m', 'cfbi_jax.inference.export', '--checkpoint',
-       ckpt, '--height', str(height), '--width', str(width), '--objects',
-       str(int(mask.max())), '--scale', str(scale), '--out', out]
+      [
+          sys.executable,
+          '-m',
+          'cfbi_jax.inference.export',
+          '--checkpoint',
+          ckpt,
+          '--height',
+          str(height),
+          '--width',
+          str(width),
+          '--objects',
+          str(int(mask.max())),
+          '--scale',
+          str(scale),
+          '--out',
+          out,
+      ]
       + (['--platforms', *platforms] if platforms else []),
-      env=env, cwd=pf.REPO, capture_output=True, text=True)
+      env=env,
+      cwd=pf.REPO,
+      capture_output=True,
+      text=True,
+  )
   assert made.returncode == 0, made.stderr[-3000:]
   with open(os.path.join(out, 'signature.json')) as f:
     signature = json.load(f)
@@ -61,14 +79,23 @@ def export_and_run(ckpt, frames, mask, scale, tmp_path, platforms=()):
   script = tmp_path / 'standalone.py'
   script.write_text(_STANDALONE)
   ran = subprocess.run(
-      [sys.executable, str(script), out, str(tmp_path / 'clip.npz'),
-       str(tmp_path / 'labels.npy')],
-      cwd=str(tmp_path), capture_output=True, text=True,
-      env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+      [
+          sys.executable,
+          str(script),
+          out,
+          str(tmp_path / 'clip.npz'),
+          str(tmp_path / 'labels.npy'),
+      ],
+      cwd=str(tmp_path),
+      capture_output=True,
+      text=True,
+      env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'},
+  )
   assert ran.returncode == 0, ran.stderr[-3000:]
   stream = Session(ckpt, scales=(scale,))
-  expected = [stream.push(f, mask if t == 0 else None)
-              for t, f in enumerate(frames)]
+  expected = [
+      stream.push(f, mask if t == 0 else None) for t, f in enumerate(frames)
+  ]
   return signature, np.load(tmp_path / 'labels.npy'), np.stack(expected)
 
 
@@ -79,10 +106,14 @@ def test_exported_step_runs_without_flax_and_equals_the_session(tmp_path):
   frames, labels = synthetic.render_video(synthetic.video_seed(2, 0))
   frames, labels = frames[:6], labels[:6]
   num_objects = int(labels[0].max())
-  signature, exported, expected = export_and_run(ckpt, frames, labels[0],
-                                                 1.5, tmp_path)
-  assert (signature['height'], signature['width'],
-          signature['objects']) == (120, 160, num_objects)
+  signature, exported, expected = export_and_run(
+      ckpt, frames, labels[0], 1.5, tmp_path
+  )
+  assert (signature['height'], signature['width'], signature['objects']) == (
+      120,
+      160,
+      num_objects,
+  )
   assert 'cpu' in signature['platforms']
   assert signature['input_size'] == [177, 241]  # The official 16k+1 sizing.
   np.testing.assert_array_equal(exported, expected)
@@ -96,14 +127,16 @@ def test_a_model_memory_travels_in_the_exported_state(tmp_path):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
   config = models.model_config('tiny_videomatch')
-  config.outlier_distance = 4.0   # Outliers exist, so the buffer fills.
+  config.outlier_distance = 4.0  # Outliers exist, so the buffer fills.
   module = models.build(config, rngs=nnx.Rngs(2))
   ckpt = str(tmp_path / 'model')
   checkpoint.save_model(ckpt, config, checkpoint.flat_state(module))
   frames, labels = synthetic.render_video(synthetic.video_seed(2, 1))
   signature, exported, expected = export_and_run(
-      ckpt, frames[:4], labels[0], 1.0, tmp_path, platforms=('cpu',))
+      ckpt, frames[:4], labels[0], 1.0, tmp_path, platforms=('cpu',)
+  )
   names = [entry['name'] for entry in signature['state']]
   assert any('memory' in n and 'count' in n for n in names), names
   np.testing.assert_array_equal(exported, expected)

@@ -52,8 +52,7 @@ from tests import synthetic_layouts
 class Toy(nnx.Module):
   """A linear colour embedding at stride 4, matched to the references."""
 
-  def __init__(self, dim: int = 4, temperature: float = 1.0, *,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int = 4, temperature: float = 1.0, *, rngs: nnx.Rngs):
     self.proj = nnx.Linear(3, dim, rngs=rngs)
     self.temperature = temperature
 
@@ -62,16 +61,17 @@ class Toy(nnx.Module):
     return vos.FrameEmbedding(features_s4=x, scales=(x,)), {}
 
   def segment(self, state, current, obj_valid, training=False):
-    q = current.scales[0]                                   # [B, h, w, C]
+    q = current.scales[0]  # [B, h, w, C]
     b, c = q.shape[0], q.shape[-1]
-    ref = state.ref_scales[0].reshape(b, 1, 1, -1, c)       # [B, 1, 1, N, C]
+    ref = state.ref_scales[0].reshape(b, 1, 1, -1, c)  # [B, 1, 1, N, C]
     lab = resize.resize_labels_nearest(state.ref_labels, q.shape[1:3])
     lab = jnp.where(state.ref_valid[:, :, None, None], lab, -1).reshape(b, -1)
-    d = jnp.sum((q[:, :, :, None] - ref) ** 2, -1)          # [B, h, w, N]
+    d = jnp.sum((q[:, :, :, None] - ref) ** 2, -1)  # [B, h, w, N]
     member = lab[:, None, None, :, None] == jnp.arange(obj_valid.shape[1])
     nearest = jnp.min(jnp.where(member, d[..., None], 1e4), axis=3)
-    logits = jnp.where(obj_valid[:, None, None], -nearest / self.temperature,
-                       vos.INVALID_LOGIT)
+    logits = jnp.where(
+        obj_valid[:, None, None], -nearest / self.temperature, vos.INVALID_LOGIT
+    )
     return vos.Segmentation(logits=logits)
 
   def start_memory(self, emb, labels, memory_slots):
@@ -81,8 +81,12 @@ class Toy(nnx.Module):
     return ()
 
 
-TOY = models.Family(name='toy', module=Toy, variants={'tiny_toy': {}},
-                    eval_fields=('temperature',))
+TOY = models.Family(
+    name='toy',
+    module=Toy,
+    variants={'tiny_toy': {}},
+    eval_fields=('temperature',),
+)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -98,7 +102,8 @@ TINY = [v for v in models.variants() if v.startswith('tiny_')] + ['tiny_toy']
 @pytest.fixture(scope='module')
 def ytb_root(tmp_path_factory):
   return synthetic_layouts.write_youtube_vos(
-      str(tmp_path_factory.mktemp('ytb')), num_videos=2, num_frames=6)
+      str(tmp_path_factory.mktemp('ytb')), num_videos=2, num_frames=6
+  )
 
 
 def train_one_step(ytb_root, workdir, model, **model_fields):
@@ -119,32 +124,41 @@ def test_every_family_is_registered_once():
 
 
 @pytest.mark.parametrize('variant', TINY)
-def test_family_trains_round_trips_streams_and_exports(variant, ytb_root,
-                                                       tmp_path):
-  model = variant[len('tiny_'):]
+def test_family_trains_round_trips_streams_and_exports(
+    variant, ytb_root, tmp_path
+):
+  model = variant[len('tiny_') :]
   result, directory = train_one_step(ytb_root, str(tmp_path / 'run'), model)
   assert result['steps'] == 1 and np.isfinite(result['metrics']['loss'])
 
   # The model directory holds the trained weights and its config.
   module, config = checkpoint.load_model(directory)
-  assert (config.name, config.variant) == (models.family_of(config).name,
-                                           variant)
+  assert (config.name, config.variant) == (
+      models.family_of(config).name,
+      variant,
+  )
   assert config.bgr is True
-  trained = nnx.merge(result['graphdef'], result['state'].params,
-                      result['state'].frozen)
+  trained = nnx.merge(
+      result['graphdef'], result['state'].params, result['state'].frozen
+  )
   want = checkpoint.flat_state(trained)
   got = checkpoint.flat_state(module)
   assert set(got) == set(want)
   for path in want:
-    np.testing.assert_array_equal(np.asarray(got[path]),
-                                  np.asarray(want[path]), err_msg=str(path))
+    np.testing.assert_array_equal(
+        np.asarray(got[path]), np.asarray(want[path]), err_msg=str(path)
+    )
 
   # The session gives the evaluation loop's labels (a late object).
   frames, labels = synthetic_clips.two_squares(num_frames=4, late_object=True)
   only = lambda t, k: np.where(labels[t] == k, k, 0).astype(np.uint8)
   annotations = {0: only(0, 1), 2: only(2, 2)}
-  loop = [l for _, l, _ in videos.VideoPropagator(module).run(
-      frames, annotations, len(frames))]
+  loop = [
+      l
+      for _, l, _ in videos.VideoPropagator(module).run(
+          frames, annotations, len(frames)
+      )
+  ]
   stream = session_lib.Session(directory)
   streamed, memory_shapes = [], []
   for t, frame in enumerate(frames):
@@ -159,20 +173,29 @@ def test_family_trains_round_trips_streams_and_exports(variant, ytb_root,
 
   # The exported step gives the session's labels (objects known at frame 0).
   height, width = frames[0].shape[:2]
-  export.export_step(module, str(tmp_path / 'export'), height=height,
-                     width=width, num_objects=1, platforms=('cpu',))
+  export.export_step(
+      module,
+      str(tmp_path / 'export'),
+      height=height,
+      width=width,
+      num_objects=1,
+      platforms=('cpu',),
+  )
   load = lambda name: jax.export.deserialize(
-      (tmp_path / 'export' / name).read_bytes())
+      (tmp_path / 'export' / name).read_bytes()
+  )
   init, step = load('init.bin'), load('step.bin')
   state = init.call(frames[0], annotations[0])
   # A new stream on the same compiled steps (no second compilation).
-  stream = session_lib.Session(None, steps=stream.steps, params=stream.params,
-                               bgr=stream.bgr)
+  stream = session_lib.Session(
+      None, steps=stream.steps, params=stream.params, bgr=stream.bgr
+  )
   stream.push(frames[0], annotations[0])
   for t in range(1, len(frames)):
     state, exported = step.call(state, frames[t])
-    np.testing.assert_array_equal(np.asarray(exported),
-                                  stream.push(frames[t]), err_msg=f'frame {t}')
+    np.testing.assert_array_equal(
+        np.asarray(exported), stream.push(frames[t]), err_msg=f'frame {t}'
+    )
 
 
 def test_input_order_is_the_models(ytb_root, tmp_path):
@@ -180,8 +203,10 @@ def test_input_order_is_the_models(ytb_root, tmp_path):
   RGB: its probabilities are the RGB session's, not the BGR one's."""
   from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
   from configs import video as video_config  # pylint: disable=g-import-not-at-top
-  _, directory = train_one_step(ytb_root, str(tmp_path / 'run'), 'toy',
-                                bgr=False)
+
+  _, directory = train_one_step(
+      ytb_root, str(tmp_path / 'run'), 'toy', bgr=False
+  )
   with open(os.path.join(directory, checkpoint.CONFIG_FILE)) as f:
     assert json.load(f)['bgr'] is False
   frames, labels = synthetic_clips.two_squares(num_frames=3)
@@ -213,15 +238,23 @@ def test_evaluation_takes_the_fields_of_the_loaded_family(tmp_path):
   """`--config.model.<field>` exists for every family's evaluation fields;
   one the loaded model's family lacks is refused in one line (exit 2)."""
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+
   model = eval_config.get_config().model
   for record in models.FAMILIES.values():
     assert set(record.all_eval_fields()) <= set(model)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
-      [sys.executable, os.path.join(repo, 'evaluate.py'),
-       '--config.model.top_k=5', f'--config.output_dir={tmp_path / "out"}'],
-      cwd=str(tmp_path), capture_output=True, text=True,
-      env=dict(os.environ, PYTHONPATH=repo))
+      [
+          sys.executable,
+          os.path.join(repo, 'evaluate.py'),
+          '--config.model.top_k=5',
+          f'--config.output_dir={tmp_path / "out"}',
+      ],
+      cwd=str(tmp_path),
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, PYTHONPATH=repo),
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   error = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(error) == 1 and 'Traceback' not in out.stderr, out.stderr
@@ -233,6 +266,7 @@ def test_old_channel_order_flags_still_work(capsys):
   the order, with a deprecation line; a directory without `bgr` is BGR."""
   from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+
   config = ytvos_config.get_config('runlocal')
   assert config.model.bgr is True and config.model_bgr is None
   config.model_bgr = False

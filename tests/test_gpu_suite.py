@@ -20,10 +20,25 @@ import gpu_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 def test_smoke_run_writes_a_full_row_and_skips_the_official_code(tmp_path):
   out = str(tmp_path / 'suite')
   result = subprocess.run(
-      ['bash', 'bench/gpu_suite.sh', '--smoke', '--models', 'cfbi',
-       '--settings', 'default', '--objects', '2', '--frames', '4'],
-      cwd=pf.REPO, env=dict(os.environ, OUT=out), capture_output=True,
-      text=True, timeout=600)
+      [
+          'bash',
+          'bench/gpu_suite.sh',
+          '--smoke',
+          '--models',
+          'cfbi',
+          '--settings',
+          'default',
+          '--objects',
+          '2',
+          '--frames',
+          '4',
+      ],
+      cwd=pf.REPO,
+      env=dict(os.environ, OUT=out),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'official code skipped' in result.stderr
   with open(os.path.join(out, 'ours.jsonl')) as f:
@@ -39,10 +54,17 @@ def test_smoke_run_writes_a_full_row_and_skips_the_official_code(tmp_path):
 
 
 def test_table_ratios_against_the_official_row():
-  row = {'arch': 'cfbi', 'objects': 2, 'setting': 'fast_bf16',
-         'step_s': 0.02, 'loop_s': 0.023, 'peak_mb': 1500.0,
-         'peak_kind': 'device', 'compile_s': 30.0,
-         'compiled_mb': {'temp': 700.0, 'argument': 260.0}}
+  row = {
+      'arch': 'cfbi',
+      'objects': 2,
+      'setting': 'fast_bf16',
+      'step_s': 0.02,
+      'loop_s': 0.023,
+      'peak_mb': 1500.0,
+      'peak_kind': 'device',
+      'compile_s': 30.0,
+      'compiled_mb': {'temp': 700.0, 'argument': 260.0},
+  }
   official = {('cfbi', 'fast', 2): {'sec_median': 0.05, 'max_mem_mb': 1200.0}}
   line = gpu_suite.table([row], official).splitlines()[-1]
   cells = [c.strip() for c in line.strip('|').split('|')]

@@ -32,8 +32,10 @@ def frame_colour(video, number):
 
 def decode_colour(pixel):
   """(video, frame number) of a frame's colour."""
-  return (int(round((int(pixel[0]) - 20) / 40)),
-          int(round((int(pixel[1]) - 10) / 6)))
+  return (
+      int(round((int(pixel[0]) - 20) / 40)),
+      int(round((int(pixel[1]) - 10) / 6)),
+  )
 
 
 def write_frame(path, video, number):
@@ -48,7 +50,7 @@ def box_labels(number, objects):
   for obj in objects:
     top = 4 + 18 * ((obj - 1) % 3)
     left = 4 + 20 * ((obj - 1) // 3) + number // 5
-    labels[top:top + 14, left:left + 16] = obj
+    labels[top : top + 14, left : left + 16] = obj
   return labels
 
 
@@ -59,10 +61,21 @@ def write_mask(path, labels):
 
 YTB_VIDEOS = {
     # name: (video colour code, annotated frame numbers, objects: frames)
-    'aaa': (0, range(0, 40, 5), {1: range(0, 40, 5), 2: range(0, 40, 5),
-                                 3: range(10, 40, 5), 4: range(0, 40, 5)}),
-    'bbb': (1, range(0, 40, 5), {1: range(0, 25, 5), 2: range(15, 40, 5),
-                                 5: [35]}),  # Object 5: one frame, skipped.
+    'aaa': (
+        0,
+        range(0, 40, 5),
+        {
+            1: range(0, 40, 5),
+            2: range(0, 40, 5),
+            3: range(10, 40, 5),
+            4: range(0, 40, 5),
+        },
+    ),
+    'bbb': (
+        1,
+        range(0, 40, 5),
+        {1: range(0, 25, 5), 2: range(15, 40, 5), 5: [35]},
+    ),  # Object 5: one frame, skipped.
     'ccc': (2, [0], {1: [0]}),  # One annotated frame: skipped.
 }
 
@@ -73,16 +86,23 @@ def ytb_root(tmp_path_factory):
   meta = {'videos': {}}
   for name, (code, annotated, objects) in YTB_VIDEOS.items():
     for number in range(max(annotated) + 3):  # JPEGs of unannotated frames too.
-      write_frame(os.path.join(root, 'train', 'JPEGImages', name,
-                               f'{number:05d}.jpg'), code, number)
+      write_frame(
+          os.path.join(root, 'train', 'JPEGImages', name, f'{number:05d}.jpg'),
+          code,
+          number,
+      )
     for number in annotated:
       present = [o for o, frames in objects.items() if number in frames]
-      write_mask(os.path.join(root, 'train', 'Annotations', name,
-                              f'{number:05d}.png'),
-                 box_labels(number, present))
-    meta['videos'][name] = {'objects': {
-        str(o): {'category': 'x', 'frames': [f'{n:05d}' for n in frames]}
-        for o, frames in objects.items()}}
+      write_mask(
+          os.path.join(root, 'train', 'Annotations', name, f'{number:05d}.png'),
+          box_labels(number, present),
+      )
+    meta['videos'][name] = {
+        'objects': {
+            str(o): {'category': 'x', 'frames': [f'{n:05d}' for n in frames]}
+            for o, frames in objects.items()
+        }
+    }
   with open(os.path.join(root, 'train', 'meta.json'), 'w') as f:
     json.dump(meta, f)
   return root
@@ -93,10 +113,15 @@ def davis_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('davis'))
   for code, name in ((3, 'bear'), (4, 'goat')):
     for number in range(6):
-      write_frame(os.path.join(root, 'JPEGImages', '480p', name,
-                               f'{number:05d}.jpg'), code, number)
-      write_mask(os.path.join(root, 'Annotations', '480p', name,
-                              f'{number:05d}.png'), box_labels(number, [1, 2]))
+      write_frame(
+          os.path.join(root, 'JPEGImages', '480p', name, f'{number:05d}.jpg'),
+          code,
+          number,
+      )
+      write_mask(
+          os.path.join(root, 'Annotations', '480p', name, f'{number:05d}.png'),
+          box_labels(number, [1, 2]),
+      )
   os.makedirs(os.path.join(root, 'ImageSets', '2017'))
   with open(os.path.join(root, 'ImageSets', '2017', 'train.txt'), 'w') as f:
     f.write('bear\ngoat\n')
@@ -132,7 +157,10 @@ def assert_batches_equal(a, b):
 def test_default_config_has_recipe_values():
   c = input_pipeline.default_data_config()
   assert (c.crop_size, tuple(c.scale_range), c.short_edge) == (
-      465, (1.0, 1.3), 480)
+      465,
+      (1.0, 1.3),
+      480,
+  )
   assert (c.flip_prob, c.max_gap, c.reverse_prob) == (0.5, 3, 0.5)
   assert (c.crop_max_tries, c.min_object_pixels, c.max_objects) == (5, 100, 5)
   assert c.root == '' and c.source == 'youtubevos'
@@ -143,7 +171,8 @@ def test_youtube_vos_index_uses_annotated_frames(ytb_root):
   assert [v.name for v in videos] == ['aaa', 'bbb']
   for v in videos:
     assert [os.path.basename(p) for p in v.frame_paths] == [
-        f'{n:05d}.jpg' for n in range(0, 40, 5)]
+        f'{n:05d}.jpg' for n in range(0, 40, 5)
+    ]
     assert all(p.endswith('.png') and os.path.isfile(p) for p in v.mask_paths)
 
 
@@ -167,8 +196,13 @@ def test_batches_format_sampling_and_objects(ytb_root):
       # Flat frames: every pixel names its source frame.
       codes = [decode_colour(batch['frames'][b, t, 16, 16]) for t in range(T)]
       for t in range(T):
-        assert np.abs(batch['frames'][b, t].astype(int)
-                      - batch['frames'][b, t, 16, 16]).max() <= 3
+        assert (
+            np.abs(
+                batch['frames'][b, t].astype(int)
+                - batch['frames'][b, t, 16, 16]
+            ).max()
+            <= 3
+        )
       video = {c[0] for c in codes}
       assert len(video) == 1
       seen_videos.append(video.pop())
@@ -192,9 +226,11 @@ def test_determinism_seeds_and_resume(ytb_root):
   run = take(config, 3)
   assert_batches_equal(run, take(config, 3))
   other = take(config, 3, seed=1)
-  assert any(not np.array_equal(a['frames'], b['frames'])
-             or not np.array_equal(a['labels'], b['labels'])
-             for a, b in zip(run, other))
+  assert any(
+      not np.array_equal(a['frames'], b['frames'])
+      or not np.array_equal(a['labels'], b['labels'])
+      for a, b in zip(run, other)
+  )
   # Resuming after 2 optimizer steps: start_index = step * global batch.
   assert_batches_equal(run[2:], take(config, 1, start_index=2 * 2))
 
@@ -202,40 +238,59 @@ def test_determinism_seeds_and_resume(ytb_root):
 def test_shards_split_the_global_batch(ytb_root):
   config = small_config(ytb_root)
   single = take(config, 2, batch_size=4)
-  hosts = [take(config, 2, batch_size=2, shard_index=h, num_shards=2)
-           for h in range(2)]
+  hosts = [
+      take(config, 2, batch_size=2, shard_index=h, num_shards=2)
+      for h in range(2)
+  ]
   for j, batch in enumerate(single):
     # Each host reads a contiguous block of the global batch, in order.
     np.testing.assert_array_equal(batch['index'], 4 * j + np.arange(4))
-    np.testing.assert_array_equal(hosts[1][j]['index'], 4 * j + 2 + np.arange(2))
+    np.testing.assert_array_equal(
+        hosts[1][j]['index'], 4 * j + 2 + np.arange(2)
+    )
     for k in batch:
       np.testing.assert_array_equal(
-          batch[k], np.concatenate([hosts[0][j][k], hosts[1][j][k]]))
+          batch[k], np.concatenate([hosts[0][j][k], hosts[1][j][k]])
+      )
   # A resumed host sees its own continuation.
-  resumed = take(config, 1, batch_size=2, shard_index=1, num_shards=2,
-                 start_index=1 * 4)
+  resumed = take(
+      config, 1, batch_size=2, shard_index=1, num_shards=2, start_index=1 * 4
+  )
   assert_batches_equal(hosts[1][1:], resumed)
 
 
 def test_davis_and_mixed_sources(davis_root, ytb_root):
-  batch, = take(small_config(davis_root, source='davis', max_gap=1), 1)
+  (batch,) = take(small_config(davis_root, source='davis', max_gap=1), 1)
   for b in range(2):
     codes = [decode_colour(batch['frames'][b, t, 0, 0]) for t in range(T)]
     assert {c[0] for c in codes} <= {3, 4}
     numbers = [c[1] for c in codes[1:]]
     assert set(np.abs(np.diff(numbers))) == {1}  # Consecutive frames.
-  mixed = take(small_config(ytb_root, source='mixed', davis_root=davis_root,
-                            davis_repeat=3), 4)
-  videos = {decode_colour(batch['frames'][b, 0, 0, 0])[0]
-            for batch in mixed for b in range(2)}
+  mixed = take(
+      small_config(
+          ytb_root, source='mixed', davis_root=davis_root, davis_repeat=3
+      ),
+      4,
+  )
+  videos = {
+      decode_colour(batch['frames'][b, 0, 0, 0])[0]
+      for batch in mixed
+      for b in range(2)
+  }
   assert videos & {0, 1} and videos & {3, 4}
 
 
 def test_synthetic_source_draws_then_reads(tmp_path):
   root = str(tmp_path / 'synthetic')
-  config = small_config(root, source='synthetic', synthetic_videos=2,
-                        synthetic_seed=9, short_edge=120, crop_size=65)
-  batch, = take(config, 1)
+  config = small_config(
+      root,
+      source='synthetic',
+      synthetic_videos=2,
+      synthetic_seed=9,
+      short_edge=120,
+      crop_size=65,
+  )
+  (batch,) = take(config, 1)
   with open(os.path.join(root, 'ImageSets', '2017', 'train.txt')) as f:
     assert f.read().split() == ['synth009-0000', 'synth009-0001']
   assert batch['frames'].shape == (2, T, 65, 65, 3)
@@ -260,7 +315,8 @@ def load_builder(folder, module_name):
   if module_name in sys.modules:
     return sys.modules[module_name]
   spec = importlib.util.spec_from_file_location(
-      module_name, os.path.join(REPO, 'data', folder, folder + '.py'))
+      module_name, os.path.join(REPO, 'data', folder, folder + '.py')
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   sys.modules[module_name] = module
@@ -269,16 +325,24 @@ def load_builder(folder, module_name):
 
 def test_tfds_builders_give_the_same_batches(ytb_root, davis_root, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path / 'tfds')
-  cases = [('youtube_vos', 'CfbiYoutubeVos', ytb_root, 'youtubevos'),
-           ('davis', 'CfbiDavis', davis_root, 'davis')]
+  cases = [
+      ('youtube_vos', 'CfbiYoutubeVos', ytb_root, 'youtubevos'),
+      ('davis', 'CfbiDavis', davis_root, 'davis'),
+  ]
   for folder, cls, root, source in cases:
     module = load_builder(folder, f'cfbi_test_builder_{folder}')
     builder = getattr(module, cls)(data_dir=data_dir)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=root))
+        download_config=tfds.download.DownloadConfig(manual_dir=root)
+    )
     assert list(builder.info.splits) == ['train']
     from_files = take(small_config(root, source=source), 1)
-    from_tfds = take(small_config('', source='tfds', tfds_name=builder.name,
-                                  tfds_data_dir=data_dir), 1)
+    from_tfds = take(
+        small_config(
+            '', source='tfds', tfds_name=builder.name, tfds_data_dir=data_dir
+        ),
+        1,
+    )
     assert_batches_equal(from_files, from_tfds)

@@ -27,8 +27,10 @@ def randn(rng, *shape, scale=1.0, loc=0.0):
 # ---------------------------------------------------------------- references
 def np_conv2d(x, kernel, stride, padding, dilation=1, groups=1):
   """Direct NHWC convolution with symmetric zero padding; kernel HWIO."""
-  x = np.pad(x.astype(np.float64),
-             ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  x = np.pad(
+      x.astype(np.float64),
+      ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+  )
   n, h, w, _ = x.shape
   kh, kw, cin_g, cout = kernel.shape
   eff_h, eff_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
@@ -41,8 +43,12 @@ def np_conv2d(x, kernel, stride, padding, dilation=1, groups=1):
         g = o // cout_g
         for a in range(kh):
           for b in range(kw):
-            pix = x[:, i * stride + a * dilation, j * stride + b * dilation,
-                    g * cin_g:(g + 1) * cin_g]
+            pix = x[
+                :,
+                i * stride + a * dilation,
+                j * stride + b * dilation,
+                g * cin_g : (g + 1) * cin_g,
+            ]
             out[:, i, j, o] += pix @ kernel[a, b, :, o].astype(np.float64)
   return out
 
@@ -55,10 +61,12 @@ def np_group_norm(x, groups, scale, bias, eps):
   size = c // groups
   for s in range(n):
     for g in range(groups):
-      part = x[s, :, :, g * size:(g + 1) * size]
+      part = x[s, :, :, g * size : (g + 1) * size]
       mean = part.mean()
-      var = ((part - mean)**2).mean()
-      out[s, :, :, g * size:(g + 1) * size] = (part - mean) / np.sqrt(var + eps)
+      var = ((part - mean) ** 2).mean()
+      out[s, :, :, g * size : (g + 1) * size] = (part - mean) / np.sqrt(
+          var + eps
+      )
   return out * scale + bias
 
 
@@ -66,7 +74,7 @@ def np_gct(x, alpha, gamma, beta, eps=1e-5):
   x = x.astype(np.float64)
   out = np.empty_like(x)
   for s in range(x.shape[0]):
-    emb = np.sqrt((x[s]**2).sum(axis=(0, 1)) + eps) * alpha      # [C]
+    emb = np.sqrt((x[s] ** 2).sum(axis=(0, 1)) + eps) * alpha  # [C]
     norm = gamma / np.sqrt((emb**2).mean() + eps)
     out[s] = x[s] * (1.0 + np.tanh(emb * norm + beta))
   return out
@@ -87,8 +95,9 @@ def test_frozen_batch_norm_matches_numpy():
   bn.running_var.set_value(jnp.asarray(var))
   x = randn(rng, 2, 3, 4, 5)
   got = np.asarray(bn(jnp.asarray(x)))
-  want = (x.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64)
-                                                 + 1e-5) * weight + bias
+  want = (x.astype(np.float64) - mean) / np.sqrt(
+      var.astype(np.float64) + 1e-5
+  ) * weight + bias
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -103,8 +112,9 @@ def test_frozen_batch_norm_buffers_are_batch_stats():
   assert len(jax.tree.leaves(stats)) == 4
   # Init is the identity map (weight 1, bias 0, mean 0, var 1) up to eps.
   x = jnp.arange(8.0).reshape(2, 4)
-  np.testing.assert_allclose(np.asarray(bn(x)),
-                             np.asarray(x) / np.sqrt(1 + 1e-5), rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(bn(x)), np.asarray(x) / np.sqrt(1 + 1e-5), rtol=1e-6
+  )
 
 
 def test_frozen_batch_norm_has_no_gradient_through_optimizer_filter():
@@ -130,8 +140,12 @@ def test_gct_matches_numpy(shape):
   # One sample with tiny activations makes eps matter inside the sqrt.
   x[0] *= 1e-3
   got = np.asarray(gct(jnp.asarray(x)))
-  want = np_gct(x, alpha.astype(np.float64), gamma.astype(np.float64),
-                beta.astype(np.float64))
+  want = np_gct(
+      x,
+      alpha.astype(np.float64),
+      gamma.astype(np.float64),
+      beta.astype(np.float64),
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -142,8 +156,8 @@ def test_gct_statistics_are_per_sample():
   x = randn(rng, 3, 5, 5, 4)
   together = np.asarray(gct(jnp.asarray(x)))
   for s in range(3):
-    alone = np.asarray(gct(jnp.asarray(x[s:s + 1])))
-    np.testing.assert_allclose(together[s:s + 1], alone, rtol=1e-6, atol=1e-6)
+    alone = np.asarray(gct(jnp.asarray(x[s : s + 1])))
+    np.testing.assert_allclose(together[s : s + 1], alone, rtol=1e-6, atol=1e-6)
 
 
 def test_gct_init_is_identity_and_params_trainable():
@@ -174,24 +188,41 @@ def test_stride2_conv_even_input_differs_from_xla_same():
   conv = layers.conv(2, 3, 3, stride=2, rngs=nnx.Rngs(0))
   x = randn(rng, 1, 8, 8, 2)
   got = np.asarray(conv(jnp.asarray(x)))
-  same = np.asarray(jax.lax.conv_general_dilated(
-      jnp.asarray(x), conv.kernel[...], (2, 2), 'SAME',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  same = np.asarray(
+      jax.lax.conv_general_dilated(
+          jnp.asarray(x),
+          conv.kernel[...],
+          (2, 2),
+          'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
+  )
   assert got.shape == same.shape
   assert np.abs(got - same).max() > 1e-2
 
 
-@pytest.mark.parametrize('kernel_size,dilation,groups,use_bias', [
-    (3, 2, 1, False),
-    (3, 1, 4, True),    # depthwise, as the CFBI embedding head
-    (1, 1, 1, True),
-    (7, 1, 1, False),
-])
-def test_conv_default_padding_keeps_size(kernel_size, dilation, groups,
-                                         use_bias):
+@pytest.mark.parametrize(
+    'kernel_size,dilation,groups,use_bias',
+    [
+        (3, 2, 1, False),
+        (3, 1, 4, True),  # depthwise, as the CFBI embedding head
+        (1, 1, 1, True),
+        (7, 1, 1, False),
+    ],
+)
+def test_conv_default_padding_keeps_size(
+    kernel_size, dilation, groups, use_bias
+):
   rng = np.random.default_rng(6)
-  conv = layers.conv(4, 4, kernel_size, dilation=dilation, groups=groups,
-                     use_bias=use_bias, rngs=nnx.Rngs(0))
+  conv = layers.conv(
+      4,
+      4,
+      kernel_size,
+      dilation=dilation,
+      groups=groups,
+      use_bias=use_bias,
+      rngs=nnx.Rngs(0),
+  )
   pad = dilation * (kernel_size - 1) // 2
   assert conv.padding == ((pad, pad), (pad, pad))
   assert (conv.bias is not None) == use_bias
@@ -206,8 +237,9 @@ def test_conv_default_padding_keeps_size(kernel_size, dilation, groups,
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation,
-                    depthwise=False):
+def np_conv2d_grads(
+    x, kernel, cotangent, stride, padding, dilation, depthwise=False
+):
   """d/dx and d/dkernel of sum(conv(x) * cotangent), float64, by the
   definition: every output pixel adds its tap products back (channel by
   channel for a depthwise kernel `[k, k, 1, C]`)."""
@@ -228,37 +260,56 @@ def np_conv2d_grads(x, kernel, cotangent, stride, padding, dilation,
             dk[a, b] += xp[:, y, z].T @ g
             dxp[:, y, z] += g @ kernel[a, b].T
   h, w = x.shape[1:3]
-  return dxp[:, padding:padding + h, padding:padding + w], dk
+  return dxp[:, padding : padding + h, padding : padding + w], dk
 
 
-@pytest.mark.parametrize('size,kernel_size,stride,dilation,padding,depthwise', [
-    ((9, 8), 3, 1, 1, 1, False),
-    ((10, 9), 3, 2, 1, 1, False),  # stride 2: the last row / column unread
-    ((11, 11), 3, 1, 2, 2, False),
-    ((9, 12), 3, 1, 4, 4, False),  # dilation wider than half the input
-    ((13, 10), 7, 2, 1, 3, False),  # the ResNet stem
-    ((8, 8), 3, 2, 2, 0, False),   # no padding
-    ((12, 9), 7, 1, 1, 3, True),   # FEELVOS head's depthwise 7x7
-    ((11, 10), 3, 2, 2, 0, True),  # MobileNetV2's depthwise (own padding)
-])
-def test_conv_tap_backward_gradients_match_numpy(size, kernel_size, stride,
-                                                 dilation, padding, depthwise):
+@pytest.mark.parametrize(
+    'size,kernel_size,stride,dilation,padding,depthwise',
+    [
+        ((9, 8), 3, 1, 1, 1, False),
+        ((10, 9), 3, 2, 1, 1, False),  # stride 2: the last row / column unread
+        ((11, 11), 3, 1, 2, 2, False),
+        ((9, 12), 3, 1, 4, 4, False),  # dilation wider than half the input
+        ((13, 10), 7, 2, 1, 3, False),  # the ResNet stem
+        ((8, 8), 3, 2, 2, 0, False),  # no padding
+        ((12, 9), 7, 1, 1, 3, True),  # FEELVOS head's depthwise 7x7
+        ((11, 10), 3, 2, 2, 0, True),  # MobileNetV2's depthwise (own padding)
+    ],
+)
+def test_conv_tap_backward_gradients_match_numpy(
+    size, kernel_size, stride, dilation, padding, depthwise
+):
   rng = np.random.default_rng(11)
   channels = 4
   x = randn(rng, 2, *size, channels)
-  kernel = randn(rng, kernel_size, kernel_size, 1 if depthwise else channels,
-                 channels if depthwise else 5)
-  fn = functools.partial(layers.conv_tap_backward, stride=stride,
-                         dilation=dilation, padding=padding,
-                         depthwise=depthwise)
+  kernel = randn(
+      rng,
+      kernel_size,
+      kernel_size,
+      1 if depthwise else channels,
+      channels if depthwise else 5,
+  )
+  fn = functools.partial(
+      layers.conv_tap_backward,
+      stride=stride,
+      dilation=dilation,
+      padding=padding,
+      depthwise=depthwise,
+  )
   y, vjp = jax.vjp(lambda a, k: fn(a, k), jnp.asarray(x), jnp.asarray(kernel))
-  np.testing.assert_allclose(np.asarray(y), np_conv2d(
-      x, kernel, stride, padding, dilation, channels if depthwise else 1),
-                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(y),
+      np_conv2d(
+          x, kernel, stride, padding, dilation, channels if depthwise else 1
+      ),
+      rtol=1e-5,
+      atol=1e-4,
+  )
   cotangent = randn(rng, *y.shape)
   dx, dk = vjp(jnp.asarray(cotangent))
-  want_dx, want_dk = np_conv2d_grads(x, kernel, cotangent, stride, padding,
-                                     dilation, depthwise)
+  want_dx, want_dk = np_conv2d_grads(
+      x, kernel, cotangent, stride, padding, dilation, depthwise
+  )
   np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=1e-4, atol=1e-4)
 
@@ -267,17 +318,25 @@ def test_spatial_conv_gradient_with_bias_matches_xla():
   # The layer `conv` builds for k > 1 on CPU takes its gradient tap by tap;
   # XLA's own convolution gradient is the reference.
   rng = np.random.default_rng(12)
-  conv = layers.conv(4, 6, 3, stride=2, dilation=1, use_bias=True,
-                     rngs=nnx.Rngs(0))
+  conv = layers.conv(
+      4, 6, 3, stride=2, dilation=1, use_bias=True, rngs=nnx.Rngs(0)
+  )
   assert isinstance(conv, layers.SpatialConv)
   conv.bias[...] = jnp.asarray(randn(rng, 6))
   x = jnp.asarray(randn(rng, 2, 11, 10, 4))
   weight = jnp.asarray(randn(rng, 2, 6, 5, 6))
 
   def xla(kernel, bias, x):
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (2, 2), ((1, 1), (1, 1)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+    y = (
+        jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (2, 2),
+            ((1, 1), (1, 1)),
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        )
+        + bias
+    )
     return jnp.sum(jnp.tanh(y) * weight)
 
   def ours(module, x):
@@ -287,8 +346,9 @@ def test_spatial_conv_gradient_with_bias_matches_xla():
   grads, dx = nnx.grad(ours, argnums=(0, 1))(conv, x)
   got = (grads['kernel'][...], grads['bias'][...], dx)
   for g, w in zip(got, want):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5
+    )
 
 
 # --------------------------------------------------------- broadcast_to_like
@@ -301,8 +361,8 @@ def test_broadcast_to_like_sums_bfloat16_gradients_in_float32(p_shape):
   assert layers.broadcast_to_like(p, x.astype(jnp.float32)) is p
   np.testing.assert_array_equal(
       np.asarray(layers.broadcast_to_like(p, x), np.float32),
-      np.broadcast_to(np.asarray(p.astype(jnp.bfloat16), np.float32),
-                      x.shape))
+      np.broadcast_to(np.asarray(p.astype(jnp.bfloat16), np.float32), x.shape),
+  )
 
   def loss(p, wide):
     q = layers.broadcast_to_like(p, x) if wide else p.astype(jnp.bfloat16)
@@ -332,15 +392,30 @@ def test_spatial_conv_bias_in_bfloat16_on_the_gpu_path():
     y = layers.call_in_dtype(module, jnp.bfloat16, x)
     return jnp.sum(y.astype(jnp.float32) ** 2)
 
-  want = np.asarray(jax.grad(lambda b: jnp.sum((jax.lax.conv_general_dilated(
-      x, conv.kernel[...], (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b) ** 2))(conv.bias[...]))
+  want = np.asarray(
+      jax.grad(
+          lambda b: jnp.sum(
+              (
+                  jax.lax.conv_general_dilated(
+                      x,
+                      conv.kernel[...],
+                      (1, 1),
+                      ((1, 1), (1, 1)),
+                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                  )
+                  + b
+              )
+              ** 2
+          )
+      )(conv.bias[...])
+  )
   with backend.tracing_for('cuda'):
     grads = nnx.grad(loss)(conv, x)
     y = layers.call_in_dtype(conv, jnp.bfloat16, x)
   assert conv.bias is not None and y.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(grads['bias'][...], np.float32), want,
-                             rtol=0.03, atol=0.5)
+  np.testing.assert_allclose(
+      np.asarray(grads['bias'][...], np.float32), want, rtol=0.03, atol=0.5
+  )
 
 
 # ---------------------------------------------------------------- group_norm
@@ -375,10 +450,12 @@ def test_group_norm_two_pass_variance_with_large_mean():
 # ------------------------------------------------------------------- dropout
 def test_dropout_identity_without_rng():
   x = jnp.asarray(randn(np.random.default_rng(9), 3, 4, 5))
-  np.testing.assert_array_equal(np.asarray(layers.dropout(x, 0.1, None)),
-                                np.asarray(x))
   np.testing.assert_array_equal(
-      np.asarray(layers.dropout(x, 0.0, jax.random.key(0))), np.asarray(x))
+      np.asarray(layers.dropout(x, 0.1, None)), np.asarray(x)
+  )
+  np.testing.assert_array_equal(
+      np.asarray(layers.dropout(x, 0.0, jax.random.key(0))), np.asarray(x)
+  )
 
 
 def test_dropout_deterministic_per_key_and_scaled():
@@ -403,7 +480,8 @@ def test_dropout_with_one_key_per_sample():
   whole = np.asarray(layers.dropout(x, 0.25, keys))
   for i in range(4):
     np.testing.assert_array_equal(
-        whole[i], np.asarray(layers.dropout(x[i], 0.25, keys[i])))
+        whole[i], np.asarray(layers.dropout(x[i], 0.25, keys[i]))
+    )
   assert np.any(whole[0] != whole[1])
   assert abs(1 - (whole != 0).mean() - 0.25) < 0.05
 
@@ -424,11 +502,14 @@ def test_folded_batch_norms_give_the_same_features(backbone):
   """Every frozen BatchNorm folds into its conv (none is left), and the
   folded DeepLab computes the unfolded one's features up to rounding."""
   from cfbi_jax import backbone as backbone_lib  # pylint: disable=g-import-not-at-top
-  model = backbone_lib.DeepLab(backbone, 16, 16, (1, 1, 1, 1), 8,
-                               rngs=nnx.Rngs(0))
+
+  model = backbone_lib.DeepLab(
+      backbone, 16, 16, (1, 1, 1, 1), 8, rngs=nnx.Rngs(0)
+  )
   _randomise_batch_norms(model)
-  norms = sum(isinstance(m, layers.FrozenBatchNorm)
-              for _, m in nnx.iter_modules(model))
+  norms = sum(
+      isinstance(m, layers.FrozenBatchNorm) for _, m in nnx.iter_modules(model)
+  )
   x = randn(np.random.default_rng(1), 1, 33, 49, 3)
 
   def features(m):
@@ -438,20 +519,30 @@ def test_folded_batch_norms_give_the_same_features(backbone):
   want = features(model)
   folded = nnx.clone(model)
   assert layers.fold_frozen_batchnorm(folded) == norms > 0
-  assert not any(isinstance(m, layers.FrozenBatchNorm)
-                 for _, m in nnx.iter_modules(folded))
+  assert not any(
+      isinstance(m, layers.FrozenBatchNorm) for _, m in nnx.iter_modules(folded)
+  )
   got = features(folded)
   for name, value in want.items():
     if value is not None:
       scale = float(np.abs(value).max())
-      np.testing.assert_allclose(got[name], value, atol=2e-6 * scale,
-                                 err_msg=name)
+      np.testing.assert_allclose(
+          got[name], value, atol=2e-6 * scale, err_msg=name
+      )
   assert layers.fold_frozen_batchnorm(folded) == 0  # nothing left to fold
 
 
 def test_group_norm_backbones_are_not_folded():
   from cfbi_jax import backbone as backbone_lib  # pylint: disable=g-import-not-at-top
-  model = backbone_lib.DeepLab('resnet', 16, 16, (1, 1, 1, 1), 8,
-                               norm='group_norm', norm_groups=4,
-                               rngs=nnx.Rngs(0))
+
+  model = backbone_lib.DeepLab(
+      'resnet',
+      16,
+      16,
+      (1, 1, 1, 1),
+      8,
+      norm='group_norm',
+      norm_groups=4,
+      rngs=nnx.Rngs(0),
+  )
   assert layers.fold_frozen_batchnorm(model) == 0

@@ -23,21 +23,27 @@ def test_official_loss_fixture():
     for sample in range(2):
       logits = np.moveaxis(data[f'logits_{sample}'], 1, -1)
       labels = data[f'labels_{sample}']
-      k = losses.num_hard_pixels(int(step), labels.shape[1] * labels.shape[2],
-                                 0.15, 50000.0)
+      k = losses.num_hard_pixels(
+          int(step), labels.shape[1] * labels.shape[2], 0.15, 50000.0
+      )
       assert k == data['top_k_pixels'][i]
       value = loss_fn(jnp.asarray(logits), jnp.asarray(labels), k)
-      np.testing.assert_allclose(value[0], data['loss_hard_mining'][i, sample],
-                                 rtol=1e-5)
+      np.testing.assert_allclose(
+          value[0], data['loss_hard_mining'][i, sample], rtol=1e-5
+      )
   # The plain mean over non-ignored pixels, for reference.
   for sample in range(2):
     logits = np.moveaxis(data[f'logits_{sample}'], 1, -1)
     labels = data[f'labels_{sample}']
-    per_pixel = losses.pixel_cross_entropy(jnp.asarray(logits),
-                                           jnp.asarray(labels))
+    per_pixel = losses.pixel_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels)
+    )
     valid = labels != 255
-    np.testing.assert_allclose(np.asarray(per_pixel)[valid].mean(),
-                               data['loss_plain_mean'][sample], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(per_pixel)[valid].mean(),
+        data['loss_plain_mean'][sample],
+        rtol=1e-5,
+    )
 
 
 def test_hand_case():
@@ -52,13 +58,17 @@ def test_hand_case():
   for k in (1, 2, 4):
     top = np.sort(expected)[::-1][:k].mean()
     np.testing.assert_allclose(
-        losses.bootstrapped_cross_entropy(jnp.asarray(logits),
-                                          jnp.asarray(labels), k)[0], top,
-        rtol=1e-6)
+        losses.bootstrapped_cross_entropy(
+            jnp.asarray(logits), jnp.asarray(labels), k
+        )[0],
+        top,
+        rtol=1e-6,
+    )
 
 
-@pytest.mark.parametrize('step,expected', [(0, 1000), (25000, 575),
-                                           (50000, 150), (90000, 150)])
+@pytest.mark.parametrize(
+    'step,expected', [(0, 1000), (25000, 575), (50000, 150), (90000, 150)]
+)
 def test_ramp_endpoints(step, expected):
   assert losses.num_hard_pixels(step, 1000, 0.15, 50000) == expected
 
@@ -67,10 +77,13 @@ def test_padded_slots_do_not_change_the_loss():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
   labels = rng.integers(0, 3, size=(2, 5, 7))
-  padded = np.concatenate([logits, np.full((2, 5, 7, 2), -1e4, np.float32)],
-                          axis=-1)
-  a = losses.bootstrapped_cross_entropy(jnp.asarray(logits),
-                                        jnp.asarray(labels), 10)
-  b = losses.bootstrapped_cross_entropy(jnp.asarray(padded),
-                                        jnp.asarray(labels), 10)
+  padded = np.concatenate(
+      [logits, np.full((2, 5, 7, 2), -1e4, np.float32)], axis=-1
+  )
+  a = losses.bootstrapped_cross_entropy(
+      jnp.asarray(logits), jnp.asarray(labels), 10
+  )
+  b = losses.bootstrapped_cross_entropy(
+      jnp.asarray(padded), jnp.asarray(labels), 10
+  )
   np.testing.assert_allclose(a, b, rtol=1e-6)

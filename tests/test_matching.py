@@ -25,12 +25,19 @@ from cfbi_jax import matching
 from cfbi_jax import resize
 
 BG, FG = -0.3, 0.2
-PARITY_DIR = pathlib.Path(os.environ.get(
-    'CFBI_PARITY_DIR',
-    pathlib.Path(__file__).resolve().parents[1] / '..' / 'shared' /
-    'fixtures' / 'parity'))
+PARITY_DIR = pathlib.Path(
+    os.environ.get(
+        'CFBI_PARITY_DIR',
+        pathlib.Path(__file__).resolve().parents[1]
+        / '..'
+        / 'shared'
+        / 'fixtures'
+        / 'parity',
+    )
+)
 parity = pytest.mark.skipif(
-    not PARITY_DIR.is_dir(), reason=f'no parity fixtures at {PARITY_DIR}')
+    not PARITY_DIR.is_dir(), reason=f'no parity fixtures at {PARITY_DIR}'
+)
 
 
 # Naive references.
@@ -53,7 +60,7 @@ def np_acc(dtype):
 
 
 def np_sq_norm(x, dtype):
-  return (x.astype(np_acc(dtype))**2).sum(-1).astype(dtype)
+  return (x.astype(np_acc(dtype)) ** 2).sum(-1).astype(dtype)
 
 
 def naive_kept_pixels(ref_labels, obj_valid, atrous, min_pixels):
@@ -68,8 +75,16 @@ def naive_kept_pixels(ref_labels, obj_valid, atrous, min_pixels):
   return keep
 
 
-def naive_global(query, ref, ref_labels, obj_valid, atrous=1, min_pixels=0,
-                 dtype=np.float64, biases=(BG, FG)):
+def naive_global(
+    query,
+    ref,
+    ref_labels,
+    obj_valid,
+    atrous=1,
+    min_pixels=0,
+    dtype=np.float64,
+    biases=(BG, FG),
+):
   num_slots, (h, w, c) = len(obj_valid), query.shape
   emb, lab = [], []
   for frame, labels in zip(ref, ref_labels):
@@ -88,17 +103,20 @@ def naive_global(query, ref, ref_labels, obj_valid, atrous=1, min_pixels=0,
     return np.ones((num_slots, h, w))
   q, acc = query.reshape(-1, c).astype(dtype), np_acc(dtype)
   dot = (q.astype(acc) @ emb.astype(acc).T).astype(dtype)
-  dist = (np_sq_norm(q, dtype)[:, None] + np_sq_norm(emb, dtype)[None]
-          - 2 * dot)
-  out = np.stack([
-      (dist + np.where(lab == k, 0, 5e4).astype(dtype)[None]).min(1)
-      for k in range(num_slots)])
+  dist = np_sq_norm(q, dtype)[:, None] + np_sq_norm(emb, dtype)[None] - 2 * dot
+  out = np.stack(
+      [
+          (dist + np.where(lab == k, 0, 5e4).astype(dtype)[None]).min(1)
+          for k in range(num_slots)
+      ]
+  )
   out = np_similarity(out, np_biases(num_slots, *biases))
   return out.reshape(num_slots, h, w)
 
 
-def naive_local(query, prev, labels, obj_valid, windows, atrous=1,
-                dtype=np.float64):
+def naive_local(
+    query, prev, labels, obj_valid, windows, atrous=1, dtype=np.float64
+):
   (h, w, _), num_slots, a = query.shape, len(obj_valid), atrous
   q, p, acc = query.astype(dtype), prev.astype(dtype), np_acc(dtype)
   pad = windows[-1] - windows[-1] % a
@@ -127,8 +145,10 @@ def np_bilinear_ac(x, size, axes):
     src = np.arange(out) * ((n - 1) / (out - 1)) if out > 1 else np.zeros(1)
     i0 = np.minimum(np.floor(src).astype(int), n - 1)
     lam = np.expand_dims(src - i0, [d for d in range(x.ndim) if d != axis])
-    x = (np.take(x, i0, axis) * (1 - lam)
-         + np.take(x, np.minimum(i0 + 1, n - 1), axis) * lam)
+    x = (
+        np.take(x, i0, axis) * (1 - lam)
+        + np.take(x, np.minimum(i0 + 1, n - 1), axis) * lam
+    )
   return x
 
 
@@ -136,6 +156,7 @@ def np_legacy_nearest(labels, size):
   def index(n, out):
     src = np.floor(np.arange(out, dtype=np.float32) * np.float32(n / out))
     return np.minimum(src.astype(int), n - 1)
+
   rows, cols = index(labels.shape[0], size[0]), index(labels.shape[1], size[1])
   return labels[rows][:, cols]
 
@@ -143,9 +164,12 @@ def np_legacy_nearest(labels, size):
 def naive_fg_to_bg(fg, obj_valid):
   if obj_valid.sum() <= 1:
     return fg.copy()
-  return np.stack([
-      np.min([fg[j] for j in range(len(fg)) if obj_valid[j] and j != i], 0)
-      for i in range(len(fg))])
+  return np.stack(
+      [
+          np.min([fg[j] for j in range(len(fg)) if obj_valid[j] and j != i], 0)
+          for i in range(len(fg))
+      ]
+  )
 
 
 # Helpers.
@@ -156,8 +180,11 @@ def _fn(name, **static):
   fn = getattr(matching, name)
   if name == 'foreground_to_background':
     return jax.jit(fn)
-  return jax.jit(lambda q, r, lab, valid, bg, fg: fn(
-      q, r, lab, valid, bg_bias=bg, fg_bias=fg, **static))
+  return jax.jit(
+      lambda q, r, lab, valid, bg, fg: fn(
+          q, r, lab, valid, bg_bias=bg, fg_bias=fg, **static
+      )
+  )
 
 
 def run(name, *args, **static):
@@ -190,9 +217,12 @@ def global_inputs(case, seed=0, channels=5, scale=0.5):
   rng = np.random.default_rng(seed)
   labels = labels_for(rng, (refs, hr, wr), high)
   labels[labels == 1] = 2  # valid object 1 is absent from every reference
-  args = (embeddings(rng, h, w, channels, scale=scale),
-          embeddings(rng, refs, hr, wr, channels, scale=scale), labels,
-          np.array(valid, bool))
+  args = (
+      embeddings(rng, h, w, channels, scale=scale),
+      embeddings(rng, refs, hr, wr, channels, scale=scale),
+      labels,
+      np.array(valid, bool),
+  )
   return args, dict(atrous=atrous, min_pixels=min_pixels)
 
 
@@ -209,8 +239,9 @@ def test_distance_to_similarity_promotes_half():
 
 
 def test_object_biases():
-  out = matching.object_biases(4, jnp.full((1, 1, 1, 1), -0.5),
-                               jnp.array([0.25]))
+  out = matching.object_biases(
+      4, jnp.full((1, 1, 1, 1), -0.5), jnp.array([0.25])
+  )
   np.testing.assert_array_equal(out, np.float32([-0.5, 0.25, 0.25, 0.25]))
 
 
@@ -221,7 +252,8 @@ def test_atrous_reference_labels(atrous, min_pixels):
   labels[0, :6] = 1  # object 1 big in reference 0, small in the others
   valid = np.array([1, 1, 1, 0, 1], bool)
   out = matching.atrous_reference_labels(
-      labels, valid, atrous=atrous, min_pixels=min_pixels)
+      labels, valid, atrous=atrous, min_pixels=min_pixels
+  )
   keep = naive_kept_pixels(labels, valid, atrous, min_pixels)
   np.testing.assert_array_equal(out, np.where(keep, labels, -1))
 
@@ -245,11 +277,13 @@ def test_global_form_follows_the_backend():
   args, static = global_inputs('three_refs_padded', seed=4)
   default = run('global_matching', *args, **static)
   np.testing.assert_array_equal(
-      default, run('global_matching', *args, per_label='sorted', **static))
+      default, run('global_matching', *args, per_label='sorted', **static)
+  )
   with backend.tracing_for('cuda'):
     gpu_form = run('global_matching', *args, **static)
   np.testing.assert_array_equal(
-      gpu_form, run('global_matching', *args, per_label='masked', **static))
+      gpu_form, run('global_matching', *args, per_label='masked', **static)
+  )
   np.testing.assert_allclose(gpu_form, default, atol=1e-6)
 
 
@@ -257,10 +291,14 @@ def test_global_form_follows_the_backend():
 def test_global_block_size_has_no_effect(monkeypatch, block_rows):
   args, static = global_inputs('min_pixels_atrous2', seed=3)
   monkeypatch.setattr(matching, '_BLOCK_ROWS', block_rows)  # read at trace
-  fn = jax.jit(lambda *a: matching.global_matching(
-      *a, bg_bias=BG, fg_bias=FG, per_label='sorted', **static))
-  np.testing.assert_allclose(fn(*args), naive_global(*args, **static),
-                             atol=1e-5)
+  fn = jax.jit(
+      lambda *a: matching.global_matching(
+          *a, bg_bias=BG, fg_bias=FG, per_label='sorted', **static
+      )
+  )
+  np.testing.assert_allclose(
+      fn(*args), naive_global(*args, **static), atol=1e-5
+  )
 
 
 def test_void_reference_pixels_are_ignored():
@@ -274,9 +312,11 @@ def test_void_reference_pixels_are_ignored():
   out = run('global_matching', query, ref, labels, valid, **static)
   moved = np.where(void[..., None], ref + 7.0, ref).astype(np.float32)
   np.testing.assert_array_equal(
-      out, run('global_matching', query, moved, labels, valid, **static))
+      out, run('global_matching', query, moved, labels, valid, **static)
+  )
   np.testing.assert_allclose(
-      out, naive_global(query, ref, labels, valid, **static), atol=1e-5)
+      out, naive_global(query, ref, labels, valid, **static), atol=1e-5
+  )
 
 
 def test_global_min_pixels_decided_per_reference_frame():
@@ -284,10 +324,15 @@ def test_global_min_pixels_decided_per_reference_frame():
   labels = np.zeros((2, 7, 9), np.int32)
   labels[0, :4], labels[0, 6, :8] = 1, 2  # 1 big (36 > 8), 2 small (8)
   labels[1, :4], labels[1, 6, :2] = 2, 1  # and the other way round
-  args = (embeddings(rng, 7, 9, 4), embeddings(rng, 2, 7, 9, 4), labels,
-          np.ones(3, bool))
-  kept = matching.atrous_reference_labels(labels, args[3], atrous=2,
-                                          min_pixels=2)
+  args = (
+      embeddings(rng, 7, 9, 4),
+      embeddings(rng, 2, 7, 9, 4),
+      labels,
+      np.ones(3, bool),
+  )
+  kept = matching.atrous_reference_labels(
+      labels, args[3], atrous=2, min_pixels=2
+  )
   np.testing.assert_array_equal(kept[0, 6, :8], 2)  # 8 is not > 8
   np.testing.assert_array_equal(kept[1, 6, :2], 1)
   assert np.sum(kept[0] == 1) == 10 and np.sum(kept[1] == 2) == 10
@@ -302,8 +347,9 @@ def test_global_penalty_is_added_not_substituted():
   # A bias of -5e4 cancels the penalty: an object absent from the references
   # then reads sigmoid(d_min) instead of saturating at 1.
   args, static = global_inputs('three_refs_padded')
-  out = _fn('global_matching', **static)(*args, np.float32(-5e4),
-                                         np.float32(-5e4))
+  out = _fn('global_matching', **static)(
+      *args, np.float32(-5e4), np.float32(-5e4)
+  )
   want = naive_global(*args, **static, biases=(-5e4, -5e4))
   np.testing.assert_allclose(out, want, atol=5e-3)
   assert np.all(np.asarray(out)[1] < 0.9)
@@ -314,8 +360,13 @@ def test_global_penalty_is_added_not_substituted():
 def test_global_chunking_has_no_effect(num_chunks, per_label):
   args, static = global_inputs('three_refs_padded')
   whole = run('global_matching', *args, per_label=per_label, **static)
-  chunked = run('global_matching', *args, num_chunks=num_chunks,
-                per_label=per_label, **static)
+  chunked = run(
+      'global_matching',
+      *args,
+      num_chunks=num_chunks,
+      per_label=per_label,
+      **static,
+  )
   # Same algorithm; XLA may pick another dot kernel per chunk shape (1 ulp).
   np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
 
@@ -325,59 +376,90 @@ def test_global_empty_reference_gives_ones(per_label):
   (query, ref, _, valid), _ = global_inputs('one_ref')
   labels = np.full((2, 7, 9), -1, np.int32)
   labels[1, 0, 0] = 5  # not a valid slot either
-  out = run('global_matching', query, np.concatenate([ref, ref]), labels,
-            valid, per_label=per_label)
+  out = run(
+      'global_matching',
+      query,
+      np.concatenate([ref, ref]),
+      labels,
+      valid,
+      per_label=per_label,
+  )
   np.testing.assert_array_equal(out, np.ones((3, 7, 9)))
 
 
 @PER_LABEL
-@pytest.mark.parametrize('dtype,atol', [(np.float16, 5e-3),
-                                        (ml_dtypes.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    'dtype,atol', [(np.float16, 5e-3), (ml_dtypes.bfloat16, 3e-2)]
+)
 def test_global_low_precision(dtype, atol, per_label):
   args, static = global_inputs('three_refs_padded', channels=6, scale=0.25)
-  out = run('global_matching', *args, matching_dtype=jnp.dtype(dtype),
-            per_label=per_label, **static)
+  out = run(
+      'global_matching',
+      *args,
+      matching_dtype=jnp.dtype(dtype),
+      per_label=per_label,
+      **static,
+  )
   want = naive_global(*args, dtype=dtype, **static)
   np.testing.assert_allclose(out, want, atol=atol)
   assert np.abs(out - run('global_matching', *args, **static)).max() > 1e-4
 
 
-@pytest.mark.parametrize('windows,atrous,valid', [
-    ((1, 2, 3), 1, [1, 1, 1]),
-    ((2, 3, 4), 2, [1, 1, 0, 1, 0]),
-    ((2, 5, 7), 3, [1, 1, 1, 1]),
-    ((4,), 2, [1]),
-])
+@pytest.mark.parametrize(
+    'windows,atrous,valid',
+    [
+        ((1, 2, 3), 1, [1, 1, 1]),
+        ((2, 3, 4), 2, [1, 1, 0, 1, 0]),
+        ((2, 5, 7), 3, [1, 1, 1, 1]),
+        ((4,), 2, [1]),
+    ],
+)
 def test_local_matching_matches_naive(windows, atrous, valid):
   rng = np.random.default_rng(4)
-  args = (embeddings(rng, 11, 13, 4), embeddings(rng, 11, 13, 4),
-          labels_for(rng, (11, 13), len(valid) + 2), np.array(valid, bool))
+  args = (
+      embeddings(rng, 11, 13, 4),
+      embeddings(rng, 11, 13, 4),
+      labels_for(rng, (11, 13), len(valid) + 2),
+      np.array(valid, bool),
+  )
   out = run('local_matching', *args, windows=windows, atrous=atrous)
   assert out.shape == (len(valid), 11, 13, len(windows))
   want = naive_local(*args, windows, atrous)
   np.testing.assert_allclose(out, want, atol=1e-5)
 
 
-@pytest.mark.parametrize('size,windows,atrous', [
-    ((35, 50), (3, 18), 1),    # windows wider than a tile: 4 blocks a tile
-    ((34, 41), (8, 24), 2),    # several tiles per phase, uneven phases
-])
+@pytest.mark.parametrize(
+    'size,windows,atrous',
+    [
+        ((35, 50), (3, 18), 1),  # windows wider than a tile: 4 blocks a tile
+        ((34, 41), (8, 24), 2),  # several tiles per phase, uneven phases
+    ],
+)
 def test_local_matching_across_tiles(size, windows, atrous):
   """Grids of several `_LOCAL_TILE` tiles, neighbourhoods spanning more
   than two tiles, and the edges of every tile, against the naive loop."""
   rng = np.random.default_rng(8)
   valid = np.array([1, 1, 0, 1], bool)
-  args = (embeddings(rng, *size, 5), embeddings(rng, *size, 5),
-          labels_for(rng, size, len(valid) + 1), valid)
+  args = (
+      embeddings(rng, *size, 5),
+      embeddings(rng, *size, 5),
+      labels_for(rng, size, len(valid) + 1),
+      valid,
+  )
   out = run('local_matching', *args, windows=windows, atrous=atrous)
-  np.testing.assert_allclose(out, naive_local(*args, windows, atrous),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      out, naive_local(*args, windows, atrous), atol=1e-5
+  )
 
 
 def test_local_channel_order_is_largest_first():
   rng = np.random.default_rng(5)
-  args = (embeddings(rng, 7, 9, 3), embeddings(rng, 7, 9, 3),
-          labels_for(rng, (7, 9), 3), np.ones(3, bool))
+  args = (
+      embeddings(rng, 7, 9, 3),
+      embeddings(rng, 7, 9, 3),
+      labels_for(rng, (7, 9), 3),
+      np.ones(3, bool),
+  )
   out = run('local_matching', *args, windows=(2, 4, 6), atrous=2)
   for channel, size in enumerate((6, 2, 4)):
     single = run('local_matching', *args, windows=(size,), atrous=2)
@@ -386,11 +468,18 @@ def test_local_channel_order_is_largest_first():
 
 def test_local_float16():
   rng = np.random.default_rng(6)
-  args = (embeddings(rng, 7, 9, 6, scale=0.25),
-          embeddings(rng, 7, 9, 6, scale=0.25), labels_for(rng, (7, 9), 3),
-          np.ones(3, bool))
-  out = run('local_matching', *args, windows=(1, 2),
-            matching_dtype=jnp.dtype(jnp.float16))
+  args = (
+      embeddings(rng, 7, 9, 6, scale=0.25),
+      embeddings(rng, 7, 9, 6, scale=0.25),
+      labels_for(rng, (7, 9), 3),
+      np.ones(3, bool),
+  )
+  out = run(
+      'local_matching',
+      *args,
+      windows=(1, 2),
+      matching_dtype=jnp.dtype(jnp.float16),
+  )
   want = naive_local(*args, (1, 2), dtype=np.float16)
   np.testing.assert_allclose(out, want, atol=5e-3)
 
@@ -400,18 +489,28 @@ def test_local_downsampled_two_step_rule(size):
   rng = np.random.default_rng(7)
   query, prev = embeddings(rng, *size, 4), embeddings(rng, *size, 4)
   labels, valid = labels_for(rng, size, 3), np.ones(3, bool)
-  out = run('local_matching_downsampled', query, prev, labels, valid,
-            windows=(1, 2))
+  out = run(
+      'local_matching_downsampled', query, prev, labels, valid, windows=(1, 2)
+  )
   half = (size[0] // 2 + 1, size[1] // 2 + 1)
-  maps = naive_local(np_bilinear_ac(query.astype(np.float64), half, (0, 1)),
-                     np_bilinear_ac(prev.astype(np.float64), half, (0, 1)),
-                     np_legacy_nearest(labels, half), valid, (1, 2))
+  maps = naive_local(
+      np_bilinear_ac(query.astype(np.float64), half, (0, 1)),
+      np_bilinear_ac(prev.astype(np.float64), half, (0, 1)),
+      np_legacy_nearest(labels, half),
+      valid,
+      (1, 2),
+  )
   want = np_bilinear_ac(maps, size, (1, 2))
   np.testing.assert_allclose(out, want, atol=1e-5)
   if size[0] % 2:  # embeddings keep rows 0, 2, 4, ...; labels 0, 1, 3, ...
-    direct = run('local_matching', query[::2, ::2], prev[::2, ::2],
-                 labels[[0, 1, 3, 5, 7]][:, [0, 1, 3, 5, 7, 9]], valid,
-                 windows=(1, 2))
+    direct = run(
+        'local_matching',
+        query[::2, ::2],
+        prev[::2, ::2],
+        labels[[0, 1, 3, 5, 7]][:, [0, 1, 3, 5, 7, 9]],
+        valid,
+        windows=(1, 2),
+    )
     np.testing.assert_allclose(out[:, ::2, ::2], direct, atol=1e-6)
 
 
@@ -419,19 +518,27 @@ def test_matching_gradients_are_finite():
   (query, ref, labels, valid), static = global_inputs('min_pixels_atrous2')
 
   def loss(q, r):
-    glob = matching.global_matching(q, r, labels, valid, bg_bias=BG,
-                                    fg_bias=FG, num_chunks=3, **static)
-    local = matching.local_matching(q, r[0, :7, :9], labels[0, :7, :9],
-                                    valid, bg_bias=BG, fg_bias=FG,
-                                    windows=(1, 2))
+    glob = matching.global_matching(
+        q, r, labels, valid, bg_bias=BG, fg_bias=FG, num_chunks=3, **static
+    )
+    local = matching.local_matching(
+        q,
+        r[0, :7, :9],
+        labels[0, :7, :9],
+        valid,
+        bg_bias=BG,
+        fg_bias=FG,
+        windows=(1, 2),
+    )
     return glob.sum() + local.sum()
 
   for grad in jax.jit(jax.grad(loss, argnums=(0, 1)))(query, ref):
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
-@pytest.mark.parametrize('valid', [[1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1],
-                                   [1, 0, 0], [1]])
+@pytest.mark.parametrize(
+    'valid', [[1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1], [1, 0, 0], [1]]
+)
 def test_foreground_to_background(valid):
   rng = np.random.default_rng(8)
   valid = np.array(valid, bool)
@@ -463,6 +570,7 @@ def _parity_biases(variant):
   if str(PARITY_DIR) not in sys.path:
     sys.path.insert(0, str(PARITY_DIR))
   from make_state_dict import make_state_dict  # pylint: disable=g-import-not-at-top
+
   state = make_state_dict(str(PARITY_DIR / variant / 'manifest.json'))
   return state['bg_bias'].reshape(-1), state['fg_bias'].reshape(-1)
 
@@ -480,9 +588,11 @@ def _parity_inputs(variant, key, channels=None):
   sequence = np.load(folder / 'sequence.npz')
   grid = query.shape[:2]
   ref_labels = resize.resize_labels_nearest(
-      jnp.asarray(annotation, jnp.int32), grid)
+      jnp.asarray(annotation, jnp.int32), grid
+  )
   prev_labels = resize.resize_labels_nearest(
-      jnp.asarray(sequence['prev_mask_fed'][0], jnp.int32), grid)
+      jnp.asarray(sequence['prev_mask_fed'][0], jnp.int32), grid
+  )
   valid = np.ones(int(sequence['gt_ids'][1]) + 1, bool)
   return query, ref, ref_labels, prev_labels, valid
 
@@ -495,8 +605,10 @@ def _fg_bg(prefix, suffix, fg, valid):
 def _check_parity(variant, got):
   folder = PARITY_DIR / variant
   tolerances = json.loads((folder / 'tolerances.json').read_text())['arrays']
-  want = {**np.load(folder / 'frame1.npz'),
-          **np.load(folder / 'alt_setting.npz')}
+  want = {
+      **np.load(folder / 'frame1.npz'),
+      **np.load(folder / 'alt_setting.npz'),
+  }
   for name, value in got.items():
     diff = np.abs(value - want[name]).max()
     print(f'{variant} {name}: max abs diff {diff:.3g}')
@@ -507,39 +619,60 @@ def _check_parity(variant, got):
 @pytest.mark.parametrize('variant', ['cfbi_resnet101', 'cfbi_mobilenetv2'])
 def test_parity_cfbi(variant):
   query, ref, ref_labels, prev_labels, valid = _parity_inputs(
-      variant, 'embedding')
+      variant, 'embedding'
+  )
   bg, fg = _parity_biases(variant)
   common = (valid, bg[0], fg[0])
   glob = _fn('global_matching', num_chunks=4)(
-      query, ref[None], ref_labels[None], *common)
+      query, ref[None], ref_labels[None], *common
+  )
   local = _fn('local_matching_downsampled', windows=(2, 4, 6, 8, 10, 12))(
-      query, ref, prev_labels, *common)
+      query, ref, prev_labels, *common
+  )
   alt = _fn('global_matching', atrous=2)(  # --global_atrous_rate 2
-      query, ref[None], ref_labels[None], *common)
-  _check_parity(variant, {**_fg_bg('global', '', glob, valid),
-                          **_fg_bg('local', '', local, valid),
-                          'global_fg_f01': _nchw(alt)})
+      query, ref[None], ref_labels[None], *common
+  )
+  _check_parity(
+      variant,
+      {
+          **_fg_bg('global', '', glob, valid),
+          **_fg_bg('local', '', local, valid),
+          'global_fg_f01': _nchw(alt),
+      },
+  )
 
 
 @parity
-@pytest.mark.parametrize('scale,channels,windows,atrous', [
-    (0, 32, (4, 8, 12, 16, 20, 24), 2),
-    (1, 64, (2, 4, 6, 8, 10, 12), 1),
-    (2, 128, (2, 4, 6, 8, 10), 1),
-])
+@pytest.mark.parametrize(
+    'scale,channels,windows,atrous',
+    [
+        (0, 32, (4, 8, 12, 16, 20, 24), 2),
+        (1, 64, (2, 4, 6, 8, 10, 12), 1),
+        (2, 128, (2, 4, 6, 8, 10), 1),
+    ],
+)
 def test_parity_cfbip(scale, channels, windows, atrous):
   variant, suffix = 'cfbip_resnet101', f'_{4 << scale}x'
   query, ref, ref_labels, prev_labels, valid = _parity_inputs(
-      variant, 'embedding' + suffix, channels)
+      variant, 'embedding' + suffix, channels
+  )
   bg, fg = _parity_biases(variant)
   common = (valid, bg[scale], fg[scale])
   glob = _fn('global_matching', atrous=atrous)(
-      query, ref[None], ref_labels[None], *common)
+      query, ref[None], ref_labels[None], *common
+  )
   local = _fn('local_matching', windows=windows, atrous=atrous)(
-      query, ref, prev_labels, *common)
+      query, ref, prev_labels, *common
+  )
   # DAVIS flags: --global_atrous_rate 2 --min_matching_pixels 100.
   alt = _fn('global_matching', atrous=atrous, min_pixels=100)(
-      query, ref[None], ref_labels[None], *common)
-  _check_parity(variant, {**_fg_bg('global', suffix, glob, valid),
-                          **_fg_bg('local', suffix, local, valid),
-                          f'global_fg{suffix}_f01': _nchw(alt)})
+      query, ref[None], ref_labels[None], *common
+  )
+  _check_parity(
+      variant,
+      {
+          **_fg_bg('global', suffix, glob, valid),
+          **_fg_bg('local', suffix, local, valid),
+          f'global_fg{suffix}_f01': _nchw(alt),
+      },
+  )

@@ -70,7 +70,7 @@ def random_blobs(rng, shape, n=3):
   h, w = shape
   for _ in range(n):
     y, x = rng.integers(0, h), rng.integers(0, w)
-    mask[y:y + rng.integers(1, h), x:x + rng.integers(1, w)] = True
+    mask[y : y + rng.integers(1, h), x : x + rng.integers(1, w)] = True
   return mask
 
 
@@ -78,10 +78,10 @@ def random_blobs(rng, shape, n=3):
 def test_region_similarity_hand_computed():
   pred = np.zeros((3, 4), bool)
   gt = np.zeros((3, 4), bool)
-  pred[0, 0:3] = True            # 3 pixels
-  pred[1, 0] = True              # 4 pixels
-  gt[0, 1:4] = True              # 3 pixels
-  gt[1, 0:3] = True              # 6 pixels
+  pred[0, 0:3] = True  # 3 pixels
+  pred[1, 0] = True  # 4 pixels
+  gt[0, 1:4] = True  # 3 pixels
+  gt[1, 0:3] = True  # 6 pixels
   # Intersection: (0,1), (0,2), (1,0) = 3; union 4 + 6 - 3 = 7.
   assert metrics.region_similarity(pred, gt) == 3 / 7
 
@@ -102,33 +102,37 @@ def test_region_similarity_rejects_shape_mismatch():
 
 
 # ------------------------------------------------------------- boundary map
-@pytest.mark.parametrize('mask, expected', [
-    pytest.param(
-        [[0, 0, 0, 0],
-         [0, 1, 1, 0],
-         [0, 1, 1, 0],
-         [0, 0, 0, 0]],
-        [[1, 1, 1, 0],   # (0, 0): lower-right neighbour differs
-         [1, 0, 1, 0],   # last column: only the lower neighbour counts
-         [1, 1, 1, 0],
-         [0, 0, 0, 0]],  # last row: only the right neighbour counts
-        id='interior_square'),
-    pytest.param(
-        [[0, 0, 0, 0],
-         [0, 0, 0, 0],
-         [0, 0, 1, 1],
-         [0, 0, 1, 1]],
-        [[0, 0, 0, 0],
-         [0, 1, 1, 1],
-         [0, 1, 0, 0],   # the object's right and lower sides lie on the
-         [0, 1, 0, 0]],  # image border, which is not a contour
-        id='square_in_bottom_right_corner'),
-    pytest.param(
-        [[1, 1, 1, 1]] * 4, [[0, 0, 0, 0]] * 4, id='whole_frame'),
-    pytest.param(
-        [[1, 0, 0, 0]] + [[0, 0, 0, 0]] * 3,
-        [[1, 0, 0, 0]] + [[0, 0, 0, 0]] * 3, id='top_left_pixel'),
-])
+@pytest.mark.parametrize(
+    'mask, expected',
+    [
+        pytest.param(
+            [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]],
+            [
+                [1, 1, 1, 0],  # (0, 0): lower-right neighbour differs
+                [1, 0, 1, 0],  # last column: only the lower neighbour counts
+                [1, 1, 1, 0],
+                [0, 0, 0, 0],
+            ],  # last row: only the right neighbour counts
+            id='interior_square',
+        ),
+        pytest.param(
+            [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]],
+            [
+                [0, 0, 0, 0],
+                [0, 1, 1, 1],
+                [0, 1, 0, 0],  # the object's right and lower sides lie on the
+                [0, 1, 0, 0],
+            ],  # image border, which is not a contour
+            id='square_in_bottom_right_corner',
+        ),
+        pytest.param([[1, 1, 1, 1]] * 4, [[0, 0, 0, 0]] * 4, id='whole_frame'),
+        pytest.param(
+            [[1, 0, 0, 0]] + [[0, 0, 0, 0]] * 3,
+            [[1, 0, 0, 0]] + [[0, 0, 0, 0]] * 3,
+            id='top_left_pixel',
+        ),
+    ],
+)
 def test_boundary_map_hand_computed(mask, expected):
   mask = np.array(mask, bool)
   got = metrics.boundary_map(mask)
@@ -142,8 +146,9 @@ def test_boundary_map_matches_naive_on_random_masks():
   for shape in [(1, 1), (1, 7), (7, 1), (9, 13), (16, 11)]:
     for _ in range(5):
       mask = rng.random(shape) < 0.5
-      np.testing.assert_array_equal(metrics.boundary_map(mask),
-                                    naive_boundary(mask))
+      np.testing.assert_array_equal(
+          metrics.boundary_map(mask), naive_boundary(mask)
+      )
 
 
 # ----------------------------------------------------------------- dilation
@@ -152,8 +157,8 @@ def test_disk_and_radius():
   assert metrics.disk(0).sum() == 1
   assert metrics.disk(1).sum() == 5
   assert metrics.disk(8).shape == (17, 17)
-  assert metrics.boundary_radius(480, 854) == 8   # 0.008 * diag = 7.84
-  assert metrics.boundary_radius(480, 720) == 7   # 6.92
+  assert metrics.boundary_radius(480, 854) == 8  # 0.008 * diag = 7.84
+  assert metrics.boundary_radius(480, 720) == 7  # 6.92
 
 
 @pytest.mark.parametrize('radius', [0, 1, 2, 3, 5, 8])
@@ -163,7 +168,9 @@ def test_dilation_matches_naive_loops(radius):
     mask = rng.random(shape) < 0.06
     np.testing.assert_array_equal(
         metrics.binary_dilation_disk(mask, radius),
-        naive_dilation(mask, radius), err_msg=f'{shape}')
+        naive_dilation(mask, radius),
+        err_msg=f'{shape}',
+    )
 
 
 def test_dilation_rejects_fractional_radius():
@@ -178,7 +185,7 @@ def test_f_empty_and_whole_frame_cases():
   obj = empty.copy()
   obj[5:12, 8:20] = True
   assert metrics.boundary_f_measure(empty, empty) == 1.0
-  assert metrics.boundary_f_measure(empty, obj) == 0.0   # empty prediction
+  assert metrics.boundary_f_measure(empty, obj) == 0.0  # empty prediction
   assert metrics.boundary_f_measure(obj, empty) == 0.0
   # A whole-frame mask has no boundary at all.
   assert metrics.boundary_f_measure(whole, obj) == 0.0
@@ -219,19 +226,21 @@ def test_f_matches_naive_reference_on_random_masks():
     pred, gt = random_blobs(rng, shape), random_blobs(rng, shape)
     radius = int(rng.integers(0, 5))
     assert metrics.boundary_f_measure(pred, gt, radius) == pytest.approx(
-        naive_f(pred, gt, radius), abs=1e-15), trial
+        naive_f(pred, gt, radius), abs=1e-15
+    ), trial
   # Default radius on a frame large enough that ceil(0.008 diag) = 2.
   shape = (150, 200)
   assert metrics.boundary_radius(*shape) == 2
   pred, gt = random_blobs(rng, shape), random_blobs(rng, shape)
   assert metrics.boundary_f_measure(pred, gt) == pytest.approx(
-      naive_f(pred, gt, 2), abs=1e-15)
+      naive_f(pred, gt, 2), abs=1e-15
+  )
 
 
 def test_f_is_fast_on_a_davis_frame():
   rng = np.random.default_rng(2)
   gt = np.zeros((480, 854), bool)
-  gt[60:420, 100:700] = rng.random((360, 600)) < 0.5   # many boundary pixels
+  gt[60:420, 100:700] = rng.random((360, 600)) < 0.5  # many boundary pixels
   pred = np.roll(gt, 5, axis=1)
   best = float('inf')
   for _ in range(5):
@@ -258,7 +267,7 @@ def test_mean_recall_decay_n7_tie():
   v = [1.0, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.5]
   mean, recall, decay = metrics.mean_recall_decay(v)
   assert mean == pytest.approx(sum(v) / 7, abs=1e-15)
-  assert recall == 2 / 7          # 1.0 and 0.75; the two 0.5 do not count
+  assert recall == 2 / 7  # 1.0 and 0.75; the two 0.5 do not count
   # Bins: v[0..2] and v[5..6], inclusive. Half-to-even rounding would give
   # v[0..1] and v[5..6] instead (0.875 - 0.28125).
   assert decay == (1.0 + 0.75 + 0.5) / 3 - (0.0625 + 0.5) / 2
@@ -278,7 +287,7 @@ def _toy_sequence():
   """5 frames of 20x30 with two objects; prediction = GT shifted by 1 px."""
   gt = np.zeros((5, 20, 30), np.uint8)
   for t in range(5):
-    gt[t, 2:8, 2 + t:10 + t] = 1
+    gt[t, 2:8, 2 + t : 10 + t] = 1
     gt[t, 12:18, 15:25] = 2
   pred = np.roll(gt, 1, axis=2)
   return gt, pred
@@ -292,21 +301,25 @@ def test_evaluate_sequence_matches_per_frame_functions():
   assert res['J'].shape == res['F'].shape == (2, 3)
   for k in range(2):
     for i, t in enumerate(range(1, 4)):
-      assert res['J'][k, i] == metrics.region_similarity(pred[t] == k + 1,
-                                                         gt[t] == k + 1)
-      assert res['F'][k, i] == metrics.boundary_f_measure(pred[t] == k + 1,
-                                                          gt[t] == k + 1)
+      assert res['J'][k, i] == metrics.region_similarity(
+          pred[t] == k + 1, gt[t] == k + 1
+      )
+      assert res['F'][k, i] == metrics.boundary_f_measure(
+          pred[t] == k + 1, gt[t] == k + 1
+      )
     assert (res['J-Mean'][k], res['J-Recall'][k], res['J-Decay'][k]) == (
-        metrics.mean_recall_decay(res['J'][k]))
+        metrics.mean_recall_decay(res['J'][k])
+    )
     assert (res['F-Mean'][k], res['F-Recall'][k], res['F-Decay'][k]) == (
-        metrics.mean_recall_decay(res['F'][k]))
+        metrics.mean_recall_decay(res['F'][k])
+    )
 
 
 def test_evaluate_sequence_ignores_first_and_last_prediction():
   gt, pred = _toy_sequence()
   ref = metrics.evaluate_sequence(gt, pred)
   pred = pred.copy()
-  pred[0] = 9       # labels > K in frames 0 and T-1 are never read
+  pred[0] = 9  # labels > K in frames 0 and T-1 are never read
   pred[-1] = 0
   res = metrics.evaluate_sequence(gt, pred)
   np.testing.assert_array_equal(res['J'], ref['J'])
@@ -316,8 +329,8 @@ def test_evaluate_sequence_ignores_first_and_last_prediction():
 def test_evaluate_sequence_objects_from_first_frame():
   gt, pred = _toy_sequence()
   gt = gt.copy()
-  gt[0][gt[0] == 2] = 0       # object 2 only appears later: K = 1
-  gt[2, 0, 0] = 255           # void counts as background
+  gt[0][gt[0] == 2] = 0  # object 2 only appears later: K = 1
+  gt[2, 0, 0] = 255  # void counts as background
   res = metrics.evaluate_sequence(gt, np.where(pred == 2, 0, pred))
   assert res['num_objects'] == 1
   assert res['J'].shape == (1, 3)
@@ -336,10 +349,12 @@ def test_evaluate_sequence_label_above_k_is_an_error():
   pred = pred.copy()
   pred[2, 0, 0] = 3
   names = [f'{i:05d}' for i in range(5)]
-  with pytest.raises(ValueError, match=r'toy-seq: prediction frame 00002 '
-                     r'contains label 3.*only 2 object'):
-    metrics.evaluate_sequence(gt, pred, sequence='toy-seq',
-                              frame_names=names)
+  with pytest.raises(
+      ValueError,
+      match=r'toy-seq: prediction frame 00002 '
+      r'contains label 3.*only 2 object',
+  ):
+    metrics.evaluate_sequence(gt, pred, sequence='toy-seq', frame_names=names)
 
 
 def test_evaluate_sequence_rejects_bad_shapes():

@@ -33,7 +33,7 @@ def _model(variant, **overrides):
 
 def _labels(rng, num_objects, size=(H, W)):
   """Blobs with ids 1..num_objects."""
-  yy, xx = np.mgrid[:size[0], :size[1]]
+  yy, xx = np.mgrid[: size[0], : size[1]]
   labels = np.zeros(size, np.int32)
   for k in range(1, num_objects + 1):
     cy, cx = rng.uniform(10, size[0] - 10), rng.uniform(10, size[1] - 10)
@@ -47,11 +47,24 @@ def _embed(module, images):
 
 
 @nnx.jit(static_argnames='training')
-def _segment(module, ref, ref_labels, ref_valid, prev, prev_labels, cur,
-             obj_valid, training=False):
+def _segment(
+    module,
+    ref,
+    ref_labels,
+    ref_valid,
+    prev,
+    prev_labels,
+    cur,
+    obj_valid,
+    training=False,
+):
   state = vos.PropagationState(
-      ref_scales=ref, ref_labels=ref_labels, ref_valid=ref_valid,
-      prev_scales=prev, prev_labels=prev_labels)
+      ref_scales=ref,
+      ref_labels=ref_labels,
+      ref_valid=ref_valid,
+      prev_scales=prev,
+      prev_labels=prev_labels,
+  )
   out = module.segment(state, cur, obj_valid, training=training)
   return out.logits, out.aux
 
@@ -61,18 +74,29 @@ def _inputs(module, rng, batch=1, num_objects=2, num_slots=None, refs=1):
   images = jnp.asarray(rng.normal(size=(batch * 2, H, W, 3)), jnp.float32)
   emb = _embed(module, images)
   ref = vos.FrameEmbedding(
-      features_s4=emb.features_s4[:batch], scales=tuple(s[:batch] for s in emb.scales))
+      features_s4=emb.features_s4[:batch],
+      scales=tuple(s[:batch] for s in emb.scales),
+  )
   cur = vos.FrameEmbedding(
-      features_s4=emb.features_s4[batch:], scales=tuple(s[batch:] for s in emb.scales))
+      features_s4=emb.features_s4[batch:],
+      scales=tuple(s[batch:] for s in emb.scales),
+  )
   ref_scales = tuple(jnp.repeat(s[:, None], refs, axis=1) for s in ref.scales)
   labels = np.stack([_labels(rng, num_objects) for _ in range(batch)])
   ref_labels = jnp.asarray(np.repeat(labels[:, None], refs, axis=1))
   ref_valid = jnp.asarray(np.arange(refs)[None].repeat(batch, 0) == 0)
   obj_valid = jnp.asarray(
-      np.arange(num_slots)[None].repeat(batch, 0) <= num_objects)
-  return dict(ref=ref_scales, ref_labels=ref_labels, ref_valid=ref_valid,
-              prev=ref.scales, prev_labels=jnp.asarray(labels), cur=cur,
-              obj_valid=obj_valid)
+      np.arange(num_slots)[None].repeat(batch, 0) <= num_objects
+  )
+  return dict(
+      ref=ref_scales,
+      ref_labels=ref_labels,
+      ref_valid=ref_valid,
+      prev=ref.scales,
+      prev_labels=jnp.asarray(labels),
+      cur=cur,
+      obj_valid=obj_valid,
+  )
 
 
 @pytest.mark.parametrize('variant', ['tiny_cfbi', 'tiny_cfbip'])
@@ -100,8 +124,13 @@ def test_unused_reference_slots_are_ignored():
   noise = jnp.asarray(rng.normal(size=one['ref'][0].shape), jnp.float32)
   three['ref'] = (jnp.concatenate([one['ref'][0], noise, noise * 2], 1),)
   three['ref_labels'] = jnp.concatenate(
-      [one['ref_labels'], jnp.ones_like(one['ref_labels']),
-       jnp.zeros_like(one['ref_labels'])], 1)
+      [
+          one['ref_labels'],
+          jnp.ones_like(one['ref_labels']),
+          jnp.zeros_like(one['ref_labels']),
+      ],
+      1,
+  )
   three['ref_valid'] = jnp.asarray([[True, False, False]])
   a, _ = _segment(module, **one)
   b, _ = _segment(module, **three)
@@ -114,9 +143,9 @@ def test_batch_elements_are_independent():
   both = _inputs(module, rng, batch=2, num_objects=2)
   logits, _ = _segment(module, **both)
   for b in range(2):
-    single = jax.tree.map(lambda v, b=b: v[b:b + 1], both)
+    single = jax.tree.map(lambda v, b=b: v[b : b + 1], both)
     alone, _ = _segment(module, **single)
-    np.testing.assert_allclose(logits[b:b + 1], alone, atol=1e-4)
+    np.testing.assert_allclose(logits[b : b + 1], alone, atol=1e-4)
 
 
 def test_attention_label_switch():
@@ -130,11 +159,12 @@ def test_attention_label_switch():
     ref_lab = resize.resize_labels_nearest(x['ref_labels'][0], grid)
     if switch:
       ref_lab = matching.atrous_reference_labels(
-          ref_lab, x['obj_valid'][0], atrous=2, min_pixels=0)
+          ref_lab, x['obj_valid'][0], atrous=2, min_pixels=0
+      )
     prev_lab = resize.resize_labels_nearest(x['prev_labels'][0], grid)
     expected = attention.attention_head(
-        x['ref'][0][0], ref_lab, x['ref_valid'][0], x['prev'][0][0],
-        prev_lab, 3)
+        x['ref'][0][0], ref_lab, x['ref_valid'][0], x['prev'][0][0], prev_lab, 3
+    )
     np.testing.assert_allclose(aux['attention_s4'][0], expected, atol=1e-5)
 
 
@@ -143,13 +173,15 @@ def test_preprocess_images_is_official_bgr_normalisation():
   rgb = rng.integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
   bgr = rgb[..., ::-1].astype(np.float64)
   expected = (bgr / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
-      [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(vos.preprocess_images(rgb), expected,
-                             atol=1e-6)
+      [0.229, 0.224, 0.225]
+  )
+  np.testing.assert_allclose(vos.preprocess_images(rgb), expected, atol=1e-6)
   rgb_expected = (rgb / 255 - np.array([0.485, 0.456, 0.406])) / np.array(
-      [0.229, 0.224, 0.225])
-  np.testing.assert_allclose(vos.preprocess_images(rgb, bgr=False),
-                             rgb_expected, atol=1e-6)
+      [0.229, 0.224, 0.225]
+  )
+  np.testing.assert_allclose(
+      vos.preprocess_images(rgb, bgr=False), rgb_expected, atol=1e-6
+  )
 
 
 def test_config_validation():
@@ -160,17 +192,21 @@ def test_config_validation():
   with pytest.raises(ValueError, match='local_windows'):
     models.build(dict(config, local_windows=((2,), (4,))))
   with pytest.raises(ValueError, match='ResNet'):
-    models.build(models.model_config('tiny_cfbip').to_dict() | {
-        'backbone': 'mobilenetv2'})
+    models.build(
+        models.model_config('tiny_cfbip').to_dict()
+        | {'backbone': 'mobilenetv2'}
+    )
   with pytest.raises(ValueError, match='unknown variant'):
     models.model_config('cfbi_resnet50')
 
 
 def test_tiny_is_small():
   module = nnx.eval_shape(
-      lambda: models.build(models.model_config('tiny_cfbi')))
-  count = sum(np.prod(v.shape) for v in jax.tree.leaves(
-      nnx.state(module, nnx.Param)))
+      lambda: models.build(models.model_config('tiny_cfbi'))
+  )
+  count = sum(
+      np.prod(v.shape) for v in jax.tree.leaves(nnx.state(module, nnx.Param))
+  )
   assert count < 1_200_000, count
 
 
@@ -183,10 +219,12 @@ def _assert_switch_is(ablated, equivalent, x, atol):
   """`ablated` gives the logits of `equivalent` (a full model edited by
   hand) and, so that the switch is seen to act, not those of the full
   model."""
-  np.testing.assert_allclose(_logits(ablated, x), _logits(equivalent, x),
-                             atol=atol)
-  assert not np.allclose(_logits(_model('tiny_cfbi'), x), _logits(ablated, x),
-                         atol=1e-3)
+  np.testing.assert_allclose(
+      _logits(ablated, x), _logits(equivalent, x), atol=atol
+  )
+  assert not np.allclose(
+      _logits(_model('tiny_cfbi'), x), _logits(ablated, x), atol=1e-3
+  )
 
 
 def test_matching_bias_switch():
@@ -212,11 +250,12 @@ def test_background_switch():
   ablated = _model('tiny_cfbi', use_background=False)
   for module, zero in ((full, False), (ablated, True)):
     _, aux = _segment(module, **x)
-    bg_maps = np.concatenate([np.ravel(aux['global_bg_s4']),
-                              np.ravel(aux['local_bg_s4'])])
+    bg_maps = np.concatenate(
+        [np.ravel(aux['global_bg_s4']), np.ravel(aux['local_bg_s4'])]
+    )
     c = aux['attention_s4'].shape[-1] // 4
     heads = np.asarray(aux['attention_s4'])
-    bg_heads = np.concatenate([heads[..., c:2 * c], heads[..., 3 * c:]], -1)
+    bg_heads = np.concatenate([heads[..., c : 2 * c], heads[..., 3 * c :]], -1)
     assert np.all(bg_maps == 0) == zero and np.all(bg_heads == 0) == zero
     assert np.any(heads[..., :c] != 0)
     assert np.any(np.asarray(aux['global_fg_s4']) != 0)
@@ -232,8 +271,11 @@ def test_attention_switch():
   blind = _model('tiny_cfbi')
   seghead = blind.dynamic_seghead
   linears = [g.IA for g in seghead.gates] + [
-      seghead.IA10.IA, seghead.IA11.IA, seghead.IA_final_fg,
-      seghead.IA_final_bg]
+      seghead.IA10.IA,
+      seghead.IA11.IA,
+      seghead.IA_final_fg,
+      seghead.IA_final_bg,
+  ]
   for linear in linears:
     linear.kernel[...] = jnp.zeros_like(linear.kernel[...])
   _assert_switch_is(ablated, blind, x, atol=1e-4)
@@ -246,8 +288,9 @@ def test_feelvos_head_switch():
   module = _model('tiny_cfbi', head='feelvos')
   x = _inputs(module, rng, num_objects=2)
   swap = lambda lab: jnp.where(lab == 1, 2, jnp.where(lab == 2, 1, lab))
-  swapped = dict(x, ref_labels=swap(x['ref_labels']),
-                 prev_labels=swap(x['prev_labels']))
+  swapped = dict(
+      x, ref_labels=swap(x['ref_labels']), prev_labels=swap(x['prev_labels'])
+  )
   a, b = _logits(module, x), _logits(module, swapped)
   np.testing.assert_allclose(a[..., [0, 2, 1]], b, atol=1e-4)
   assert not np.allclose(a[..., 1], a[..., 2], atol=1e-3)

@@ -50,41 +50,62 @@ GLOBAL_BATCH = 4
 def records(tmp_path_factory):
   """TFDS records of a tiny YouTube-VOS layout: (name, data_dir)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   root = synthetic_layouts.write_youtube_vos(str(tmp_path_factory.mktemp('y')))
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   module = load_builder('youtube_vos', 'cfbi_test_builder_youtube_vos')
   builder = module.CfbiYoutubeVos(data_dir=data_dir)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=root))
+      download_config=tfds.download.DownloadConfig(manual_dir=root)
+  )
   return builder.name, data_dir
 
 
 def overrides(records, steps):
   """The run, as config fields (for the command line and in-process)."""
   name, data_dir = records
-  return {'data.source': 'tfds', 'data.tfds_name': name,
-          'data.tfds_data_dir': data_dir, 'train.steps': steps,
-          'optim.total_steps': 3, 'train.batch_size': GLOBAL_BATCH,
-          'train.log_every': 1, 'train.checkpoint_every': 1,
-          'train.log_examples': True, 'compilation_cache_dir': ''}
+  return {
+      'data.source': 'tfds',
+      'data.tfds_name': name,
+      'data.tfds_data_dir': data_dir,
+      'train.steps': steps,
+      'optim.total_steps': 3,
+      'train.batch_size': GLOBAL_BATCH,
+      'train.log_every': 1,
+      'train.checkpoint_every': 1,
+      'train.log_examples': True,
+      'compilation_cache_dir': '',
+  }
 
 
 def train_py(workdir, fields, devices, distributed=None):
   """Starts train.py; `distributed=(port, process_id)` joins a 2-process run."""
   # Every run compiles with the same cheaper LLVM settings (a third less
   # CPU time); the runs compared are then the same programs.
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices} '
-      '--xla_backend_optimization_level=0 '
-      '--xla_llvm_disable_expensive_passes=true'))
-  args = [sys.executable, 'train.py', '--config=configs/ytvos.py:runlocal',
-          f'--workdir={workdir}'] + [f'--config.{k}={v}'
-                                     for k, v in fields.items()]
+  env = dict(
+      os.environ,
+      PYTHONPATH=REPO,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS=(
+          f'--xla_force_host_platform_device_count={devices} '
+          '--xla_backend_optimization_level=0 '
+          '--xla_llvm_disable_expensive_passes=true'
+      ),
+  )
+  args = [
+      sys.executable,
+      'train.py',
+      '--config=configs/ytvos.py:runlocal',
+      f'--workdir={workdir}',
+  ] + [f'--config.{k}={v}' for k, v in fields.items()]
   log = f'{workdir}.log'
   if distributed is not None:
     port, process = distributed
-    env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process))
+    env.update(
+        JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+        JAX_NUM_PROCESSES='2',
+        JAX_PROCESS_ID=str(process),
+    )
     args += ['--distributed', f'--heartbeat_timeout_s={HEARTBEAT_S}']
     log = f'{workdir}.{process}.log'
   with open(log, 'w', encoding='utf-8') as f:
@@ -102,15 +123,20 @@ def params_at(workdir, step):
   """Flat {path: numpy array} of the parameters in checkpoint `step`."""
   with ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'data': ocp.JsonCheckpointHandler()}) as manager:
+      item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'data': ocp.JsonCheckpointHandler(),
+      },
+  ) as manager:
     # Targets on this process's device, whatever topology wrote it.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step)['state'])
-    tree = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']['params']
+        manager.item_metadata(step)['state'],
+    )
+    tree = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']['params']
   return flatten(tree)
 
 
@@ -130,8 +156,10 @@ def max_difference(a, b):
 
 
 def examples(workdir, process):
-  with open(os.path.join(workdir, 'examples', f'process_{process}.jsonl'),
-            encoding='utf-8') as f:
+  with open(
+      os.path.join(workdir, 'examples', f'process_{process}.jsonl'),
+      encoding='utf-8',
+  ) as f:
     return [json.loads(line) for line in f]
 
 
@@ -150,8 +178,10 @@ def wait_for(launched, timeout=600):
     except subprocess.TimeoutExpired:
       for other, _ in launched:
         other.kill()
-      pytest.fail(f'still running after {timeout} s:\n' + '\n'.join(
-          f'--- {path}\n{tail(path, 1500)}' for _, path in launched))
+      pytest.fail(
+          f'still running after {timeout} s:\n'
+          + '\n'.join(f'--- {path}\n{tail(path, 1500)}' for _, path in launched)
+      )
     assert rc == 0, tail(log)
 
 
@@ -159,8 +189,10 @@ def wait_for(launched, timeout=600):
 def test_two_processes_train_like_one(records, tmp_path):
   multi, four, one = (str(tmp_path / n) for n in ('multi', 'four', 'one'))
   first = two_processes(multi, overrides(records, 2))
-  references = [train_py(four, overrides(records, 2), 4),
-                train_py(one, overrides(records, 3), 1)]
+  references = [
+      train_py(four, overrides(records, 2), 4),
+      train_py(one, overrides(records, 3), 1),
+  ]
   wait_for(first)
   # A copy of the finished 2-step run for the one-process restore below;
   # then the restart: resume at step 2, run on until one process is killed.
@@ -181,17 +213,22 @@ def test_two_processes_train_like_one(records, tmp_path):
     lines = examples(multi + '_copy', process)
     assert [line['step'] for line in lines] == [1, 2]
     for line, full in zip(lines, whole):
-      assert line['index'] == full['index'][process * half:][:half]
+      assert line['index'] == full['index'][process * half :][:half]
 
   # The two-process checkpoint restores in this (one-device) process.
   config = ytvos_config.get_config('runlocal')
   config.update_from_flattened_dict(overrides(records, 2))
   restored = trainer.train(config, multi + '_copy')
   assert restored['steps'] == 2 and not restored['history']
-  assert max_difference(
-      params_at(multi + '_copy', 2),
-      flatten(sharding.host_value(nnx.to_pure_dict(
-          restored['state'].params)))) == 0
+  assert (
+      max_difference(
+          params_at(multi + '_copy', 2),
+          flatten(
+              sharding.host_value(nnx.to_pure_dict(restored['state'].params))
+          ),
+      )
+      == 0
+  )
 
   # The restart resumed at step 2; killing one process ends the other
   # within the heartbeat timeout.
@@ -211,7 +248,7 @@ def test_two_processes_train_like_one(records, tmp_path):
   for process in (0, 1):
     lines = examples(multi, process)
     assert [line['step'] for line in lines][:3] == [1, 2, 3]
-    assert lines[2]['index'] == whole[2]['index'][process * half:][:half]
+    assert lines[2]['index'] == whole[2]['index'][process * half :][:half]
   # Step 3 starts from parameters equal to 6e-8 and ends 1.6e-4 apart
   # (measured; an update of 0.13), so it is compared with its own size.
   update = max_difference(params_at(one, 3), reference)

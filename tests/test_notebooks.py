@@ -32,11 +32,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(name, monkeypatch):
   monkeypatch.setenv('CFBI_NOTEBOOK_SMALL', '1')
   monkeypatch.delenv('MPLBACKEND', raising=False)  # Inline figures.
-  notebook = nbformat.read(os.path.join(ROOT, 'notebooks', name),
-                           as_version=4)
+  notebook = nbformat.read(os.path.join(ROOT, 'notebooks', name), as_version=4)
   client = nbclient.NotebookClient(
-      notebook, timeout=900, kernel_name='python3',
-      resources={'metadata': {'path': os.path.join(ROOT, 'notebooks')}})
+      notebook,
+      timeout=900,
+      kernel_name='python3',
+      resources={'metadata': {'path': os.path.join(ROOT, 'notebooks')}},
+  )
   client.execute()
   return notebook
 
@@ -60,14 +62,24 @@ def test_demo_notebook(monkeypatch):
   # The last printed dict: object id -> mean IoU over frames 1..7.
   ious = ast.literal_eval(re.findall(r'\{[0-9: .,]+\}', text)[-1])
   _, labels = synthetic.render_video(2 * 100_003)  # The notebook's video.
-  copy = {k: np.mean([metrics.region_similarity(labels[0] == k, l == k)
-                      for l in labels[1:8]])
-          for k in np.unique(labels[0]) if k}
+  copy = {
+      k: np.mean(
+          [
+              metrics.region_similarity(labels[0] == k, l == k)
+              for l in labels[1:8]
+          ]
+      )
+      for k in np.unique(labels[0])
+      if k
+  }
   assert sorted(ious) == sorted(copy)
   for k, iou in ious.items():
     assert iou > copy[k] + 0.25, (ious, copy)
-  images = sum('image/png' in o.get('data', {}) for c in notebook.cells
-               for o in c.get('outputs', []))
+  images = sum(
+      'image/png' in o.get('data', {})
+      for c in notebook.cells
+      for o in c.get('outputs', [])
+  )
   assert images == 2  # The overlays and the IoU plot.
 
 
@@ -106,19 +118,30 @@ def test_notebook_commands_use_real_flags(notebook, args):
   else:
     command, rest = [os.path.join(ROOT, args[0])], args[1:]
   flags = [a.split('=')[0] for a in rest if a.startswith('--')]
-  helped = subprocess.run([sys.executable, *command, '--helpfull'
-                           if command[0] != '-m' else '--help'],
-                          capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT),
-                          timeout=300, check=False)
+  helped = subprocess.run(
+      [
+          sys.executable,
+          *command,
+          '--helpfull' if command[0] != '-m' else '--help',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT),
+      timeout=300,
+      check=False,
+  )
   assert helped.returncode == 0, helped.stderr[-2000:]
   config_file = command[-1].endswith(('evaluate.py', 'train.py'))
   for flag in flags:
     if flag.startswith('--config.') and config_file:
-      default = 'configs/eval.py' if 'evaluate' in command[-1] else (
-          'configs/ytvos.py')
+      default = (
+          'configs/eval.py'
+          if 'evaluate' in command[-1]
+          else ('configs/ytvos.py')
+      )
       config = cli.load_config_file(os.path.join(ROOT, default))
-      field = flag[len('--config.'):]
+      field = flag[len('--config.') :]
       node = config
       for part in field.split('.'):
         assert part in node, (notebook, flag)

@@ -41,8 +41,9 @@ def test_palette_png_round_trip(tmp_path):
 
 def test_palette_png_rejects_bad_labels(tmp_path):
   with pytest.raises(ValueError, match='0..255'):
-    output_files.write_palette_png(str(tmp_path / 'a.png'),
-                              np.full((2, 2), 300, np.int32))
+    output_files.write_palette_png(
+        str(tmp_path / 'a.png'), np.full((2, 2), 300, np.int32)
+    )
   with pytest.raises(ValueError, match='integer'):
     output_files.write_palette_png(str(tmp_path / 'a.png'), np.zeros((2, 2)))
   assert not os.listdir(tmp_path)
@@ -76,20 +77,26 @@ def test_youtube_vos_zip(tmp_path):
   ann = tmp_path / 'results' / 'Annotations'
   for seq, frames in [('b', ['00000', '00005']), ('a', ['00003'])]:
     for fr in frames:
-      output_files.write_palette_png(str(ann / seq / f'{fr}.png'),
-                                     labels_map())
+      output_files.write_palette_png(str(ann / seq / f'{fr}.png'), labels_map())
   (ann / 'a' / '.00003.123.tmp.png').write_bytes(b'partial')
   zip_path = tmp_path / 'results' / 'submission.zip'
-  assert output_files.write_youtube_vos_zip(str(ann),
-                                            str(zip_path)) == str(zip_path)
+  assert output_files.write_youtube_vos_zip(str(ann), str(zip_path)) == str(
+      zip_path
+  )
   with zipfile.ZipFile(zip_path) as zf:
-    assert zf.namelist() == ['Annotations/a/00003.png',
-                             'Annotations/b/00000.png',
-                             'Annotations/b/00005.png']
-    assert zf.read('Annotations/b/00005.png') == (ann / 'b' /
-                                                  '00005.png').read_bytes()
-  assert sorted(os.listdir(tmp_path / 'results')) == ['Annotations',
-                                                      'submission.zip']
+    assert zf.namelist() == [
+        'Annotations/a/00003.png',
+        'Annotations/b/00000.png',
+        'Annotations/b/00005.png',
+    ]
+    assert (
+        zf.read('Annotations/b/00005.png')
+        == (ann / 'b' / '00005.png').read_bytes()
+    )
+  assert sorted(os.listdir(tmp_path / 'results')) == [
+      'Annotations',
+      'submission.zip',
+  ]
   # The folder's own name does not matter.
   os.rename(ann, tmp_path / 'preds')
   output_files.write_youtube_vos_zip(str(tmp_path / 'preds'), str(zip_path))
@@ -126,8 +133,13 @@ def test_overlay_video_odd_size(tmp_path, monkeypatch, codec):
   if codec == 'mpeg4':  # the fallback when PyAV has no H.264 encoder
     monkeypatch.setattr(output_files, '_video_codec', lambda: 'mpeg4')
   h, w, n = 23, 31, 5
-  colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128),
-             (220, 220, 60)]
+  colours = [
+      (200, 40, 40),
+      (40, 200, 40),
+      (40, 40, 200),
+      (128, 128, 128),
+      (220, 220, 60),
+  ]
   frames = (np.full((h, w, 3), c, np.uint8) for c in colours)
   path = tmp_path / 'vis' / 'seq.mp4'
   assert output_files.write_overlay_video(str(path), frames, fps=29.97) == n
@@ -135,11 +147,12 @@ def test_overlay_video_odd_size(tmp_path, monkeypatch, codec):
   with av.open(str(path)) as container:
     stream = container.streams.video[0]
     assert stream.codec_context.name == (
-        'mpeg4' if codec == 'mpeg4' else output_files._video_codec().replace(
-            'libx264', 'h264'))
+        'mpeg4'
+        if codec == 'mpeg4'
+        else output_files._video_codec().replace('libx264', 'h264')
+    )
     assert abs(float(stream.average_rate) - 29.97) < 0.01
-    decoded = [f.to_ndarray(format='rgb24')
-               for f in container.decode(video=0)]
+    decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
   assert len(decoded) == n
   for rgb, c in zip(decoded, colours):
     assert rgb.shape == (h + 1, w + 1, 3)

@@ -41,10 +41,12 @@ def np_bilinear_ac(x, size):
       x0 = min(int(math.floor(sx)), w - 1)
       x1 = min(x0 + 1, w - 1)
       lx = sx - x0
-      out[:, i, j] = ((1 - ly) * (1 - lx) * x[:, y0, x0]
-                      + (1 - ly) * lx * x[:, y0, x1]
-                      + ly * (1 - lx) * x[:, y1, x0]
-                      + ly * lx * x[:, y1, x1])
+      out[:, i, j] = (
+          (1 - ly) * (1 - lx) * x[:, y0, x0]
+          + (1 - ly) * lx * x[:, y0, x1]
+          + ly * (1 - lx) * x[:, y1, x0]
+          + ly * lx * x[:, y1, x1]
+      )
   return out
 
 
@@ -82,8 +84,12 @@ def np_bicubic_ac(x, size):
 def np_legacy_nearest_indices(in_size, out_size):
   """src = min(floor(dst * float32(in / out)), in - 1), scalar by scalar."""
   scale = np.float32(in_size / out_size)
-  return np.array([min(int(np.floor(np.float32(d) * scale)), in_size - 1)
-                   for d in range(out_size)])
+  return np.array(
+      [
+          min(int(np.floor(np.float32(d) * scale)), in_size - 1)
+          for d in range(out_size)
+      ]
+  )
 
 
 def random_image(shape, seed):
@@ -106,8 +112,9 @@ def test_bilinear_matches_naive(in_size, out_size):
   x = random_image((2,) + in_size + (3,), seed=0)
   got = np.asarray(resize.resize_bilinear_ac(jnp.asarray(x), out_size))
   assert got.shape == (2,) + out_size + (3,)
-  np.testing.assert_allclose(got, np_bilinear_ac(x.astype(np.float64),
-                                                 out_size), atol=2e-6)
+  np.testing.assert_allclose(
+      got, np_bilinear_ac(x.astype(np.float64), out_size), atol=2e-6
+  )
 
 
 def test_bilinear_odd_to_half_grid_is_strided_subsample():
@@ -126,9 +133,9 @@ def test_bilinear_identity_when_sizes_equal():
 
 def test_bilinear_hand_computed_1d():
   # 3 -> 5 with align_corners: sources 0, 0.5, 1, 1.5, 2.
-  x = np.array([0., 2., 10.], np.float32).reshape(1, 1, 3, 1)
+  x = np.array([0.0, 2.0, 10.0], np.float32).reshape(1, 1, 3, 1)
   got = np.asarray(resize.resize_bilinear_ac(jnp.asarray(x), (1, 5)))
-  np.testing.assert_allclose(got.ravel(), [0., 1., 2., 6., 10.], atol=1e-6)
+  np.testing.assert_allclose(got.ravel(), [0.0, 1.0, 2.0, 6.0, 10.0], atol=1e-6)
 
 
 def test_bilinear_under_jit_and_extra_batch_axes():
@@ -145,8 +152,9 @@ def test_bicubic_matches_naive(in_size, out_size):
   x = random_image((2,) + in_size + (3,), seed=4)
   got = np.asarray(resize.resize_bicubic_ac(jnp.asarray(x), out_size))
   assert got.shape == (2,) + out_size + (3,)
-  np.testing.assert_allclose(got, np_bicubic_ac(x.astype(np.float64),
-                                                out_size), atol=1e-5)
+  np.testing.assert_allclose(
+      got, np_bicubic_ac(x.astype(np.float64), out_size), atol=1e-5
+  )
 
 
 def test_bicubic_identity_when_sizes_equal():
@@ -158,7 +166,7 @@ def test_bicubic_identity_when_sizes_equal():
 def test_bicubic_uses_a_minus_075_not_jax_cubic():
   # A half-way sample between 4 taps: weights with A = -0.75 are
   # (-0.09375, 0.59375, 0.59375, -0.09375); A = -0.5 would give -0.0625.
-  x = np.array([0., 0., 1., 0., 0.], np.float32).reshape(1, 1, 5, 1)
+  x = np.array([0.0, 0.0, 1.0, 0.0, 0.0], np.float32).reshape(1, 1, 5, 1)
   got = np.asarray(resize.resize_bicubic_ac(jnp.asarray(x), (1, 9))).ravel()
   # Output 3 samples source 1.5 (taps 0..3), output 5 samples 2.5 (taps 1..4).
   np.testing.assert_allclose(got[3], 0.59375, atol=1e-6)
@@ -176,15 +184,27 @@ def test_bicubic_clamps_border_taps():
 
 
 # ------------------------------------------------------------ legacy nearest
-NEAREST_PAIRS = [(121, 61), (480, 121), (854, 213), (720, 145), (1280, 261),
-                 (465, 117), (117, 59), (7, 3), (5, 9), (10, 10), (3, 1)]
+NEAREST_PAIRS = [
+    (121, 61),
+    (480, 121),
+    (854, 213),
+    (720, 145),
+    (1280, 261),
+    (465, 117),
+    (117, 59),
+    (7, 3),
+    (5, 9),
+    (10, 10),
+    (3, 1),
+]
 
 
 @pytest.mark.parametrize('in_size,out_size', NEAREST_PAIRS)
 def test_legacy_nearest_indices_formula(in_size, out_size):
   np.testing.assert_array_equal(
       resize.legacy_nearest_indices(in_size, out_size),
-      np_legacy_nearest_indices(in_size, out_size))
+      np_legacy_nearest_indices(in_size, out_size),
+  )
 
 
 def test_legacy_nearest_121_to_61_hand_verified():
@@ -213,8 +233,9 @@ def test_resize_labels_nearest_2d_and_batched():
       want[..., i, j] = labels[..., r, c]
   np.testing.assert_array_equal(got, want)
   assert got.dtype == np.int32
-  got2d = np.asarray(resize.resize_labels_nearest(jnp.asarray(labels[0, 0]),
-                                                  (7, 4)))
+  got2d = np.asarray(
+      resize.resize_labels_nearest(jnp.asarray(labels[0, 0]), (7, 4))
+  )
   np.testing.assert_array_equal(got2d, want[0, 0])
 
 
@@ -228,13 +249,16 @@ def test_resize_labels_nearest_upsample_and_identity():
 
 
 # --------------------------------------------------------------- stride_size
-@pytest.mark.parametrize('size,strides', [
-    (481, {4: 121, 8: 61, 16: 31}),
-    (849, {4: 213, 8: 107, 16: 54}),
-    (465, {4: 117, 8: 59, 16: 30}),
-    (577, {4: 145, 8: 73, 16: 37}),
-    (1041, {4: 261, 8: 131, 16: 66}),
-])
+@pytest.mark.parametrize(
+    'size,strides',
+    [
+        (481, {4: 121, 8: 61, 16: 31}),
+        (849, {4: 213, 8: 107, 16: 54}),
+        (465, {4: 117, 8: 59, 16: 30}),
+        (577, {4: 145, 8: 73, 16: 37}),
+        (1041, {4: 261, 8: 131, 16: 66}),
+    ],
+)
 def test_stride_size_table(size, strides):
   for stride, want in strides.items():
     assert resize.stride_size(size, stride) == want, (size, stride)

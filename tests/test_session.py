@@ -17,7 +17,6 @@ from cfbi_jax.inference import videos
 from tests import random_weights
 from tests import synthetic_clips
 
-
 _tiny = random_weights.tiny_cfbi
 
 
@@ -28,8 +27,12 @@ def test_late_objects_grow_the_references_and_match_the_eval_loop():
   # references, while the session starts with one slot.
   only = lambda t, k: np.where(labels[t] == k, k, 0).astype(np.uint8)
   masks = {0: only(0, 1), 2: only(2, 2), 4: only(4, 2)}
-  expected = [l for _, l, _ in videos.VideoPropagator(module).run(
-      frames, masks, len(frames))]
+  expected = [
+      l
+      for _, l, _ in videos.VideoPropagator(module).run(
+          frames, masks, len(frames)
+      )
+  ]
   stream = Session(module)
   got = [stream.push(f, masks.get(t)) for t, f in enumerate(frames)]
   assert stream.num_objects == 2
@@ -44,11 +47,15 @@ def test_reset_starts_a_new_stream_and_pending_frames_fetch_later():
   module = _tiny()
   frames, labels = synthetic_clips.two_squares(num_frames=3)
   stream = Session(module, with_probs=True)
-  first = [stream.push(f, labels[0] if t == 0 else None)
-           for t, f in enumerate(frames)]
+  first = [
+      stream.push(f, labels[0] if t == 0 else None)
+      for t, f in enumerate(frames)
+  ]
   stream.reset()
-  pending = [stream.push_async(f, labels[0] if t == 0 else None)
-             for t, f in enumerate(frames)]
+  pending = [
+      stream.push_async(f, labels[0] if t == 0 else None)
+      for t, f in enumerate(frames)
+  ]
   assert [p.index for p in pending] == [0, 1, 2]
   for a, p in zip(first, pending):
     np.testing.assert_array_equal(a, p.labels())

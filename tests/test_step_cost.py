@@ -32,47 +32,61 @@ def test_loops_and_flops_of_a_hand_made_function():
 
   def conv(x, w):  # [1, 8, 8, 4] * [3, 3, 4, 6] -> [1, 8, 8, 6]
     return jax.lax.conv_general_dilated(
-        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
 
   def fn(a, b, x, w):
     with jax.named_scope('embed'):
-      once = a @ b.T                                 # 2 * 5 * 4 * 6
+      once = a @ b.T  # 2 * 5 * 4 * 6
+
     def outer(carry, _):
       with jax.named_scope('global_matching'):
-        carry = carry @ b @ b.T                      # 2 * (5*6*4 + 5*4*6)
+        carry = carry @ b @ b.T  # 2 * (5*6*4 + 5*4*6)
+
         def inner(row):
           with jax.named_scope('local_matching'):
-            y = conv(x + row.sum(), w)               # 2 * 64 * 6 * 36
+            y = conv(x + row.sum(), w)  # 2 * 64 * 6 * 36
             return jnp.sort(y.ravel())[0] + jnp.zeros(3).at[1].set(1.0)[1]
+
         return carry, jax.lax.map(inner, carry[:3])
+
     _, inner_out = jax.lax.scan(outer, once, None, length=7)
     return once, inner_out
 
   cost = _cost(fn, (5, 6), (4, 6), (1, 8, 8, 4), (3, 3, 4, 6))
   assert cost['loop_iters'] == 7 + 7 * 3
   assert sorted((l['trips'], l['weight']) for l in cost['loops']) == [
-      (3, 7), (7, 1)]
+      (3, 7),
+      (7, 1),
+  ]
   assert cost['unknown_loops'] == 0
   assert cost['sorts'] == 21 and cost['scatters'] == 21
   gflop = cost['gflop']
   assert gflop['embed'] * 1e9 == pytest.approx(2 * 5 * 4 * 6)
   assert gflop['global_matching'] * 1e9 == pytest.approx(
-      7 * 2 * (5 * 4 * 6 + 5 * 6 * 4))
-  assert gflop['local_matching'] * 1e9 == pytest.approx(
-      21 * 2 * 64 * 6 * 36)
+      7 * 2 * (5 * 4 * 6 + 5 * 6 * 4)
+  )
+  assert gflop['local_matching'] * 1e9 == pytest.approx(21 * 2 * 64 * 6 * 36)
   assert cost['gflop_total'] == pytest.approx(sum(gflop.values()))
 
 
 def test_depthwise_and_batched_dot_flops():
   def fn(x, w, p, q):
     y = jax.lax.conv_general_dilated(
-        x, w, (2, 2), ((1, 1), (1, 1)), feature_group_count=4,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))   # [2, 5, 5, 4]
+        x,
+        w,
+        (2, 2),
+        ((1, 1), (1, 1)),
+        feature_group_count=4,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )  # [2, 5, 5, 4]
     return y, jnp.einsum('bij,bjk->bik', p, q)
+
   cost = _cost(fn, (2, 9, 9, 4), (3, 3, 1, 4), (3, 4, 5), (3, 5, 6))
   # Depthwise: 9 taps of 1 input channel per output; batched: 3 x 4x5x6.
   assert cost['gflop_total'] * 1e9 == pytest.approx(
-      2 * (2 * 5 * 5 * 4) * 9 + 2 * 3 * 4 * 6 * 5)
+      2 * (2 * 5 * 5 * 4) * 9 + 2 * 3 * 4 * 6 * 5
+  )
   assert cost['loop_iters'] == 0
 
 
@@ -89,8 +103,9 @@ def test_tracing_for_the_gpu_on_a_cpu():
       pass
 
 
-@pytest.mark.parametrize('variant,objects', [('tiny_cfbi', 2),
-                                             ('tiny_cfbip', 4)])
+@pytest.mark.parametrize(
+    'variant,objects', [('tiny_cfbi', 2), ('tiny_cfbip', 4)]
+)
 def test_tiny_steps_have_the_gpu_shape(variant, objects):
   """The step a GPU runs: K + 1 slots, local matching without a loop,
   global matching without a sort or a scatter."""
@@ -102,8 +117,10 @@ def test_tiny_steps_have_the_gpu_shape(variant, objects):
   assert row['gflop']['local_matching'] > 0
   assert row['gflop']['embed'] > 0 and row['gflop']['ensembler'] > 0
   line = step_cost.summary_line(row)
-  assert line.startswith(f'step cost: model={variant} size=97x129 '
-                         f'objects={objects} slots={objects + 1} gflop=')
+  assert line.startswith(
+      f'step cost: model={variant} size=97x129 '
+      f'objects={objects} slots={objects + 1} gflop='
+  )
   assert line.endswith('temp_mb=na args_mb=na')
 
 
@@ -114,4 +131,5 @@ def test_compiled_memory_of_the_gpu_form():
   # Two more slots run two more ensembler passes, held at once.
   assert three['temp_mb'] > one['temp_mb'] > 0
   assert three['gflop']['ensembler'] == pytest.approx(
-      2 * one['gflop']['ensembler'], rel=0.01)
+      2 * one['gflop']['ensembler'], rel=0.01
+  )

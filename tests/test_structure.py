@@ -32,25 +32,37 @@ def test_the_scan_sees_deferred_and_main_block_imports(tmp_path):
   package.mkdir()
   (package / '__init__.py').write_text('')
   (package / 'low.py').write_text(
-      "if __name__ == '__main__':\n  from cfbi_jax import high\n")
+      "if __name__ == '__main__':\n  from cfbi_jax import high\n"
+  )
   (package / 'base.py').write_text('')
   (package / 'high.py').write_text(
       'from cfbi_jax import base\n\n\ndef main():\n'
-      '  from cfbi_jax import low\n')
+      '  from cfbi_jax import low\n'
+  )
   figures = import_graph.summary(str(tmp_path))
   assert figures['cycles'] == [['cfbi_jax.high', 'cfbi_jax.low']]
   assert figures['upward'] == [('cfbi_jax.low', 'cfbi_jax.high')]
 
 
-@pytest.mark.parametrize('module,banned', [
-    ('cfbi_jax.vos', ('av', 'PIL', 'tensorflow')),
-    ('cfbi_jax.train_step', ('av', 'PIL', 'tensorflow')),
-    ('cfbi_jax.masks', ('av', 'PIL', 'tensorflow', 'jax')),
-])
+@pytest.mark.parametrize(
+    'module,banned',
+    [
+        ('cfbi_jax.vos', ('av', 'PIL', 'tensorflow')),
+        ('cfbi_jax.train_step', ('av', 'PIL', 'tensorflow')),
+        ('cfbi_jax.masks', ('av', 'PIL', 'tensorflow', 'jax')),
+    ],
+)
 def test_core_modules_load_no_io(module, banned):
-  code = (f'import sys, {module}\n'
-          f'print(sorted({{m.split(".")[0] for m in sys.modules}} & '
-          f'{set(banned)!r}))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO,
-                       capture_output=True, text=True, check=True)
+  code = (
+      f'import sys, {module}\n'
+      f'print(sorted({{m.split(".")[0] for m in sys.modules}} & '
+      f'{set(banned)!r}))'
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   assert out.stdout.strip() == '[]', out.stdout

@@ -32,18 +32,23 @@ def test_seeded():
 
 
 def test_promised_cases_occur():
-  stats = [synthetic.sequence_statistics(synthetic.render_video(s, SPEC)[1])
-           for s in range(30)]
+  stats = [
+      synthetic.sequence_statistics(synthetic.render_video(s, SPEC)[1])
+      for s in range(30)
+  ]
   assert any(s['absent_then_back'] for s in stats)
   assert any(len(s['objects']) >= 2 for s in stats)
   # Without late objects every object is in the first frame.
   assert all(s['objects'] == s['first_frame_objects'] for s in stats)
   late = synthetic.VideoSpec(size=(48, 64), num_frames=16, late_objects=True)
-  late_stats = [synthetic.sequence_statistics(
-      synthetic.render_video(s, late)[1]) for s in range(30)]
+  late_stats = [
+      synthetic.sequence_statistics(synthetic.render_video(s, late)[1])
+      for s in range(30)
+  ]
   assert any(s['objects'] != s['first_frame_objects'] for s in late_stats)
-  assert all(1 in s['first_frame_objects'] or 1 not in s['objects']
-             for s in late_stats)
+  assert all(
+      1 in s['first_frame_objects'] or 1 not in s['objects'] for s in late_stats
+  )
 
 
 def test_sequence_statistics_hand_case():
@@ -51,8 +56,11 @@ def test_sequence_statistics_hand_case():
   one = np.array([[1, 0], [0, 2]], np.uint8)
   two = np.array([[0, 0], [0, 2]], np.uint8)
   stats = synthetic.sequence_statistics([one, two, blank, one])
-  assert stats == {'objects': [1, 2], 'first_frame_objects': [1, 2],
-                   'absent_then_back': [1, 2]}
+  assert stats == {
+      'objects': [1, 2],
+      'first_frame_objects': [1, 2],
+      'absent_then_back': [1, 2],
+  }
 
 
 def test_written_dataset_reads_back(tmp_path):
@@ -67,8 +75,9 @@ def test_written_dataset_reads_back(tmp_path):
   assert len(seq) == SPEC.num_frames
   np.testing.assert_array_equal(seq.load_annotation(0), labels[0])
   for t in (0, 9):
-    mask = datasets.read_mask(os.path.join(
-        root, 'Annotations', '480p', names[1], f'{t:05d}.png'))
+    mask = datasets.read_mask(
+        os.path.join(root, 'Annotations', '480p', names[1], f'{t:05d}.png')
+    )
     np.testing.assert_array_equal(mask, labels[t])
     frame = np.asarray(seq.load_frame(t), np.float32)
     assert np.mean(np.abs(frame - frames[t])) < 10.0  # JPEG, q 95.
@@ -76,12 +85,15 @@ def test_written_dataset_reads_back(tmp_path):
 
 def test_ensure_dataset_draws_once_and_refuses_another_set(tmp_path):
   root = str(tmp_path)
-  names = synthetic.ensure_davis_dataset(root, 2, seed=7, spec=SPEC,
-                                         split='train')
+  names = synthetic.ensure_davis_dataset(
+      root, 2, seed=7, spec=SPEC, split='train'
+  )
   frame = os.path.join(root, 'JPEGImages', '480p', names[0], '00000.jpg')
   stamp = os.stat(frame).st_mtime_ns
-  assert synthetic.ensure_davis_dataset(root, 2, seed=7, spec=SPEC,
-                                        split='train') == names
+  assert (
+      synthetic.ensure_davis_dataset(root, 2, seed=7, spec=SPEC, split='train')
+      == names
+  )
   assert os.stat(frame).st_mtime_ns == stamp  # Not redrawn.
   with pytest.raises(ValueError, match='other videos'):
     synthetic.ensure_davis_dataset(root, 3, seed=7, spec=SPEC, split='train')

@@ -27,6 +27,7 @@ def _flat(config):
         walk(path + '.', value)
       else:
         out[path] = value
+
   walk('', config)
   return out
 
@@ -67,11 +68,19 @@ def test_recipes():
   scratch = synthetic.get_config()
   sgd = synthetic.get_config('recipe=sgd')
   assert _diff(scratch, sgd) == {
-      'model.backbone_norm', 'init.zero_attention_gates', 'optim.name',
-      'optim.lr', 'train.steps', 'optim.total_steps',
-      'train.hard_mining_step', 'train.own_predictions_from_step'}
+      'model.backbone_norm',
+      'init.zero_attention_gates',
+      'optim.name',
+      'optim.lr',
+      'train.steps',
+      'optim.total_steps',
+      'train.hard_mining_step',
+      'train.own_predictions_from_step',
+  }
   assert (scratch.model.backbone_norm, scratch.optim.name) == (
-      'group_norm', 'adamw')
+      'group_norm',
+      'adamw',
+  )
   assert (sgd.model.backbone_norm, sgd.optim.name) == ('frozen_bn', 'sgd')
   assert scratch.init.zero_attention_gates and not sgd.init.zero_attention_gates
   short = synthetic.get_config('steps=100')
@@ -84,8 +93,9 @@ def test_recipes():
 
 def _load_bench(name):
   """`bench/<name>.py` as a module (bench/ is scripts, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench',
-                      f'{name}.py')
+  path = os.path.join(
+      os.path.dirname(os.path.dirname(__file__)), 'bench', f'{name}.py'
+  )
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -99,25 +109,46 @@ def test_ablation_table_reports_paired_deltas():
   ablate = _load_bench('ablate')
 
   def summary(jf, j, f):
-    return {'davis': {'J&F-Mean': jf / 100, 'J-Mean': j / 100,
-                      'F-Mean': f / 100},
-            'copy_first_frame': {'J&F-Mean': 0.1, 'J-Mean': 0.12,
-                                 'F-Mean': 0.08},
-            'train_seconds': 90.0}
+    return {
+        'davis': {'J&F-Mean': jf / 100, 'J-Mean': j / 100, 'F-Mean': f / 100},
+        'copy_first_frame': {'J&F-Mean': 0.1, 'J-Mean': 0.12, 'F-Mean': 0.08},
+        'train_seconds': 90.0,
+    }
 
   args = argparse.Namespace(
-      ablations=['none', 'no_bias'], seeds=[0, 1], steps=300, batch_size=2,
-      num_frames=2, crop=65, recipe='scratch', test_videos=10, test_seed=3,
-      test_scale=1.5, backbone_from='')
-  results = {'none': [summary(50, 55, 45), summary(20, 22, 18)],
-             'no_bias': [summary(60, 62, 58), summary(24, 26, 22)]}
+      ablations=['none', 'no_bias'],
+      seeds=[0, 1],
+      steps=300,
+      batch_size=2,
+      num_frames=2,
+      crop=65,
+      recipe='scratch',
+      test_videos=10,
+      test_seed=3,
+      test_scale=1.5,
+      backbone_from='',
+  )
+  results = {
+      'none': [summary(50, 55, 45), summary(20, 22, 18)],
+      'no_bias': [summary(60, 62, 58), summary(24, 26, 22)],
+  }
   report = ablate.table(args, results)
-  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
-          for line in report.splitlines()
-          if line.startswith('| `') or line.startswith('| copy')}
+  rows = {
+      line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+      for line in report.splitlines()
+      if line.startswith('| `') or line.startswith('| copy')
+  }
   assert rows['`none`'][1:6] == ['35.0', '±15.0', '21.2', '', '']
-  assert rows['`no_bias`'][1:] == ['42.0', '±18.0', '25.5', '+7.0',
-                                   '+10.0, +4.0', '44.0', '40.0', '60.0, 24.0']
+  assert rows['`no_bias`'][1:] == [
+      '42.0',
+      '±18.0',
+      '25.5',
+      '+7.0',
+      '+10.0, +4.0',
+      '44.0',
+      '40.0',
+      '60.0, 24.0',
+  ]
   assert rows['copy first frame'][1] == '10.0'
   assert 'Training time, all runs: 6 minutes.' in report
 
@@ -127,14 +158,18 @@ def test_model_argument_builds_each_family():
   VideoMatch, turns sequential training off; nothing else changes."""
   default = synthetic.get_config()
   assert default.model.variant == 'tiny_cfbi'
-  for model, variant in (('cfbi', 'tiny_cfbi'), ('cfbip', 'tiny_cfbip'),
-                         ('feelvos', 'tiny_feelvos'),
-                         ('videomatch', 'tiny_videomatch')):
+  for model, variant in (
+      ('cfbi', 'tiny_cfbi'),
+      ('cfbip', 'tiny_cfbip'),
+      ('feelvos', 'tiny_feelvos'),
+      ('videomatch', 'tiny_videomatch'),
+  ):
     config = synthetic.get_config(f'model={model}')
     assert config.model.variant == variant
     assert config.model.backbone_norm == 'group_norm'  # The recipe's.
-    changed = {k for k in _diff_any(default, config)
-               if not k.startswith('model.')}
+    changed = {
+        k for k in _diff_any(default, config) if not k.startswith('model.')
+    }
     sequential = model in ('cfbi', 'cfbip')
     assert changed == (set() if sequential else {'train.own_predictions'})
     assert config.train.own_predictions == sequential
@@ -144,24 +179,29 @@ def test_model_argument_builds_each_family():
 def _diff_any(a, b):
   """Changed paths, counting fields present in only one config."""
   fa, fb = _flat(a), _flat(b)
-  return {k for k in set(fa) | set(fb) if fa.get(k, object()) != fb.get(
-      k, object())}
+  return {
+      k for k in set(fa) | set(fb) if fa.get(k, object()) != fb.get(k, object())
+  }
 
 
 def test_training_configs_take_model_and_backbone():
   from configs import common  # pylint: disable=g-import-not-at-top
   from configs import ytvos  # pylint: disable=g-import-not-at-top
-  cases = {'model=feelvos,runlocal': 'tiny_feelvos',
-           'model=videomatch': 'videomatch_resnet101',
-           'model=feelvos,backbone=mobilenet': 'feelvos_mobilenetv2',
-           'model=cfbip': 'cfbip_resnet101',
-           'variant=mobilenet': 'cfbi_mobilenetv2',     # The older spelling.
-           None: 'cfbi_resnet101'}
+
+  cases = {
+      'model=feelvos,runlocal': 'tiny_feelvos',
+      'model=videomatch': 'videomatch_resnet101',
+      'model=feelvos,backbone=mobilenet': 'feelvos_mobilenetv2',
+      'model=cfbip': 'cfbip_resnet101',
+      'variant=mobilenet': 'cfbi_mobilenetv2',  # The older spelling.
+      None: 'cfbi_resnet101',
+  }
   for arg, variant in cases.items():
     config = ytvos.get_config(arg)
     assert config.model.variant == variant, arg
     assert config.train.own_predictions == variant.startswith(
-        ('cfbi', 'tiny_cfbi')), arg
+        ('cfbi', 'tiny_cfbi')
+    ), arg
   with pytest.raises(ValueError, match='no mobilenet variant'):
     common.training_preset('cfbip', 'mobilenet', False)
   with pytest.raises(ValueError, match='model must be one of'):
@@ -170,13 +210,14 @@ def test_training_configs_take_model_and_backbone():
 
 def test_schedule_respects_own_predictions():
   from cfbi_jax import trainer  # pylint: disable=g-import-not-at-top
+
   config = synthetic.get_config('steps=100')
   late = config.train.own_predictions_from_step + 1
-  assert trainer.schedule_values(late, config.train, 100)[
-      'use_own_predictions']
+  assert trainer.schedule_values(late, config.train, 100)['use_own_predictions']
   config.train.own_predictions = False
   assert not trainer.schedule_values(late, config.train, 100)[
-      'use_own_predictions']
+      'use_own_predictions'
+  ]
 
 
 def test_model_comparison_reports_paired_deltas():
@@ -187,24 +228,45 @@ def test_model_comparison_reports_paired_deltas():
   compare = _load_bench('compare_models')
 
   def summary(jf, sequences):
-    return {'davis': {'J&F-Mean': jf / 100, 'J-Mean': jf / 100,
-                      'F-Mean': jf / 100},
-            'sequences': [{'frames': n, 'seconds': t} for n, t in sequences],
-            'train_seconds': 60.0}
+    return {
+        'davis': {'J&F-Mean': jf / 100, 'J-Mean': jf / 100, 'F-Mean': jf / 100},
+        'sequences': [{'frames': n, 'seconds': t} for n, t in sequences],
+        'train_seconds': 60.0,
+    }
 
   args = argparse.Namespace(
-      models=['cfbi', 'feelvos'], seeds=[0, 1], steps=400, batch_size=2,
-      num_frames=2, crop=65, test_videos=10, test_seed=3, test_scale=1.5,
-      backbone_from='')
+      models=['cfbi', 'feelvos'],
+      seeds=[0, 1],
+      steps=400,
+      batch_size=2,
+      num_frames=2,
+      crop=65,
+      test_videos=10,
+      test_seed=3,
+      test_scale=1.5,
+      backbone_from='',
+  )
   results = {
       'cfbi': [summary(50, [(5, 9), (10, 1)]), summary(20, [(5, 9), (10, 1)])],
-      'feelvos': [summary(40, [(5, 50), (10, 2), (30, 3)]),
-                  summary(26, [(5, 50), (20, 4), (20, 6)])]}
+      'feelvos': [
+          summary(40, [(5, 50), (10, 2), (30, 3)]),
+          summary(26, [(5, 50), (20, 4), (20, 6)]),
+      ],
+  }
   report = compare.report(args, results)
-  row = next(line for line in report.splitlines()
-             if line.startswith('| FEELVOS'))
+  row = next(
+      line for line in report.splitlines() if line.startswith('| FEELVOS')
+  )
   cells = [c.strip() for c in row.split('|')[2:-1]]
-  assert cells[:8] == ['33.0', '±7.0', '9.9', '-2.0', '-10.0, +6.0', '33.0',
-                       '33.0', '8.0']
+  assert cells[:8] == [
+      '33.0',
+      '±7.0',
+      '9.9',
+      '-2.0',
+      '-10.0, +6.0',
+      '33.0',
+      '33.0',
+      '8.0',
+  ]
   assert cells[-1] == '40.0, 26.0'
-  assert int(cells[8].replace(',', '')) > 100_000   # Parameters, built.
+  assert int(cells[8].replace(',', '')) > 100_000  # Parameters, built.

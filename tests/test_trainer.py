@@ -48,7 +48,8 @@ def davis_root(tmp_path_factory):
 @pytest.fixture(scope='module')
 def ytb_root(tmp_path_factory):
   return synthetic_layouts.write_youtube_vos(
-      str(tmp_path_factory.mktemp('ytb')))
+      str(tmp_path_factory.mktemp('ytb'))
+  )
 
 
 def tiny_config(davis_root, ytb_root, steps):
@@ -75,8 +76,11 @@ def test_zero_attention_gates(davis_root, ytb_root):
     graphdef, _, state = trainer.create_state(config)
     modules[zero] = nnx.merge(graphdef, state.params, state.frozen)
   for zero, module in modules.items():
-    gates = [sub for _, sub in nnx.iter_modules(module)
-             if isinstance(sub, attention.IAGate)]
+    gates = [
+        sub
+        for _, sub in nnx.iter_modules(module)
+        if isinstance(sub, attention.IAGate)
+    ]
     assert len(gates) >= 10
     for gate in gates:
       x = rng.normal(size=(2, 3, 4, gate.IA.out_features)).astype(np.float32)
@@ -110,9 +114,9 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
-                                                  ytb_root, tmp_path,
-                                                  monkeypatch, caplog):
+def test_sigterm_then_resume_equals_uninterrupted(
+    straight, davis_root, ytb_root, tmp_path, monkeypatch, caplog
+):
   config = tiny_config(davis_root, ytb_root, STEPS)
   # SIGTERM arrives during step 33 (0-based 32): the loop finishes it,
   # saves step 33 and stops. The resumed run does steps 34..STEPS.
@@ -128,8 +132,13 @@ def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
   first = trainer.train(config, workdir)
   monkeypatch.setattr(trainer, 'schedule_values', real)
   assert first['steps'] == 33
-  assert sorted(int(n) for n in os.listdir(
-      os.path.join(workdir, 'checkpoints'))) == [20, 30, 33]  # Keeps 3.
+  assert sorted(
+      int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+  ) == [
+      20,
+      30,
+      33,
+  ]  # Keeps 3.
   caplog.clear()
   resumed = trainer.train(config, workdir)
   assert resumed['steps'] == STEPS
@@ -137,12 +146,14 @@ def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
   assert 'resumed from' in caplog.text and 'from scratch' not in caplog.text
   assert [h['step'] for h in resumed['history']] == list(range(34, STEPS + 1))
 
-  for a, b in zip(_leaves(straight['state'].params),
-                  _leaves(resumed['state'].params)):
+  for a, b in zip(
+      _leaves(straight['state'].params), _leaves(resumed['state'].params)
+  ):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(
       [h['loss'] for h in straight['history'][33:]],
-      [h['loss'] for h in resumed['history']])
+      [h['loss'] for h in resumed['history']],
+  )
   # Frozen BN buffers are those of the seeded initial model.
   fresh = trainer.create_state(config)[2]
   for a, b in zip(_leaves(fresh.frozen), _leaves(resumed['state'].frozen)):
@@ -151,47 +162,60 @@ def test_sigterm_then_resume_equals_uninterrupted(straight, davis_root,
 
 
 def test_init_from_converted_weights_and_mismatch(tmp_path, davis_root):
-  source = models.build(models.model_config('tiny_cfbi'),
-                        rngs=nnx.Rngs(123))
+  source = models.build(models.model_config('tiny_cfbi'), rngs=nnx.Rngs(123))
   directory = str(tmp_path / 'cfbi')
-  checkpoint.save_model(directory, models.model_config('tiny_cfbi'),
-                        checkpoint.flat_state(source))
+  checkpoint.save_model(
+      directory, models.model_config('tiny_cfbi'), checkpoint.flat_state(source)
+  )
   config = tiny_config(davis_root, '', 1)
   config.init.cfbi_checkpoint = directory
   _, _, state = trainer.create_state(config)
-  for a, b in zip(_leaves(nnx.state(source, nnx.Param)),
-                  _leaves(state.params)):
+  for a, b in zip(_leaves(nnx.state(source, nnx.Param)), _leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   # A CFBI+ checkpoint for a CFBI config: refused, naming the fields.
-  other = models.build(models.model_config('tiny_cfbip'),
-                       rngs=nnx.Rngs(0))
-  checkpoint.save_model(str(tmp_path / 'cfbip'),
-                        models.model_config('tiny_cfbip'),
-                        checkpoint.flat_state(other))
+  other = models.build(models.model_config('tiny_cfbip'), rngs=nnx.Rngs(0))
+  checkpoint.save_model(
+      str(tmp_path / 'cfbip'),
+      models.model_config('tiny_cfbip'),
+      checkpoint.flat_state(other),
+  )
   config.init.cfbi_checkpoint = str(tmp_path / 'cfbip')
   with pytest.raises(ValueError, match='arch'):
     trainer.create_state(config)
 
 
 def _train_py(*args):
-  return subprocess.run([sys.executable, 'train.py', *args], cwd=REPO,
-                        capture_output=True, text=True, check=False,
-                        env=dict(os.environ, PYTHONPATH=REPO))
+  return subprocess.run(
+      [sys.executable, 'train.py', *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, PYTHONPATH=REPO),
+  )
 
 
 def test_train_py_unknown_field_is_an_error(tmp_path):
-  out = _train_py('--config=configs/ytvos.py:runlocal',
-                  '--config.train.no_such_field=1', f'--workdir={tmp_path}')
+  out = _train_py(
+      '--config=configs/ytvos.py:runlocal',
+      '--config.train.no_such_field=1',
+      f'--workdir={tmp_path}',
+  )
   assert out.returncode != 0
   assert 'no_such_field' in out.stderr
 
 
 def test_train_py_end_to_end(ytb_root, tmp_path):
   workdir = str(tmp_path / 'run')
-  out = _train_py('--config=configs/ytvos.py:runlocal',
-                  f'--config.data.root={ytb_root}', '--config.train.steps=3',
-                  '--config.optim.total_steps=3', '--config.train.log_every=1',
-                  '--config.train.image_every=3', f'--workdir={workdir}')
+  out = _train_py(
+      '--config=configs/ytvos.py:runlocal',
+      f'--config.data.root={ytb_root}',
+      '--config.train.steps=3',
+      '--config.optim.total_steps=3',
+      '--config.train.log_every=1',
+      '--config.train.image_every=3',
+      f'--workdir={workdir}',
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   module, model_config = checkpoint.load_model(os.path.join(workdir, 'model'))
@@ -203,20 +227,30 @@ def test_compiled_memory_line_and_remat():
   """`bench/bench_train.py --compiled-memory` on the tiny model: abstract
   shapes only, one line per setting, and recomputing the backbone and the
   frames in the backward pass needs fewer temporaries."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'bench'))
+  sys.path.insert(
+      0,
+      os.path.join(
+          os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'
+      ),
+  )
   import bench_train  # pylint: disable=g-import-not-at-top
   # The GPU's form (XLA's convolution gradients) at the tiny recipe's
   # crop, 2 clips of 3 current frames: small enough to compile in seconds,
   # large enough for the activations to dominate.
-  rows = {remat: bench_train.compiled_memory('tiny_cfbi', 129, 2, 3, remat,
-                                             form='cuda')
-          for remat in ((), ('backbone', 'frame'))}
+  rows = {
+      remat: bench_train.compiled_memory(
+          'tiny_cfbi', 129, 2, 3, remat, form='cuda'
+      )
+      for remat in ((), ('backbone', 'frame'))
+  }
   assert 0 < rows[('backbone', 'frame')]['temp'] < rows[()]['temp']
   assert rows[()]['args'] == pytest.approx(rows[('backbone', 'frame')]['args'])
   line = bench_train.compiled_memory_line(
-      'tiny_cfbi', 129, 2, 5, ('backbone', 'frame'), 'float32', rows[()])
+      'tiny_cfbi', 129, 2, 5, ('backbone', 'frame'), 'float32', rows[()]
+  )
   assert re.fullmatch(
       r'compiled memory MB: variant=tiny_cfbi crop=129 batch=2 frames=5 '
       r'remat=backbone\+frame precision=float32 temp=\d+ args=\d+ '
-      r'total=\d+ compile_s=[\d.]+', line), line
+      r'total=\d+ compile_s=[\d.]+',
+      line,
+  ), line

@@ -23,11 +23,13 @@ def np_top_k_mean(values, k):
 
 
 def test_top_k_mean_over_set_members():
-  sim = np.array([[0.9, 0.1, 0.5, 0.7, -0.2],
-                  [0.3, 0.8, 0.2, 0.6, 0.4]], np.float32)
+  sim = np.array(
+      [[0.9, 0.1, 0.5, 0.7, -0.2], [0.3, 0.8, 0.2, 0.6, 0.4]], np.float32
+  )
   member = np.array([[1, 0, 1, 1, 1], [0, 1, 0, 0, 0]], bool)
-  got = np.asarray(videomatch.top_k_mean(jnp.asarray(sim),
-                                         jnp.asarray(member), 3))
+  got = np.asarray(
+      videomatch.top_k_mean(jnp.asarray(sim), jnp.asarray(member), 3)
+  )
   np.testing.assert_allclose(got, [(0.9 + 0.7 + 0.5) / 3, 0.8], atol=1e-6)
   empty = videomatch.top_k_mean(jnp.asarray(sim), jnp.zeros((5,), bool), 3)
   np.testing.assert_array_equal(np.asarray(empty), [-1.0, -1.0])
@@ -41,13 +43,20 @@ def test_soft_matching_layer(chunk_bytes):
   cands = rng.normal(size=(n, channels)).astype(np.float32)
   fg = rng.random((n, slots)) < 0.3
   bg = ~fg & (rng.random((n, slots)) < 0.8)
-  fg[:, 2] = False                              # An object with no template.
+  fg[:, 2] = False  # An object with no template.
   s_f, s_b = videomatch.soft_matching(
-      jnp.asarray(query), jnp.asarray(cands), jnp.asarray(fg),
-      jnp.asarray(bg), k=k, max_chunk_bytes=chunk_bytes)
+      jnp.asarray(query),
+      jnp.asarray(cands),
+      jnp.asarray(fg),
+      jnp.asarray(bg),
+      k=k,
+      max_chunk_bytes=chunk_bytes,
+  )
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  cos = unit(query.reshape(-1, channels).astype(np.float64)) @ unit(
-      cands.astype(np.float64)).T
+  cos = (
+      unit(query.reshape(-1, channels).astype(np.float64))
+      @ unit(cands.astype(np.float64)).T
+  )
   for s in range(slots):
     for p in range(height * width):
       i, j = divmod(p, width)
@@ -63,7 +72,7 @@ def np_within(mask, radius, inclusive=False):
   for i in range(h):
     for j in range(w):
       sq = np.min((ys - i) ** 2 + (xs - j) ** 2) if len(ys) else np.inf
-      out[i, j] = sq <= radius ** 2 if inclusive else sq < radius ** 2
+      out[i, j] = sq <= radius**2 if inclusive else sq < radius**2
   return out | mask
 
 
@@ -85,8 +94,9 @@ def test_fused_logits_argmax_is_the_papers_rule():
   rng = np.random.default_rng(1)
   probs = rng.random((2, 4, 6, 7)).astype(np.float32) * 0.9
   obj_valid = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
-  logits = np.asarray(videomatch.fused_logits(
-      jnp.asarray(probs), jnp.asarray(obj_valid), 0.4))
+  logits = np.asarray(
+      videomatch.fused_logits(jnp.asarray(probs), jnp.asarray(obj_valid), 0.4)
+  )
   for b in range(2):
     valid = np.flatnonzero(obj_valid[b])[1:]
     best = valid[np.argmax(probs[b, valid], axis=0)]
@@ -105,9 +115,14 @@ def test_update_sets_rule():
   final[1, 2:7, 2:8] = 0.99
   obj_valid = np.array([1, 1, 1, 0], bool)
   to_fg, to_bg = videomatch.update_sets(
-      jnp.asarray(initial), jnp.asarray(extruded), jnp.asarray(labels),
-      jnp.asarray(final), jnp.asarray(obj_valid), confidence=0.95,
-      erosion=1.0)
+      jnp.asarray(initial),
+      jnp.asarray(extruded),
+      jnp.asarray(labels),
+      jnp.asarray(final),
+      jnp.asarray(obj_valid),
+      confidence=0.95,
+      erosion=1.0,
+  )
   to_fg, to_bg = np.asarray(to_fg), np.asarray(to_bg)
   for k in range(slots):
     if k == 0 or not obj_valid[k]:
@@ -119,34 +134,40 @@ def test_update_sets_rule():
     for i in range(h):
       for j in range(w):
         # Radius 1: the 4-neighbours and the pixel (outside the frame is in).
-        near = [(i + di, j + dj) for di, dj in
-                ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
-        eroded[i, j] = all(mine[y, x] for y, x in near
-                           if 0 <= y < h and 0 <= x < w)
+        near = [
+            (i + di, j + dj)
+            for di, dj in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+        ]
+        eroded[i, j] = all(
+            mine[y, x] for y, x in near if 0 <= y < h and 0 <= x < w
+        )
     np.testing.assert_array_equal(to_bg[k], b)
     np.testing.assert_array_equal(to_fg[k], eroded & (final[k] > 0.95) & ~b)
-  assert to_fg[1].any()                     # The case is not vacuous.
+  assert to_fg[1].any()  # The case is not vacuous.
 
 
 def test_write_sets_is_a_ring_buffer():
   capacity, channels, slots = 5, 2, 3
-  memory = {'features': jnp.zeros((capacity, channels)),
-            'fg': jnp.zeros((capacity, slots), bool),
-            'bg': jnp.zeros((capacity, slots), bool),
-            'count': jnp.zeros((), jnp.int32)}
-  ring = []                                  # Naive: (feature, fg, bg) list.
+  memory = {
+      'features': jnp.zeros((capacity, channels)),
+      'fg': jnp.zeros((capacity, slots), bool),
+      'bg': jnp.zeros((capacity, slots), bool),
+      'count': jnp.zeros((), jnp.int32),
+  }
+  ring = []  # Naive: (feature, fg, bg) list.
   rng = np.random.default_rng(3)
   for _ in range(4):
     n = 6
     feats = rng.normal(size=(n, channels)).astype(np.float32)
     to_fg = rng.random((n, slots)) < 0.25
     to_bg = rng.random((n, slots)) < 0.25
-    memory = videomatch.write_sets(memory, jnp.asarray(feats),
-                                   jnp.asarray(to_fg), jnp.asarray(to_bg))
+    memory = videomatch.write_sets(
+        memory, jnp.asarray(feats), jnp.asarray(to_fg), jnp.asarray(to_bg)
+    )
     chosen = [i for i in range(n) if to_fg[i].any() or to_bg[i].any()]
     for i in chosen[:capacity]:
       ring.append((feats[i], to_fg[i], to_bg[i]))
-  assert int(memory['count']) == len(ring) > capacity   # It wrapped.
+  assert int(memory['count']) == len(ring) > capacity  # It wrapped.
   for position in range(capacity):
     # The newest entry written at this position.
     newest = [e for n_, e in enumerate(ring) if n_ % capacity == position][-1]
@@ -159,8 +180,7 @@ def test_online_update_reaches_the_matching():
   """A pixel added to an object's background set by the update changes
   that object's background score in the next frame, and only at inference
   (the training pairs do not use the buffer)."""
-  model = models.build(models.model_config('tiny_videomatch'),
-                       rngs=nnx.Rngs(0))
+  model = models.build(models.model_config('tiny_videomatch'), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(4)
   images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
   emb, _ = model.embed(images)
@@ -168,9 +188,11 @@ def test_online_update_reaches_the_matching():
   labels[0, 8:16, 10:18] = 1
   state = vos.start_state(model, emb, jnp.asarray(labels), 1, 2)
   obj_valid = jnp.asarray([[True, True]])
+
   def segment(st, training=False):
     out = model.segment(st, emb, obj_valid, training=training)
     return out.logits, out.aux
+
   _, before = segment(state)
   grid = emb.scales[0].shape[1:3]
   # Outlier removal: object 1's probability survives only within d_c (in
@@ -180,22 +202,30 @@ def test_online_update_reaches_the_matching():
   keep = np_within(prev, radius)
   np.testing.assert_array_equal(
       np.asarray(before['final'])[0, 1],
-      np.where(keep, np.asarray(before['initial'])[0, 1], 0.0))
-  assert not keep.all()                      # The case removes something.
+      np.where(keep, np.asarray(before['initial'])[0, 1], 0.0),
+  )
+  assert not keep.all()  # The case removes something.
   # Every pixel was first predicted as object 1 and removed as an outlier.
-  update = {'initial_fg': jnp.ones((1, 2) + grid, bool),
-            'extruded': jnp.zeros((1, 2) + grid, bool),
-            'final': jnp.zeros((1, 2) + grid), 'obj_valid': obj_valid}
-  moved = vos.advance_state(model, state, emb, jnp.asarray(labels),
-                            jnp.asarray([False]), update)
+  update = {
+      'initial_fg': jnp.ones((1, 2) + grid, bool),
+      'extruded': jnp.zeros((1, 2) + grid, bool),
+      'final': jnp.zeros((1, 2) + grid),
+      'obj_valid': obj_valid,
+  }
+  moved = vos.advance_state(
+      model, state, emb, jnp.asarray(labels), jnp.asarray([False]), update
+  )
   assert int(moved.memory['count'][0]) == grid[0] * grid[1]
   _, after = segment(moved)
   # The frame's own features are now in object 1's background set: each
   # pixel's best background match is itself (cosine 1).
-  assert np.all(np.asarray(after['bg_score'])[0, 1]
-                > np.asarray(before['bg_score'])[0, 1] - 1e-6)
-  assert np.any(np.asarray(after['bg_score'])[0, 1]
-                > np.asarray(before['bg_score'])[0, 1] + 1e-3)
+  assert np.all(
+      np.asarray(after['bg_score'])[0, 1]
+      > np.asarray(before['bg_score'])[0, 1] - 1e-6
+  )
+  assert np.any(
+      np.asarray(after['bg_score'])[0, 1]
+      > np.asarray(before['bg_score'])[0, 1] + 1e-3
+  )
   _, trained = segment(moved, training=True)
-  np.testing.assert_allclose(trained['bg_score'], before['bg_score'],
-                             atol=1e-6)
+  np.testing.assert_allclose(trained['bg_score'], before['bg_score'], atol=1e-6)

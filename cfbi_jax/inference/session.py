@@ -48,6 +48,7 @@ class Pending:
     known: K, the objects known before this frame (its probabilities cover
       slots 0..K).
   """
+
   index: int
   known: int
   _outputs: Any
@@ -63,7 +64,7 @@ class Pending:
     asked for)."""
     if isinstance(self._outputs, np.ndarray) or 'probs' not in self._outputs:
       return None
-    return np.asarray(self._outputs['probs'])[..., :self.known + 1]
+    return np.asarray(self._outputs['probs'])[..., : self.known + 1]
 
 
 class Session:
@@ -88,17 +89,24 @@ class Session:
       of an evaluation; made from `model` if None.
   """
 
-  def __init__(self, model: Union[str, nnx.Module, None], *,
-               scales: Sequence[float] = (1.0,), flip: bool = False,
-               max_long_edge: Optional[float] = None,
-               bgr: Optional[bool] = None,
-               max_objects: int = masks.MAX_OBJECTS, reference_slots: int = 1,
-               with_probs: bool = False,
-               steps: Optional[step_lib.CompiledSteps] = None,
-               params: Any = None):
+  def __init__(
+      self,
+      model: Union[str, nnx.Module, None],
+      *,
+      scales: Sequence[float] = (1.0,),
+      flip: bool = False,
+      max_long_edge: Optional[float] = None,
+      bgr: Optional[bool] = None,
+      max_objects: int = masks.MAX_OBJECTS,
+      reference_slots: int = 1,
+      with_probs: bool = False,
+      steps: Optional[step_lib.CompiledSteps] = None,
+      params: Any = None,
+  ):
     if isinstance(model, str):
       from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
       from cfbi_jax.models import family  # pylint: disable=g-import-not-at-top
+
       model, model_config = checkpoint.load_model(model)
       if bgr is None:
         bgr = family.bgr(model_config)
@@ -130,34 +138,47 @@ class Session:
     """K, the largest object id seen so far."""
     return self._known
 
-  def spec(self, frame_size: Tuple[int, int],
-           num_ref_slots: int) -> step_lib.StepSpec:
+  def spec(
+      self, frame_size: Tuple[int, int], num_ref_slots: int
+  ) -> step_lib.StepSpec:
     """The static step settings for frames of `frame_size` `(H, W)`."""
     return step_lib.make_spec(
-        frame_size, augs=self.augs, max_long_edge=self.max_long_edge,
-        bgr=self.bgr, num_ref_slots=num_ref_slots,
-        with_probs=self.with_probs, max_objects=self.max_objects)
+        frame_size,
+        augs=self.augs,
+        max_long_edge=self.max_long_edge,
+        bgr=self.bgr,
+        num_ref_slots=num_ref_slots,
+        with_probs=self.with_probs,
+        max_objects=self.max_objects,
+    )
 
   def _check(self, frame: np.ndarray, mask: Optional[np.ndarray]):
     if frame.ndim != 3 or frame.shape[-1] != 3:
-      raise ValueError(f'frame {self._index}: expected an HxWx3 RGB frame, '
-                       f'got shape {frame.shape}')
+      raise ValueError(
+          f'frame {self._index}: expected an HxWx3 RGB frame, '
+          f'got shape {frame.shape}'
+      )
     if self._size is not None and frame.shape[:2] != self._size:
-      raise ValueError(f'frame {self._index} is {frame.shape[:2]}, but the '
-                       f'stream started at {self._size}; call reset() for a '
-                       'new stream')
+      raise ValueError(
+          f'frame {self._index} is {frame.shape[:2]}, but the '
+          f'stream started at {self._size}; call reset() for a '
+          'new stream'
+      )
     if mask is None:
       return None
     mask = np.asarray(mask)
     if mask.shape != frame.shape[:2]:
-      raise ValueError(f'mask of frame {self._index} is {mask.shape}, the '
-                       f'frame is {frame.shape[:2]}')
+      raise ValueError(
+          f'mask of frame {self._index} is {mask.shape}, the '
+          f'frame is {frame.shape[:2]}'
+      )
     mask = masks.with_binary_object(mask)
     masks.ids_above(mask, self.max_objects, f'mask of frame {self._index}')
     return mask
 
-  def push_async(self, frame: np.ndarray,
-                 mask: Optional[np.ndarray] = None) -> Pending:
+  def push_async(
+      self, frame: np.ndarray, mask: Optional[np.ndarray] = None
+  ) -> Pending:
     """Dispatches one frame; returns before the device is done.
 
     Args:
@@ -177,25 +198,31 @@ class Session:
       self._size = frame.shape[:2]
       self._no_annotation = jnp.zeros(self._size, jnp.uint8)
       self._states = self.steps.first(
-          self.params, jax.device_put(frame),
+          self.params,
+          jax.device_put(frame),
           jax.device_put(mask.astype(np.int32)),
-          spec=self.spec(self._size, self._ref_slots))
+          spec=self.spec(self._size, self._ref_slots),
+      )
       self._known = masks.largest_object_id(mask)
       self._used_refs, self._index = 1, 1
       return Pending(index, self._known, mask)
     if mask is not None and self._used_refs == self._ref_slots:
       self._ref_slots *= 2
-      self._states = tuple(vos.grow_references(s, self._ref_slots)
-                           for s in self._states)
+      self._states = tuple(
+          vos.grow_references(s, self._ref_slots) for s in self._states
+      )
     known = self._known
     # Every argument has the same kind (device array) on every frame, so
     # the jit's signature cache holds one entry per compiled shape.
     self._states, outputs = self.steps.next(
-        self.params, self._states, jax.device_put(frame),
+        self.params,
+        self._states,
+        jax.device_put(frame),
         jax.device_put(mask) if mask is not None else self._no_annotation,
         jax.device_put(np.asarray(mask is not None)),
         jax.device_put(step_lib.object_valid(known, self.max_objects)),
-        spec=self.spec(self._size, self._ref_slots))
+        spec=self.spec(self._size, self._ref_slots),
+    )
     for value in outputs.values():
       value.copy_to_host_async()
     if mask is not None:
@@ -204,8 +231,9 @@ class Session:
     self._index += 1
     return Pending(index, known, outputs)
 
-  def push(self, frame: np.ndarray,
-           mask: Optional[np.ndarray] = None) -> np.ndarray:
+  def push(
+      self, frame: np.ndarray, mask: Optional[np.ndarray] = None
+  ) -> np.ndarray:
     """Segments one frame; returns its `[H, W]` uint8 labels (see
     `push_async` for the arguments)."""
     return self.push_async(frame, mask).labels()

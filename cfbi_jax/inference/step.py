@@ -49,8 +49,9 @@ from cfbi_jax import vos
 from cfbi_jax.vos import PropagationState
 
 
-def input_size(height: int, width: int, scale: float = 1.0,
-               max_long_edge: float = 1040) -> Tuple[int, int]:
+def input_size(
+    height: int, width: int, scale: float = 1.0, max_long_edge: float = 1040
+) -> Tuple[int, int]:
   """The network input size the official loader gives a frame.
 
   Args:
@@ -75,12 +76,14 @@ def input_size(height: int, width: int, scale: float = 1.0,
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """One test-time augmentation: a scale and an optional horizontal flip."""
+
   scale: float
   flip: bool
 
 
-def augmentations(scales: Sequence[float], flip: bool) -> Tuple[
-    Augmentation, ...]:
+def augmentations(
+    scales: Sequence[float], flip: bool
+) -> Tuple[Augmentation, ...]:
   """The official order: [s1, flip(s1), s2, flip(s2), ...]."""
   out = []
   for s in scales:
@@ -90,8 +93,9 @@ def augmentations(scales: Sequence[float], flip: bool) -> Tuple[
   return tuple(out)
 
 
-def object_valid(num_objects: int,
-                 max_objects: int = masks.MAX_OBJECTS) -> np.ndarray:
+def object_valid(
+    num_objects: int, max_objects: int = masks.MAX_OBJECTS
+) -> np.ndarray:
   """The `obj_valid` mask of a frame with objects 1..K known before it.
 
   The official number of slots, K + 1 (background included; at least 2):
@@ -123,11 +127,16 @@ def split_for_inference(model: nnx.Module) -> Tuple[Any, Any]:
   return nnx.split(model)
 
 
-def make_spec(frame_size: Tuple[int, int], *,
-              augs: Sequence[Augmentation] = (Augmentation(1.0, False),),
-              max_long_edge: Optional[float] = None, bgr: bool = True,
-              num_ref_slots: int = 1, with_probs: bool = False,
-              max_objects: int = masks.MAX_OBJECTS) -> 'StepSpec':
+def make_spec(
+    frame_size: Tuple[int, int],
+    *,
+    augs: Sequence[Augmentation] = (Augmentation(1.0, False),),
+    max_long_edge: Optional[float] = None,
+    bgr: bool = True,
+    num_ref_slots: int = 1,
+    with_probs: bool = False,
+    max_objects: int = masks.MAX_OBJECTS,
+) -> 'StepSpec':
   """The static step settings for frames of `frame_size` `(H, W)`.
 
   Args:
@@ -147,11 +156,17 @@ def make_spec(frame_size: Tuple[int, int], *,
   """
   if max_long_edge is None:
     max_long_edge = 1040 if {a.scale for a in augs} == {1.0} else 800
-  sizes = tuple(input_size(*frame_size, aug.scale, max_long_edge)
-                for aug in augs)
-  return StepSpec(input_sizes=sizes, flips=tuple(a.flip for a in augs),
-                  bgr=bgr, num_ref_slots=num_ref_slots,
-                  with_probs=with_probs, memory_slots=max_objects + 1)
+  sizes = tuple(
+      input_size(*frame_size, aug.scale, max_long_edge) for aug in augs
+  )
+  return StepSpec(
+      input_sizes=sizes,
+      flips=tuple(a.flip for a in augs),
+      bgr=bgr,
+      num_ref_slots=num_ref_slots,
+      with_probs=with_probs,
+      memory_slots=max_objects + 1,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +183,7 @@ class StepSpec:
     memory_slots: object slots of the model's memory (the most objects a
       stream may hold, plus the background).
   """
+
   input_sizes: Tuple[Tuple[int, int], ...]
   flips: Tuple[bool, ...]
   bgr: bool = True
@@ -176,8 +192,9 @@ class StepSpec:
   memory_slots: int = masks.MAX_OBJECTS + 1
 
 
-def network_input(frame: jnp.ndarray, size: Tuple[int, int], flip: bool,
-                  bgr: bool) -> jnp.ndarray:
+def network_input(
+    frame: jnp.ndarray, size: Tuple[int, int], flip: bool, bgr: bool
+) -> jnp.ndarray:
   """One augmentation's network input from a uint8 frame, on the device.
 
   Args:
@@ -199,9 +216,14 @@ def _flip_labels(labels: jnp.ndarray, flip: bool) -> jnp.ndarray:
   return labels[..., ::-1] if flip else labels
 
 
-def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
-                graphdef: Any, spec: StepSpec
-                ) -> Tuple[PropagationState, ...]:
+def first_frame(
+    params: Any,
+    frame: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    graphdef: Any,
+    spec: StepSpec,
+) -> Tuple[PropagationState, ...]:
   """The states after the annotated first frame, one per augmentation.
 
   Args:
@@ -218,16 +240,29 @@ def first_frame(params: Any, frame: jnp.ndarray, labels: jnp.ndarray, *,
   states = []
   for size, flip in zip(spec.input_sizes, spec.flips):
     emb, _ = model.embed(network_input(frame, size, flip, spec.bgr))
-    states.append(vos.start_state(model, emb, _flip_labels(labels, flip)[None],
-                              spec.num_ref_slots, spec.memory_slots))
+    states.append(
+        vos.start_state(
+            model,
+            emb,
+            _flip_labels(labels, flip)[None],
+            spec.num_ref_slots,
+            spec.memory_slots,
+        )
+    )
   return tuple(states)
 
 
-def next_frame(params: Any, states: Tuple[PropagationState, ...],
-               frame: jnp.ndarray, annotation: jnp.ndarray,
-               has_annotation: jnp.ndarray, obj_valid: jnp.ndarray, *,
-               graphdef: Any, spec: StepSpec
-               ) -> Tuple[Tuple[PropagationState, ...], Dict[str, jnp.ndarray]]:
+def next_frame(
+    params: Any,
+    states: Tuple[PropagationState, ...],
+    frame: jnp.ndarray,
+    annotation: jnp.ndarray,
+    has_annotation: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    graphdef: Any,
+    spec: StepSpec,
+) -> Tuple[Tuple[PropagationState, ...], Dict[str, jnp.ndarray]]:
   """One propagated frame of the official evaluation loop, every TTA.
 
   Args:
@@ -264,16 +299,17 @@ def next_frame(params: Any, states: Tuple[PropagationState, ...],
     embs.append(emb)
   with jax.named_scope('postprocess'):
     probs = probs / len(states)
-    labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)     # [1, H, W]
+    labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)  # [1, H, W]
     pasted = jnp.where(has_annotation, annotation[None].astype(jnp.int32), 0)
     labels = vos.merge_annotation(labels, pasted)
   with jax.named_scope('advance'):
     add = jnp.reshape(has_annotation, (1,))
     new_states = tuple(
-        vos.advance_state(model, state, emb, _flip_labels(labels, flip), add,
-                      update)
-        for state, emb, flip, update in zip(states, embs, spec.flips,
-                                            updates))
+        vos.advance_state(
+            model, state, emb, _flip_labels(labels, flip), add, update
+        )
+        for state, emb, flip, update in zip(states, embs, spec.flips, updates)
+    )
   outputs = {'labels': labels[0].astype(jnp.uint8)}
   if spec.with_probs:
     outputs['probs'] = probs[0]
@@ -289,6 +325,7 @@ class CompiledSteps:
     next: `(params, states, frame, annotation, has_annotation, obj_valid,
       spec=...) -> (states, outputs)`, with `states` donated.
   """
+
   first: Any
   next: Any
 
@@ -301,7 +338,13 @@ def compile_steps(graphdef: Any) -> CompiledSteps:
   """Plain `jax.jit` of both steps for `graphdef` (`spec` static; the
   carried states of `next` donated, so their buffers are reused)."""
   return CompiledSteps(
-      first=jax.jit(functools.partial(first_frame, graphdef=graphdef),
-                    static_argnames=('spec',)),
-      next=jax.jit(functools.partial(next_frame, graphdef=graphdef),
-                   static_argnames=('spec',), donate_argnames=('states',)))
+      first=jax.jit(
+          functools.partial(first_frame, graphdef=graphdef),
+          static_argnames=('spec',),
+      ),
+      next=jax.jit(
+          functools.partial(next_frame, graphdef=graphdef),
+          static_argnames=('spec',),
+          donate_argnames=('states',),
+      ),
+  )

@@ -30,6 +30,7 @@ from cfbi_jax import masks
 from cfbi_jax.inference import session as session_lib
 from cfbi_jax.inference import step as step_lib
 
+
 class VideoPropagator:
   """Runs the official evaluation loop over one video at a time.
 
@@ -37,32 +38,51 @@ class VideoPropagator:
   bgr, max_objects).
   """
 
-  def __init__(self, model: nnx.Module, *, scales: Sequence[float] = (1.0,),
-               flip: bool = False, max_long_edge: Optional[float] = None,
-               bgr: bool = True, max_objects: int = masks.MAX_OBJECTS):
+  def __init__(
+      self,
+      model: nnx.Module,
+      *,
+      scales: Sequence[float] = (1.0,),
+      flip: bool = False,
+      max_long_edge: Optional[float] = None,
+      bgr: bool = True,
+      max_objects: int = masks.MAX_OBJECTS,
+  ):
     graphdef, self.params = step_lib.split_for_inference(model)
     self.steps = step_lib.compile_steps(graphdef)
-    self.options = dict(scales=tuple(scales), flip=flip,
-                        max_long_edge=max_long_edge, bgr=bgr,
-                        max_objects=max_objects)
+    self.options = dict(
+        scales=tuple(scales),
+        flip=flip,
+        max_long_edge=max_long_edge,
+        bgr=bgr,
+        max_objects=max_objects,
+    )
 
   @property
   def compilations(self) -> int:
     """Distinct step signatures compiled so far (the run summary's count)."""
     return self.steps.num_compiled()
 
-  def session(self, reference_slots: int = 1,
-              with_probs: bool = False) -> session_lib.Session:
+  def session(
+      self, reference_slots: int = 1, with_probs: bool = False
+  ) -> session_lib.Session:
     """A new stream on this propagator's compiled steps."""
     return session_lib.Session(
-        None, steps=self.steps, params=self.params,
-        reference_slots=reference_slots, with_probs=with_probs,
-        **self.options)
+        None,
+        steps=self.steps,
+        params=self.params,
+        reference_slots=reference_slots,
+        with_probs=with_probs,
+        **self.options,
+    )
 
-  def run(self, frames: Iterable[np.ndarray],
-          annotations: Dict[int, np.ndarray], num_frames: int,
-          with_probs: bool = False
-          ) -> Iterator[Tuple[int, np.ndarray, Optional[np.ndarray]]]:
+  def run(
+      self,
+      frames: Iterable[np.ndarray],
+      annotations: Dict[int, np.ndarray],
+      num_frames: int,
+      with_probs: bool = False,
+  ) -> Iterator[Tuple[int, np.ndarray, Optional[np.ndarray]]]:
     """Segments a video.
 
     Args:
@@ -82,8 +102,9 @@ class VideoPropagator:
     """
     if 0 not in annotations:
       raise ValueError('the first frame must be annotated')
-    stream = self.session(reference_slots=len(annotations),
-                          with_probs=with_probs)
+    stream = self.session(
+        reference_slots=len(annotations), with_probs=with_probs
+    )
     pending = collections.deque()
     frames = host_threads.prefetch(frames, depth=2)
     try:
@@ -99,7 +120,8 @@ class VideoPropagator:
       frames.close()
 
 
-def _fetch(frame: session_lib.Pending
-           ) -> Tuple[int, np.ndarray, Optional[np.ndarray]]:
+def _fetch(
+    frame: session_lib.Pending,
+) -> Tuple[int, np.ndarray, Optional[np.ndarray]]:
   """Brings one frame's outputs to the host (waits for the device)."""
   return frame.index, frame.labels(), frame.probs()

@@ -49,8 +49,9 @@ def family_of(model_config: Mapping[str, Any]) -> Family:
   """The family of a `config.model` block (by its `name`)."""
   name = dict(model_config).get('name') or cfbi.FAMILY.name
   if name not in FAMILIES:
-    raise ValueError(f'unknown model name {name!r}; expected one of '
-                     f'{sorted(FAMILIES)}')
+    raise ValueError(
+        f'unknown model name {name!r}; expected one of ' f'{sorted(FAMILIES)}'
+    )
   return FAMILIES[name]
 
 
@@ -59,12 +60,14 @@ def family_of_variant(variant: str) -> Family:
   for record in FAMILIES.values():
     if variant in record.variants:
       return record
-  raise ValueError(f'unknown variant {variant!r}; expected one of '
-                   f'{variants()}')
+  raise ValueError(
+      f'unknown variant {variant!r}; expected one of ' f'{variants()}'
+  )
 
 
-def build(model_config: Mapping[str, Any], *,
-          rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
+def build(
+    model_config: Mapping[str, Any], *, rngs: Optional[nnx.Rngs] = None
+) -> nnx.Module:
   """The module of a `config.model` block."""
   return family_of(model_config).build(model_config, rngs=rngs)
 
@@ -79,15 +82,18 @@ def eval_fields(model_config: Mapping[str, Any]) -> Tuple[str, ...]:
   return family_of(model_config).all_eval_fields()
 
 
-def dataset_overrides(model_config: Mapping[str, Any],
-                      dataset: str) -> Dict[str, Any]:
+def dataset_overrides(
+    model_config: Mapping[str, Any], dataset: str
+) -> Dict[str, Any]:
   """The official evaluation flags of the model's variant on `dataset`."""
   return family_of(model_config).dataset_overrides(
-      dict(model_config).get('variant', ''), dataset)
+      dict(model_config).get('variant', ''), dataset
+  )
 
 
-def init_hooks(model_config: Mapping[str, Any]
-               ) -> Dict[str, Callable[[nnx.Module], Any]]:
+def init_hooks(
+    model_config: Mapping[str, Any],
+) -> Dict[str, Callable[[nnx.Module], Any]]:
   """`config.init` switch -> hook, for the model's family."""
   return dict(family_of(model_config).init_hooks)
 
@@ -95,7 +101,7 @@ def init_hooks(model_config: Mapping[str, Any]
 def training_models() -> Tuple[str, ...]:
   """The `model=` names of the training configs: `m` for every tiny
   variant `tiny_m` (`cfbi`, `cfbip`, `feelvos`, `videomatch`, ...)."""
-  return tuple(v[len('tiny_'):] for v in variants() if v.startswith('tiny_'))
+  return tuple(v[len('tiny_') :] for v in variants() if v.startswith('tiny_'))
 
 
 def training_model_config(variant: str) -> ml_collections.ConfigDict:

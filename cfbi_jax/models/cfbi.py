@@ -111,47 +111,66 @@ class CFBI(nnx.Module):
       dynamic segmentation head over the same inputs; CFBI only).
   """
 
-  def __init__(self, arch: str = 'cfbi', backbone: str = 'resnet',
-               resnet_blocks: Sequence[int] = (3, 4, 23, 3),
-               resnet_width: int = 64, aspp_channels: int = 256,
-               decoder_channels: int = 256, embedding_dim: int = 100,
-               matching_dims: Sequence[int] = (100,), gn_groups: int = 32,
-               gn_embedding_groups: int = 25, gn_groups_refine: int = 16,
-               prehead_dim: int = 64, ensembler_dim: int = 256,
-               refine_dim: int = 64,
-               local_windows: Sequence[Sequence[int]] = ((2, 4, 6, 8, 10, 12),),
-               local_atrous: Sequence[int] = (1,),
-               local_downsample: bool = True,
-               global_atrous: Sequence[int] = (1,),
-               global_chunks: Sequence[int] = (4,),
-               global_chunk_mb: float = 256.0,
-               min_matching_pixels: int = 0,
-               matching_dtype: str = 'float32',
-               compute_dtype: str = 'float32',
-               attention_uses_atrous_labels: bool = True,
-               use_background: bool = True, use_matching_bias: bool = True,
-               use_attention: bool = True, head: str = 'ensembler',
-               backbone_norm: str = 'frozen_bn', *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      arch: str = 'cfbi',
+      backbone: str = 'resnet',
+      resnet_blocks: Sequence[int] = (3, 4, 23, 3),
+      resnet_width: int = 64,
+      aspp_channels: int = 256,
+      decoder_channels: int = 256,
+      embedding_dim: int = 100,
+      matching_dims: Sequence[int] = (100,),
+      gn_groups: int = 32,
+      gn_embedding_groups: int = 25,
+      gn_groups_refine: int = 16,
+      prehead_dim: int = 64,
+      ensembler_dim: int = 256,
+      refine_dim: int = 64,
+      local_windows: Sequence[Sequence[int]] = ((2, 4, 6, 8, 10, 12),),
+      local_atrous: Sequence[int] = (1,),
+      local_downsample: bool = True,
+      global_atrous: Sequence[int] = (1,),
+      global_chunks: Sequence[int] = (4,),
+      global_chunk_mb: float = 256.0,
+      min_matching_pixels: int = 0,
+      matching_dtype: str = 'float32',
+      compute_dtype: str = 'float32',
+      attention_uses_atrous_labels: bool = True,
+      use_background: bool = True,
+      use_matching_bias: bool = True,
+      use_attention: bool = True,
+      head: str = 'ensembler',
+      backbone_norm: str = 'frozen_bn',
+      *,
+      rngs: nnx.Rngs,
+  ):
     if arch not in ('cfbi', 'cfbip'):
       raise ValueError(f"arch must be 'cfbi' or 'cfbip', got {arch!r}")
     num_scales = 1 if arch == 'cfbi' else 3
-    for name, value in (('matching_dims', matching_dims),
-                        ('local_windows', local_windows),
-                        ('local_atrous', local_atrous),
-                        ('global_atrous', global_atrous),
-                        ('global_chunks', global_chunks)):
+    for name, value in (
+        ('matching_dims', matching_dims),
+        ('local_windows', local_windows),
+        ('local_atrous', local_atrous),
+        ('global_atrous', global_atrous),
+        ('global_chunks', global_chunks),
+    ):
       if len(value) != num_scales:
-        raise ValueError(f'{name} needs {num_scales} entries for {arch}, '
-                         f'got {value!r}')
+        raise ValueError(
+            f'{name} needs {num_scales} entries for {arch}, ' f'got {value!r}'
+        )
     if head not in ('ensembler', 'feelvos'):
       raise ValueError(f"head must be 'ensembler' or 'feelvos', got {head!r}")
     if head == 'feelvos' and arch != 'cfbi':
       raise ValueError("head='feelvos' is implemented for arch='cfbi' only")
-    for name, value in (('matching_dtype', matching_dtype),
-                        ('compute_dtype', compute_dtype)):
+    for name, value in (
+        ('matching_dtype', matching_dtype),
+        ('compute_dtype', compute_dtype),
+    ):
       if value not in _DTYPES:
-        raise ValueError(f'{name} must be one of {sorted(_DTYPES)}, got '
-                         f'{value!r}')
+        raise ValueError(
+            f'{name} must be one of {sorted(_DTYPES)}, got ' f'{value!r}'
+        )
     self.arch = arch
     self.matching_dims = tuple(matching_dims)
     self.local_windows = tuple(tuple(w) for w in local_windows)
@@ -171,41 +190,71 @@ class CFBI(nnx.Module):
     self.bg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
     self.fg_bias = nnx.Param(jnp.zeros((num_scales,), jnp.float32))
     self.feature_extracter = backbone_lib.DeepLab(
-        backbone, aspp_channels, decoder_channels, resnet_blocks,
-        resnet_width, backbone_norm, gn_groups, rngs=rngs)
+        backbone,
+        aspp_channels,
+        decoder_channels,
+        resnet_blocks,
+        resnet_width,
+        backbone_norm,
+        gn_groups,
+        rngs=rngs,
+    )
     chans = self.feature_extracter.out_channels
     low_dim = chans['low_s4']
     if arch == 'cfbi':
       self.embedding = embedding_lib.EmbeddingHead(
-          decoder_channels, embedding_dim, gn_groups, gn_embedding_groups,
-          rngs=rngs)
+          decoder_channels,
+          embedding_dim,
+          gn_groups,
+          gn_embedding_groups,
+          rngs=rngs,
+      )
       map_dim = 3 + 2 * len(self.local_windows[0])
       self.dynamic_prehead = ensembler_lib.DynamicPreHead(
-          map_dim, prehead_dim, gn_groups_refine, rngs=rngs)
+          map_dim, prehead_dim, gn_groups_refine, rngs=rngs
+      )
       if head == 'feelvos':
         self.dynamic_seghead = feelvos.FeelvosHead(
-            3 * embedding_dim + prehead_dim, ensembler_dim, gn_groups,
-            rngs=rngs)
+            3 * embedding_dim + prehead_dim, ensembler_dim, gn_groups, rngs=rngs
+        )
       else:
         self.dynamic_seghead = ensembler_lib.CollaborativeEnsembler(
-            3 * embedding_dim + prehead_dim, low_dim, 4 * embedding_dim,
-            ensembler_dim, refine_dim, gn_groups, gn_groups_refine,
-            rngs=rngs)
+            3 * embedding_dim + prehead_dim,
+            low_dim,
+            4 * embedding_dim,
+            ensembler_dim,
+            refine_dim,
+            gn_groups,
+            gn_groups_refine,
+            rngs=rngs,
+        )
     else:
       if chans['mid_s8'] is None:
         raise ValueError('CFBI+ needs a ResNet backbone (stride-8 feature)')
       self.embedding = embedding_lib.FPN(
-          decoder_channels, chans['mid_s8'], aspp_channels, embedding_dim,
-          gn_groups, rngs=rngs)
+          decoder_channels,
+          chans['mid_s8'],
+          aspp_channels,
+          embedding_dim,
+          gn_groups,
+          rngs=rngs,
+      )
       in_dims = [3 * embedding_dim + 3 + 2 * len(w) for w in self.local_windows]
       self.dynamic_seghead = ensembler_lib.CollaborativeEnsemblerMS(
-          in_dims, low_dim, 4 * embedding_dim, ensembler_dim, refine_dim,
-          gn_groups, gn_groups_refine, rngs=rngs)
+          in_dims,
+          low_dim,
+          4 * embedding_dim,
+          ensembler_dim,
+          refine_dim,
+          gn_groups,
+          gn_groups_refine,
+          rngs=rngs,
+      )
 
   # ------------------------------------------------------------------ embed
-  def embed(self, images: jnp.ndarray,
-            dropout_rng: Optional[jax.Array] = None
-            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+  def embed(
+      self, images: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
     """Embeds a batch of frames.
 
     Args:
@@ -217,22 +266,34 @@ class CFBI(nnx.Module):
       stride (for inspection and parity tests).
     """
     dtype = _DTYPES[self.compute_dtype]
-    feats = layers.call_in_dtype(self.feature_extracter, dtype, images,
-                                 dropout_rng)
+    feats = layers.call_in_dtype(
+        self.feature_extracter, dtype, images, dropout_rng
+    )
     # The embedding head (CFBI) or FPN (CFBI+) stays float32: matching
     # takes differences of squared norms, which bfloat16 inputs would drown.
-    feats = {k: v.astype(jnp.float32) if v is not None else None
-             for k, v in feats.items()}
+    feats = {
+        k: v.astype(jnp.float32) if v is not None else None
+        for k, v in feats.items()
+    }
     if self.arch == 'cfbi':
       scales = self.embedding(feats['decoder_s4'])
     else:
-      scales = self.embedding(feats['decoder_s4'], feats['mid_s8'],
-                              feats['aspp_s16'])
-    return FrameEmbedding(features_s4=feats['low_s4'], scales=tuple(scales)), feats
+      scales = self.embedding(
+          feats['decoder_s4'], feats['mid_s8'], feats['aspp_s16']
+      )
+    return (
+        FrameEmbedding(features_s4=feats['low_s4'], scales=tuple(scales)),
+        feats,
+    )
 
   # ---------------------------------------------------------------- segment
-  def segment(self, state: PropagationState, current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
+  def segment(
+      self,
+      state: PropagationState,
+      current: FrameEmbedding,
+      obj_valid: jnp.ndarray,
+      training: bool = False,
+  ) -> Segmentation:
     """Segments one frame against its references and previous frame.
 
     Args:
@@ -252,8 +313,11 @@ class CFBI(nnx.Module):
       `[B, K+1, h, w(, L)]` (`global_fg_s4`, `local_bg_s8`, `attention_s4`,
       `fg_logit`, ...).
     """
-    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
-                                         state.ref_valid)
+    ref_scales, ref_labels, ref_valid = (
+        state.ref_scales,
+        state.ref_labels,
+        state.ref_valid,
+    )
     prev_scales, prev_labels = state.prev_scales, state.prev_labels
     num_slots = obj_valid.shape[1]
     dtype = _DTYPES[self.matching_dtype]
@@ -261,7 +325,8 @@ class CFBI(nnx.Module):
     per_scale_inputs = []
     heads = None
     for s, (ref_e, prev_e, cur_e) in enumerate(
-        zip(ref_scales, prev_scales, current.scales)):
+        zip(ref_scales, prev_scales, current.scales)
+    ):
       name = f's{4 * 2 ** s}'
       grid = cur_e.shape[1:3]
       ref_lab = resize.resize_labels_nearest(ref_labels, grid)
@@ -273,58 +338,96 @@ class CFBI(nnx.Module):
         bg_b = fg_b = jnp.zeros((), jnp.float32)
       min_pixels = 0 if training else self.min_matching_pixels
       global_fn = lambda q, r, lab, ov: matching.global_matching(
-          q, r, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
+          q,
+          r,
+          lab,
+          ov,
+          bg_bias=bg_b,
+          fg_bias=fg_b,
           num_chunks=self.global_chunks[s],
           max_chunk_bytes=int(self.global_chunk_mb * 2**20),
           atrous=self.global_atrous[s],
-          min_pixels=min_pixels, matching_dtype=dtype)
+          min_pixels=min_pixels,
+          matching_dtype=dtype,
+      )
       with jax.named_scope('global_matching'):
-        global_fg = jax.vmap(global_fn)(cur_e[..., :md], ref_e[..., :md],
-                                        ref_lab, obj_valid)
+        global_fg = jax.vmap(global_fn)(
+            cur_e[..., :md], ref_e[..., :md], ref_lab, obj_valid
+        )
       if self.local_downsample:
         local_impl = matching.local_matching_downsampled
       else:
         local_impl = matching.local_matching
       local_fn = lambda q, p, lab, ov: local_impl(
-          q, p, lab, ov, bg_bias=bg_b, fg_bias=fg_b,
-          windows=self.local_windows[s], atrous=self.local_atrous[s],
-          matching_dtype=dtype)
+          q,
+          p,
+          lab,
+          ov,
+          bg_bias=bg_b,
+          fg_bias=fg_b,
+          windows=self.local_windows[s],
+          atrous=self.local_atrous[s],
+          matching_dtype=dtype,
+      )
       with jax.named_scope('local_matching'):
-        local_fg = jax.vmap(local_fn)(cur_e[..., :md], prev_e[..., :md],
-                                      prev_lab, obj_valid)
+        local_fg = jax.vmap(local_fn)(
+            cur_e[..., :md], prev_e[..., :md], prev_lab, obj_valid
+        )
       fg2bg = jax.vmap(matching.foreground_to_background)
       global_bg = fg2bg(global_fg, obj_valid)
       local_bg = fg2bg(local_fg, obj_valid)
       if not self.use_background:
         global_bg, local_bg = jnp.zeros_like(global_bg), jnp.zeros_like(
-            local_bg)
-      prev_onehot = (prev_lab[:, None] == jnp.arange(num_slots)[None, :, None,
-                                                               None])
-      prev_onehot = prev_onehot.astype(cur_e.dtype)        # [B, K+1, h, w]
-      aux.update({f'global_fg_{name}': global_fg, f'global_bg_{name}': global_bg,
-                  f'local_fg_{name}': local_fg, f'local_bg_{name}': local_bg,
-                  f'prev_onehot_{name}': prev_onehot})
+            local_bg
+        )
+      prev_onehot = (
+          prev_lab[:, None] == jnp.arange(num_slots)[None, :, None, None]
+      )
+      prev_onehot = prev_onehot.astype(cur_e.dtype)  # [B, K+1, h, w]
+      aux.update(
+          {
+              f'global_fg_{name}': global_fg,
+              f'global_bg_{name}': global_bg,
+              f'local_fg_{name}': local_fg,
+              f'local_bg_{name}': local_bg,
+              f'prev_onehot_{name}': prev_onehot,
+          }
+      )
       if s == 0:
         with jax.named_scope('attention'):
           att_lab = ref_lab
-          if (self.attention_uses_atrous_labels and self.global_atrous[0] > 1
-              and (training or self.min_matching_pixels > 0)):
+          if (
+              self.attention_uses_atrous_labels
+              and self.global_atrous[0] > 1
+              and (training or self.min_matching_pixels > 0)
+          ):
             att_lab = jax.vmap(
                 lambda lab, ov: matching.atrous_reference_labels(
-                    lab, ov, atrous=self.global_atrous[0],
-                    min_pixels=min_pixels))(ref_lab, obj_valid)
-          heads = jax.vmap(attention.attention_head,
-                           in_axes=(0, 0, 0, 0, 0, None))(
-                               ref_e, att_lab, ref_valid, prev_e, prev_lab,
-                               num_slots)                    # [B, K+1, 4C]
-          heads = _ablate_attention(heads, self.use_background,
-                                    self.use_attention)
+                    lab, ov, atrous=self.global_atrous[0], min_pixels=min_pixels
+                )
+            )(ref_lab, obj_valid)
+          heads = jax.vmap(
+              attention.attention_head, in_axes=(0, 0, 0, 0, 0, None)
+          )(
+              ref_e, att_lab, ref_valid, prev_e, prev_lab, num_slots
+          )  # [B, K+1, 4C]
+          heads = _ablate_attention(
+              heads, self.use_background, self.use_attention
+          )
         aux['attention_s4'] = heads
-      maps = jnp.concatenate([
-          global_fg[..., None], local_fg, prev_onehot[..., None], local_bg,
-          global_bg[..., None]], axis=-1)                  # [B, K+1, h, w, M]
-      objs = _per_object(cur_e, prev_e, prev_onehot,
-                         self.use_background)              # [B, K+1, h, w, 3C]
+      maps = jnp.concatenate(
+          [
+              global_fg[..., None],
+              local_fg,
+              prev_onehot[..., None],
+              local_bg,
+              global_bg[..., None],
+          ],
+          axis=-1,
+      )  # [B, K+1, h, w, M]
+      objs = _per_object(
+          cur_e, prev_e, prev_onehot, self.use_background
+      )  # [B, K+1, h, w, 3C]
       per_scale_inputs.append((maps, objs))
 
     batch = obj_valid.shape[0]
@@ -342,13 +445,17 @@ class CFBI(nnx.Module):
           fg = layers.call_in_dtype(self.dynamic_seghead, dtype, x)
           bg = jnp.zeros_like(fg)  # Background is slot 0's own logit.
         else:
-          fg, bg = layers.call_in_dtype(self.dynamic_seghead, dtype, x, low,
-                                        head)
+          fg, bg = layers.call_in_dtype(
+              self.dynamic_seghead, dtype, x, low, head
+          )
       else:
-        xs = [fold(jnp.concatenate([maps, objs], axis=-1))
-              for maps, objs in per_scale_inputs]
-        fg, bg = layers.call_in_dtype(self.dynamic_seghead, dtype, xs, low,
-                                      head)
+        xs = [
+            fold(jnp.concatenate([maps, objs], axis=-1))
+            for maps, objs in per_scale_inputs
+        ]
+        fg, bg = layers.call_in_dtype(
+            self.dynamic_seghead, dtype, xs, low, head
+        )
     fg, bg = fg.astype(jnp.float32), bg.astype(jnp.float32)
     unfold = lambda x: x.reshape((batch, num_slots) + x.shape[1:])
     fg, bg = unfold(fg), unfold(bg)
@@ -357,23 +464,30 @@ class CFBI(nnx.Module):
     logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
     return Segmentation(logits=jnp.moveaxis(logits, 1, -1), aux=aux)
 
-
   # ------------------------------------------------------------ memory
-  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
-                   memory_slots: int) -> Tuple[()]:
+  def start_memory(
+      self, emb: FrameEmbedding, labels: jnp.ndarray, memory_slots: int
+  ) -> Tuple[()]:
     """CFBI has no memory of its own: `()`."""
     del emb, labels, memory_slots
     return ()
 
-  def advance_memory(self, state, emb: FrameEmbedding, labels: jnp.ndarray,
-                     update, training: bool = False) -> Tuple[()]:
+  def advance_memory(
+      self,
+      state,
+      emb: FrameEmbedding,
+      labels: jnp.ndarray,
+      update,
+      training: bool = False,
+  ) -> Tuple[()]:
     """CFBI has no memory of its own: `()`."""
     del state, emb, labels, update, training
     return ()
 
 
-def _ablate_attention(heads: jnp.ndarray, use_background: bool,
-                      use_attention: bool) -> jnp.ndarray:
+def _ablate_attention(
+    heads: jnp.ndarray, use_background: bool, use_attention: bool
+) -> jnp.ndarray:
   """The attention vectors `[B, K+1, 4C]` ([ref_fg, ref_bg, prev_fg,
   prev_bg]) with the background quarters (no background integration) or
   everything (no instance attention) zeroed."""
@@ -386,9 +500,12 @@ def _ablate_attention(heads: jnp.ndarray, use_background: bool,
   return heads
 
 
-def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
-                prev_onehot: jnp.ndarray,
-                use_background: bool = True) -> jnp.ndarray:
+def _per_object(
+    cur: jnp.ndarray,
+    prev: jnp.ndarray,
+    prev_onehot: jnp.ndarray,
+    use_background: bool = True,
+) -> jnp.ndarray:
   """[E_cur | E_prev * m_i | E_prev * (1 - m_i)] per object slot.
 
   Args:
@@ -400,7 +517,9 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
   """
   m = prev_onehot[..., None]
   num_slots = prev_onehot.shape[1]
-  cur = jnp.broadcast_to(cur[:, None], (cur.shape[0], num_slots) + cur.shape[1:])
+  cur = jnp.broadcast_to(
+      cur[:, None], (cur.shape[0], num_slots) + cur.shape[1:]
+  )
   bg = prev[:, None] * (1.0 - m)
   if not use_background:
     bg = jnp.zeros_like(bg)
@@ -409,10 +528,18 @@ def _per_object(cur: jnp.ndarray, prev: jnp.ndarray,
 
 _CFBI_WINDOWS = (2, 4, 6, 8, 10, 12)
 # A ResNet with one block per stage, width 8 (about 1M parameters).
-_TINY = dict(backbone_lib.TINY_DEEPLAB, embedding_dim=16, matching_dims=(16,),
-             gn_embedding_groups=4, gn_groups_refine=4,
-             prehead_dim=16, ensembler_dim=32, refine_dim=16,
-             local_windows=((2, 4),), global_chunks=(1,))
+_TINY = dict(
+    backbone_lib.TINY_DEEPLAB,
+    embedding_dim=16,
+    matching_dims=(16,),
+    gn_embedding_groups=4,
+    gn_groups_refine=4,
+    prehead_dim=16,
+    ensembler_dim=32,
+    refine_dim=16,
+    local_windows=((2, 4),),
+    global_chunks=(1,),
+)
 
 # The released variants and the tiny test models: what each changes from
 # the constructor's defaults (the official `cfbi_resnet101`).
@@ -420,17 +547,27 @@ VARIANTS = {
     'cfbi_resnet101': {},
     'cfbi_mobilenetv2': dict(backbone='mobilenetv2'),
     'cfbip_resnet101': dict(
-        arch='cfbip', embedding_dim=256, matching_dims=(32, 64, 128),
-        local_windows=((4, 8, 12, 16, 20, 24), _CFBI_WINDOWS,
-                       (2, 4, 6, 8, 10)),
-        local_atrous=(2, 1, 1), local_downsample=False,
-        global_atrous=(2, 1, 1), global_chunks=(4, 1, 1)),
+        arch='cfbip',
+        embedding_dim=256,
+        matching_dims=(32, 64, 128),
+        local_windows=((4, 8, 12, 16, 20, 24), _CFBI_WINDOWS, (2, 4, 6, 8, 10)),
+        local_atrous=(2, 1, 1),
+        local_downsample=False,
+        global_atrous=(2, 1, 1),
+        global_chunks=(4, 1, 1),
+    ),
     'tiny_cfbi': _TINY,
     'tiny_cfbip': dict(
-        _TINY, arch='cfbip', embedding_dim=16, matching_dims=(8, 8, 16),
-        local_windows=((2, 4), (2, 4), (2,)), local_atrous=(2, 1, 1),
-        local_downsample=False, global_atrous=(2, 1, 1),
-        global_chunks=(2, 1, 1)),
+        _TINY,
+        arch='cfbip',
+        embedding_dim=16,
+        matching_dims=(8, 8, 16),
+        local_windows=((2, 4), (2, 4), (2,)),
+        local_atrous=(2, 1, 1),
+        local_downsample=False,
+        global_atrous=(2, 1, 1),
+        global_chunks=(2, 1, 1),
+    ),
 }
 
 
@@ -450,10 +587,18 @@ def _training_overrides(model_config) -> dict:
 
 # Fields that change how the model evaluates but not its parameters; a
 # caller may override them when loading.
-EVAL_FIELDS = ('global_atrous', 'global_chunks', 'global_chunk_mb',
-               'compute_dtype', 'min_matching_pixels',
-               'matching_dtype', 'attention_uses_atrous_labels',
-               'use_background', 'use_matching_bias', 'use_attention')
+EVAL_FIELDS = (
+    'global_atrous',
+    'global_chunks',
+    'global_chunk_mb',
+    'compute_dtype',
+    'min_matching_pixels',
+    'matching_dtype',
+    'attention_uses_atrous_labels',
+    'use_background',
+    'use_matching_bias',
+    'use_attention',
+)
 
 
 # ---- The official checkpoint's names (applied by `convert.py`) beyond the
@@ -464,10 +609,14 @@ CHECKPOINT_RULES: List[family_lib.Rule] = backbone_lib.CHECKPOINT_RULES + [
     (r'^embedding\.(\w+)\.gn\.', r'fpn.\1.1.'),
     (r'^embedding\.', ''),
     # CFBI ensembler stages and gates.
-    (r'^dynamic_seghead\.gates\.(\d+)\.',
-     lambda m: f'dynamic_seghead.IA{int(m[1]) + 1}.'),
-    (r'^dynamic_seghead\.stages\.(\d+)\.',
-     lambda m: f'dynamic_seghead.layer{int(m[1]) + 1}.'),
+    (
+        r'^dynamic_seghead\.gates\.(\d+)\.',
+        lambda m: f'dynamic_seghead.IA{int(m[1]) + 1}.',
+    ),
+    (
+        r'^dynamic_seghead\.stages\.(\d+)\.',
+        lambda m: f'dynamic_seghead.layer{int(m[1]) + 1}.',
+    ),
 ]
 
 # Alias key patterns (same tensor registered twice) -> the canonical name.
@@ -495,9 +644,15 @@ def zero_attention_gates(module: nnx.Module) -> int:
 
 
 FAMILY = family_lib.Family(
-    name='cfbi', module=CFBI, variants=VARIANTS, eval_fields=EVAL_FIELDS,
-    checkpoint_rules=CHECKPOINT_RULES, checkpoint_aliases=CHECKPOINT_ALIASES,
+    name='cfbi',
+    module=CFBI,
+    variants=VARIANTS,
+    eval_fields=EVAL_FIELDS,
+    checkpoint_rules=CHECKPOINT_RULES,
+    checkpoint_aliases=CHECKPOINT_ALIASES,
     official_weights=True,
     init_hooks={'zero_attention_gates': zero_attention_gates},
     dataset_overrides=_dataset_overrides,
-    training_overrides=_training_overrides, own_predictions=True)
+    training_overrides=_training_overrides,
+    own_predictions=True,
+)

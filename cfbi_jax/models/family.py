@@ -39,8 +39,11 @@ import ml_collections
 from flax import nnx
 
 # Compute / matching dtypes by config name.
-DTYPES = {'float32': jnp.float32, 'float16': jnp.float16,
-          'bfloat16': jnp.bfloat16}
+DTYPES = {
+    'float32': jnp.float32,
+    'float16': jnp.float16,
+    'bfloat16': jnp.bfloat16,
+}
 
 # Fields of `config.model` that are not constructor fields of the module:
 # the family, the variant, and the input channel order the weights expect
@@ -94,6 +97,7 @@ class Family:
     renamed_fields: old field name -> new, for model directories written
       before a rename (`upgrade`).
   """
+
   name: str
   module: type
   variants: Mapping[str, Mapping[str, Any]]
@@ -102,15 +106,18 @@ class Family:
   checkpoint_aliases: Sequence[Rule] = ()
   official_weights: bool = False
   init_hooks: Mapping[str, Callable[[nnx.Module], Any]] = dataclasses.field(
-      default_factory=dict)
+      default_factory=dict
+  )
   dataset_overrides: Callable[[str, str], Dict[str, Any]] = _no_overrides
   training_overrides: Callable[[Mapping[str, Any]], Dict[str, Any]] = (
-      _no_training_overrides)
+      _no_training_overrides
+  )
   own_predictions: bool = False
   renamed_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
-  def upgrade(self, model_config: Mapping[str, Any]
-              ) -> ml_collections.ConfigDict:
+  def upgrade(
+      self, model_config: Mapping[str, Any]
+  ) -> ml_collections.ConfigDict:
     """A stored `config.model` block with renamed fields under their
     current names and the fields of older versions dropped."""
     fields = dict(model_config)
@@ -123,20 +130,28 @@ class Family:
 
   def defaults(self) -> Dict[str, Any]:
     """The module constructor's keyword defaults."""
-    return {name: p.default for name, p in
-            inspect.signature(self.module.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(
+            self.module.__init__
+        ).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
   def model_config(self, variant: str) -> ml_collections.ConfigDict:
     """The `config.model` block of `variant` (module docstring)."""
     if variant not in self.variants:
-      raise ValueError(f'unknown variant {variant!r} of {self.name}; '
-                       f'expected one of {tuple(self.variants)}')
+      raise ValueError(
+          f'unknown variant {variant!r} of {self.name}; '
+          f'expected one of {tuple(self.variants)}'
+      )
     fields = self.defaults()
     unknown = sorted(set(self.variants[variant]) - set(fields))
     if unknown:
-      raise ValueError(f'variant {variant!r} sets {unknown}, which '
-                       f'{self.module.__name__} does not take')
+      raise ValueError(
+          f'variant {variant!r} sets {unknown}, which '
+          f'{self.module.__name__} does not take'
+      )
     fields.update(self.variants[variant])
     fields.update(name=self.name, variant=variant, bgr=DEFAULT_BGR)
     return ml_collections.ConfigDict(fields)
@@ -145,8 +160,9 @@ class Family:
     """`eval_fields` plus `bgr`."""
     return tuple(self.eval_fields) + ('bgr',)
 
-  def build(self, model_config: Mapping[str, Any], *,
-            rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
+  def build(
+      self, model_config: Mapping[str, Any], *, rngs: Optional[nnx.Rngs] = None
+  ) -> nnx.Module:
     """The module of a `config.model` block (seed 0 without `rngs`).
 
     Raises:
@@ -158,8 +174,9 @@ class Family:
     defaults = self.defaults()
     unknown = sorted(set(fields) - set(defaults))
     if unknown:
-      raise ValueError(f'unknown model config fields of {self.name}: '
-                       f'{unknown}')
+      raise ValueError(
+          f'unknown model config fields of {self.name}: ' f'{unknown}'
+      )
     for key, value in fields.items():
       if isinstance(defaults[key], tuple):
         fields[key] = _as_tuple(value)

@@ -81,11 +81,15 @@ def embedding_distance(squared_distance: jnp.ndarray) -> jnp.ndarray:
   return matching.distance_to_similarity(squared_distance, 0.0)
 
 
-def global_distance_maps(query: jnp.ndarray, ref: jnp.ndarray,
-                         ref_labels: jnp.ndarray, obj_valid: jnp.ndarray, *,
-                         num_chunks: int = 1,
-                         max_chunk_bytes: Optional[int] = None
-                         ) -> jnp.ndarray:
+def global_distance_maps(
+    query: jnp.ndarray,
+    ref: jnp.ndarray,
+    ref_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    num_chunks: int = 1,
+    max_chunk_bytes: Optional[int] = None,
+) -> jnp.ndarray:
   """FEELVOS eq. 2: per object, the distance to its nearest reference pixel.
 
   Args:
@@ -103,13 +107,25 @@ def global_distance_maps(query: jnp.ndarray, ref: jnp.ndarray,
   """
   zero = jnp.zeros((), jnp.float32)
   return matching.global_matching(
-      query, ref, ref_labels, obj_valid, bg_bias=zero, fg_bias=zero,
-      num_chunks=num_chunks, max_chunk_bytes=max_chunk_bytes)
+      query,
+      ref,
+      ref_labels,
+      obj_valid,
+      bg_bias=zero,
+      fg_bias=zero,
+      num_chunks=num_chunks,
+      max_chunk_bytes=max_chunk_bytes,
+  )
 
 
-def local_distance_maps(query: jnp.ndarray, prev: jnp.ndarray,
-                        prev_labels: jnp.ndarray, obj_valid: jnp.ndarray, *,
-                        window: int) -> jnp.ndarray:
+def local_distance_maps(
+    query: jnp.ndarray,
+    prev: jnp.ndarray,
+    prev_labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    window: int,
+) -> jnp.ndarray:
   """FEELVOS eq. 4: per object, the distance to its nearest previous-frame
   pixel at most `window` pixels away in both x and y; 1 where there is
   none.
@@ -126,20 +142,28 @@ def local_distance_maps(query: jnp.ndarray, prev: jnp.ndarray,
   """
   zero = jnp.zeros((), jnp.float32)
   return matching.local_matching(
-      query, prev, prev_labels, obj_valid, bg_bias=zero, fg_bias=zero,
-      windows=(window,))[..., 0]
+      query,
+      prev,
+      prev_labels,
+      obj_valid,
+      bg_bias=zero,
+      fg_bias=zero,
+      windows=(window,),
+  )[..., 0]
 
 
-def one_hot_labels(labels: jnp.ndarray, grid: Tuple[int, int],
-                   num_slots: int) -> jnp.ndarray:
+def one_hot_labels(
+    labels: jnp.ndarray, grid: Tuple[int, int], num_slots: int
+) -> jnp.ndarray:
   """`[B, H, W]` labels -> `[B, h, w, num_slots]` float32 one-hot at `grid`
   (legacy nearest); ids outside the slots (void) are all zeros."""
   small = resize.resize_labels_nearest(labels, grid)
   return jax.nn.one_hot(small, num_slots, dtype=jnp.float32)
 
 
-def previous_probabilities(own_probs: jnp.ndarray, labels: jnp.ndarray,
-                           memory_slots: int) -> jnp.ndarray:
+def previous_probabilities(
+    own_probs: jnp.ndarray, labels: jnp.ndarray, memory_slots: int
+) -> jnp.ndarray:
   """The previous prediction carried to the next frame.
 
   The model's own probabilities where the final label is its own argmax,
@@ -174,9 +198,16 @@ class FeelvosHead(nnx.Module):
   (batch statistics over object slots would mix objects).
   """
 
-  def __init__(self, in_dim: int, dim: int = 256, gn_groups: int = 32,
-               num_layers: int = 4, kernel_size: int = 7, *,
-               rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_dim: int,
+      dim: int = 256,
+      gn_groups: int = 32,
+      num_layers: int = 4,
+      kernel_size: int = 7,
+      *,
+      rngs: nnx.Rngs,
+  ):
     depthwise, pointwise, norms, c = [], [], [], in_dim
     for _ in range(num_layers):
       depthwise.append(layers.conv(c, c, kernel_size, groups=c, rngs=rngs))
@@ -212,53 +243,92 @@ class FEELVOS(nnx.Module):
       matching stay float32.
   """
 
-  def __init__(self, backbone: str = 'resnet',
-               resnet_blocks: Tuple[int, ...] = (3, 4, 23, 3),
-               resnet_width: int = 64, aspp_channels: int = 256,
-               decoder_channels: int = 256, backbone_norm: str = 'frozen_bn',
-               gn_groups: int = 32, embedding_dim: int = 100,
-               head_dim: int = 256, head_layers: int = 4,
-               head_kernel: int = 7, local_window: int = 15,
-               global_chunks: int = 4, global_chunk_mb: float = 256.0,
-               compute_dtype: str = 'float32', *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      backbone: str = 'resnet',
+      resnet_blocks: Tuple[int, ...] = (3, 4, 23, 3),
+      resnet_width: int = 64,
+      aspp_channels: int = 256,
+      decoder_channels: int = 256,
+      backbone_norm: str = 'frozen_bn',
+      gn_groups: int = 32,
+      embedding_dim: int = 100,
+      head_dim: int = 256,
+      head_layers: int = 4,
+      head_kernel: int = 7,
+      local_window: int = 15,
+      global_chunks: int = 4,
+      global_chunk_mb: float = 256.0,
+      compute_dtype: str = 'float32',
+      *,
+      rngs: nnx.Rngs,
+  ):
     if compute_dtype not in _DTYPES:
-      raise ValueError(f'compute_dtype must be one of {sorted(_DTYPES)}, '
-                       f'got {compute_dtype!r}')
+      raise ValueError(
+          f'compute_dtype must be one of {sorted(_DTYPES)}, '
+          f'got {compute_dtype!r}'
+      )
     self.local_window = int(local_window)
     self.global_chunks = int(global_chunks)
     self.global_chunk_mb = float(global_chunk_mb)
     self.compute_dtype = compute_dtype
     self.feature_extracter = backbone_lib.DeepLab(
-        backbone, aspp_channels, decoder_channels, resnet_blocks,
-        resnet_width, backbone_norm, gn_groups, rngs=rngs)
+        backbone,
+        aspp_channels,
+        decoder_channels,
+        resnet_blocks,
+        resnet_width,
+        backbone_norm,
+        gn_groups,
+        rngs=rngs,
+    )
     self.embedding_depthwise = layers.conv(
-        decoder_channels, decoder_channels, 3, groups=decoder_channels,
-        use_bias=True, rngs=rngs)
-    self.embedding_pointwise = layers.conv(decoder_channels, embedding_dim,
-                                           1, use_bias=True, rngs=rngs)
+        decoder_channels,
+        decoder_channels,
+        3,
+        groups=decoder_channels,
+        use_bias=True,
+        rngs=rngs,
+    )
+    self.embedding_pointwise = layers.conv(
+        decoder_channels, embedding_dim, 1, use_bias=True, rngs=rngs
+    )
     self.dynamic_seghead = FeelvosHead(
-        decoder_channels + 3, head_dim, gn_groups, head_layers, head_kernel,
-        rngs=rngs)
+        decoder_channels + 3,
+        head_dim,
+        gn_groups,
+        head_layers,
+        head_kernel,
+        rngs=rngs,
+    )
 
-  def embed(self, images: jnp.ndarray,
-            dropout_rng: Optional[jax.Array] = None
-            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+  def embed(
+      self, images: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
     """`[B, H, W, 3]` normalised images -> (embedding, DeepLab features).
 
     `FrameEmbedding.features_s4` holds the decoder output (the head's shared
     backbone features), `scales` the one stride-4 embedding.
     """
     dtype = _DTYPES[self.compute_dtype]
-    feats = layers.call_in_dtype(self.feature_extracter, dtype, images,
-                                 dropout_rng)
-    feats = {k: v.astype(jnp.float32) if v is not None else None
-             for k, v in feats.items()}
+    feats = layers.call_in_dtype(
+        self.feature_extracter, dtype, images, dropout_rng
+    )
+    feats = {
+        k: v.astype(jnp.float32) if v is not None else None
+        for k, v in feats.items()
+    }
     decoder = feats['decoder_s4']
     emb = self.embedding_pointwise(self.embedding_depthwise(decoder))
     return FrameEmbedding(features_s4=decoder, scales=(emb,)), feats
 
-  def segment(self, state: PropagationState, current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
+  def segment(
+      self,
+      state: PropagationState,
+      current: FrameEmbedding,
+      obj_valid: jnp.ndarray,
+      training: bool = False,
+  ) -> Segmentation:
     """One frame: matching, then the dynamic head on every object slot.
 
     Args:
@@ -276,8 +346,11 @@ class FEELVOS(nnx.Module):
       the softmax `[B, h, w, K + 1]` as `memory_update`, and `aux`
       `{'global': [B, K + 1, h, w], 'local': ..., 'previous': ...}`.
     """
-    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
-                                         state.ref_valid)
+    ref_scales, ref_labels, ref_valid = (
+        state.ref_scales,
+        state.ref_labels,
+        state.ref_valid,
+    )
     prev_scales, prev_labels = state.prev_scales, state.prev_labels
     memory = state.memory
     del training
@@ -288,40 +361,70 @@ class FEELVOS(nnx.Module):
     ref_lab = jnp.where(ref_valid[:, :, None, None], ref_lab, -1)
     prev_lab = resize.resize_labels_nearest(prev_labels, grid)
     with jax.named_scope('global_matching'):
-      global_maps = jax.vmap(lambda q, r, lab, ov: global_distance_maps(
-          q, r, lab, ov, num_chunks=self.global_chunks,
-          max_chunk_bytes=int(self.global_chunk_mb * 2**20)))(
-              cur, ref_scales[0], ref_lab, obj_valid)        # [B, K+1, h, w]
+      global_maps = jax.vmap(
+          lambda q, r, lab, ov: global_distance_maps(
+              q,
+              r,
+              lab,
+              ov,
+              num_chunks=self.global_chunks,
+              max_chunk_bytes=int(self.global_chunk_mb * 2**20),
+          )
+      )(
+          cur, ref_scales[0], ref_lab, obj_valid
+      )  # [B, K+1, h, w]
     with jax.named_scope('local_matching'):
-      local_maps = jax.vmap(lambda q, p, lab, ov: local_distance_maps(
-          q, p, lab, ov, window=self.local_window))(
-              cur, prev_scales[0], prev_lab, obj_valid)    # [B, K+1, h, w]
+      local_maps = jax.vmap(
+          lambda q, p, lab, ov: local_distance_maps(
+              q, p, lab, ov, window=self.local_window
+          )
+      )(
+          cur, prev_scales[0], prev_lab, obj_valid
+      )  # [B, K+1, h, w]
     previous = jnp.moveaxis(memory[..., :num_slots], -1, 1)  # [B, K+1, h, w]
     batch = obj_valid.shape[0]
     features = jnp.broadcast_to(
         current.features_s4[:, None],
-        (batch, num_slots) + current.features_s4.shape[1:])
-    x = jnp.concatenate([features, global_maps[..., None],
-                         local_maps[..., None], previous[..., None]], axis=-1)
+        (batch, num_slots) + current.features_s4.shape[1:],
+    )
+    x = jnp.concatenate(
+        [
+            features,
+            global_maps[..., None],
+            local_maps[..., None],
+            previous[..., None],
+        ],
+        axis=-1,
+    )
     x = x.reshape((batch * num_slots,) + x.shape[2:])
     with jax.named_scope('ensembler'):
-      logits = layers.call_in_dtype(self.dynamic_seghead,
-                                    _DTYPES[self.compute_dtype], x)
+      logits = layers.call_in_dtype(
+          self.dynamic_seghead, _DTYPES[self.compute_dtype], x
+      )
     logits = logits.astype(jnp.float32).reshape((batch, num_slots) + grid)
     logits = jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
-    logits = jnp.moveaxis(logits, 1, -1)                     # [B, h, w, K+1]
+    logits = jnp.moveaxis(logits, 1, -1)  # [B, h, w, K+1]
     own = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
-    return Segmentation(logits=logits, memory_update=own,
-                        aux={'global': global_maps, 'local': local_maps,
-                             'previous': previous})
+    return Segmentation(
+        logits=logits,
+        memory_update=own,
+        aux={'global': global_maps, 'local': local_maps, 'previous': previous},
+    )
 
-  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
-                   memory_slots: int) -> jnp.ndarray:
+  def start_memory(
+      self, emb: FrameEmbedding, labels: jnp.ndarray, memory_slots: int
+  ) -> jnp.ndarray:
     """The first frame's one-hot labels at the embedding grid."""
     return one_hot_labels(labels, emb.scales[0].shape[1:3], memory_slots)
 
-  def advance_memory(self, state, emb: FrameEmbedding, labels: jnp.ndarray,
-                     update: Any, training: bool = False) -> jnp.ndarray:
+  def advance_memory(
+      self,
+      state,
+      emb: FrameEmbedding,
+      labels: jnp.ndarray,
+      update: Any,
+      training: bool = False,
+  ) -> jnp.ndarray:
     """The next previous prediction: one-hot of the labels in training (the
     paper's ground-truth previous frame) or where no frame was segmented,
     `previous_probabilities` at inference."""
@@ -340,19 +443,27 @@ VARIANTS = {
     # paper's 15 scaled to the synthetic world's 120-pixel frames (15 is an
     # eighth of a 480-pixel DAVIS frame's stride-4 grid).
     'tiny_feelvos': dict(
-        backbone_lib.TINY_DEEPLAB, embedding_dim=16, head_dim=32,
-        head_kernel=7, local_window=4, global_chunks=1),
+        backbone_lib.TINY_DEEPLAB,
+        embedding_dim=16,
+        head_dim=32,
+        head_kernel=7,
+        local_window=4,
+        global_chunks=1,
+    ),
 }
 
 # There are no official FEELVOS weights in PyTorch to convert; a DeepLab
 # backbone checkpoint (`convert.py --backbone_only`) loads into
 # `feature_extracter` under the DeepLab's names.
 FAMILY = family_lib.Family(
-    name='feelvos', module=FEELVOS, variants=VARIANTS,
+    name='feelvos',
+    module=FEELVOS,
+    variants=VARIANTS,
     # Fields that change how the model evaluates but not its parameters.
     eval_fields=('global_chunks', 'global_chunk_mb', 'compute_dtype'),
     checkpoint_rules=backbone_lib.CHECKPOINT_RULES,
     checkpoint_aliases=backbone_lib.CHECKPOINT_ALIASES,
     training_overrides=lambda model_config: {'global_chunks': 20},  # [ours]
     # [paper FEELVOS §3] the ground-truth previous mask in training.
-    own_predictions=False)
+    own_predictions=False,
+)

@@ -73,8 +73,9 @@ _DTYPES = family_lib.DTYPES
 _EPS = 1e-6
 
 
-def top_k_mean(similarity: jnp.ndarray, member: jnp.ndarray,
-               k: int) -> jnp.ndarray:
+def top_k_mean(
+    similarity: jnp.ndarray, member: jnp.ndarray, k: int
+) -> jnp.ndarray:
   """Mean of the `k` largest similarities among the members of a set.
 
   Args:
@@ -95,10 +96,15 @@ def top_k_mean(similarity: jnp.ndarray, member: jnp.ndarray,
   return jnp.where(count > 0, total / jnp.maximum(count, 1), -1.0)
 
 
-def soft_matching(query: jnp.ndarray, candidates: jnp.ndarray,
-                  fg: jnp.ndarray, bg: jnp.ndarray, *, k: int,
-                  max_chunk_bytes: Optional[int] = None
-                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def soft_matching(
+    query: jnp.ndarray,
+    candidates: jnp.ndarray,
+    fg: jnp.ndarray,
+    bg: jnp.ndarray,
+    *,
+    k: int,
+    max_chunk_bytes: Optional[int] = None,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """The soft matching layer SML (§3.2) for every object's two sets.
 
   Args:
@@ -115,25 +121,31 @@ def soft_matching(query: jnp.ndarray, candidates: jnp.ndarray,
   """
   height, width, channels = query.shape
   num_slots = fg.shape[1]
-  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True),
-                                   1e-12)
+  unit = lambda x: x / jnp.maximum(
+      jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12
+  )
   q = unit(query.reshape(-1, channels).astype(jnp.float32))
   c = unit(candidates.astype(jnp.float32))
   num_queries = q.shape[0]
-  chunks = matching.chunk_count(num_slots * c.shape[0], num_queries, 1,
-                                max_chunk_bytes, jnp.float32)
+  chunks = matching.chunk_count(
+      num_slots * c.shape[0], num_queries, 1, max_chunk_bytes, jnp.float32
+  )
   size = -(-num_queries // chunks)
   q = jnp.pad(q, ((0, size * chunks - num_queries), (0, 0)))
 
   def match_chunk(qc):
-    sim = jnp.einsum('qc,nc->qn', qc, c,
-                     precision=jax.lax.Precision.HIGHEST)       # [chunk, N]
+    sim = jnp.einsum(
+        'qc,nc->qn', qc, c, precision=jax.lax.Precision.HIGHEST
+    )  # [chunk, N]
     score = lambda member: top_k_mean(sim[None], member.T[:, None], k)
-    return score(fg), score(bg)                                # [S, chunk]
+    return score(fg), score(bg)  # [S, chunk]
 
   s_f, s_b = jax.lax.map(match_chunk, q.reshape(chunks, size, channels))
-  shape = lambda x: jnp.moveaxis(x, 1, 0).reshape(num_slots, -1)[
-      :, :num_queries].reshape(num_slots, height, width)
+  shape = (
+      lambda x: jnp.moveaxis(x, 1, 0)
+      .reshape(num_slots, -1)[:, :num_queries]
+      .reshape(num_slots, height, width)
+  )
   return shape(s_f), shape(s_b)
 
 
@@ -141,8 +153,9 @@ def disk_offsets(radius: float, inclusive: bool = False) -> np.ndarray:
   """`[n, 2]` integer offsets (dy, dx) with dy^2 + dx^2 < radius^2 (<= with
   `inclusive`; the origin always included)."""
   r = int(np.ceil(radius))
-  dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1),
-                       indexing='ij')
+  dy, dx = np.meshgrid(
+      np.arange(-r, r + 1), np.arange(-r, r + 1), indexing='ij'
+  )
   sq = dy**2 + dx**2
   inside = (sq <= radius**2 if inclusive else sq < radius**2) | (sq == 0)
   return np.stack([dy[inside], dx[inside]], axis=1)
@@ -166,7 +179,7 @@ def extrude(masks: jnp.ndarray, radius: float) -> jnp.ndarray:
   padded = jnp.pad(masks, pad)
   out = jnp.zeros_like(masks)
   for dy, dx in disk_offsets(radius):
-    out = out | padded[..., r + dy:r + dy + h, r + dx:r + dx + w]
+    out = out | padded[..., r + dy : r + dy + h, r + dx : r + dx + w]
   return out
 
 
@@ -190,12 +203,13 @@ def erode(masks: jnp.ndarray, radius: float) -> jnp.ndarray:
   outside = jnp.pad(~masks, pad)
   near = jnp.zeros_like(masks)
   for dy, dx in disk_offsets(radius, inclusive=True):
-    near = near | outside[..., r + dy:r + dy + h, r + dx:r + dx + w]
+    near = near | outside[..., r + dy : r + dy + h, r + dx : r + dx + w]
   return masks & ~near
 
 
-def fused_logits(probs: jnp.ndarray, obj_valid: jnp.ndarray,
-                 background_threshold: float) -> jnp.ndarray:
+def fused_logits(
+    probs: jnp.ndarray, obj_valid: jnp.ndarray, background_threshold: float
+) -> jnp.ndarray:
   """§3.4's fusion as logits: argmax is the object of highest p_k, or the
   background if every p_k < c2.
 
@@ -214,10 +228,16 @@ def fused_logits(probs: jnp.ndarray, obj_valid: jnp.ndarray,
   return jnp.where(obj_valid[:, :, None, None], logits, INVALID_LOGIT)
 
 
-def update_sets(initial_fg: jnp.ndarray, extruded: jnp.ndarray,
-                final_labels: jnp.ndarray, final_probs: jnp.ndarray,
-                obj_valid: jnp.ndarray, *, confidence: float,
-                erosion: float) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def update_sets(
+    initial_fg: jnp.ndarray,
+    extruded: jnp.ndarray,
+    final_labels: jnp.ndarray,
+    final_probs: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    *,
+    confidence: float,
+    erosion: float,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """§3.3's online update: which pixels join which set, per object.
 
   b_k = initial foreground of k outside its extruded previous mask;
@@ -244,9 +264,12 @@ def update_sets(initial_fg: jnp.ndarray, extruded: jnp.ndarray,
   return to_fg, to_bg
 
 
-def write_sets(memory: Dict[str, jnp.ndarray], features: jnp.ndarray,
-               to_fg: jnp.ndarray, to_bg: jnp.ndarray
-               ) -> Dict[str, jnp.ndarray]:
+def write_sets(
+    memory: Dict[str, jnp.ndarray],
+    features: jnp.ndarray,
+    to_fg: jnp.ndarray,
+    to_bg: jnp.ndarray,
+) -> Dict[str, jnp.ndarray]:
   """Appends pixels to the fixed-capacity buffer of one stream (a ring).
 
   Args:
@@ -264,11 +287,15 @@ def write_sets(memory: Dict[str, jnp.ndarray], features: jnp.ndarray,
   rank = jnp.cumsum(selected) - 1
   keep = selected & (rank < capacity)
   position = jnp.where(keep, (memory['count'] + rank) % capacity, capacity)
-  put = lambda old, new: old.at[position].set(new.astype(old.dtype),
-                                              mode='drop')
-  return {'features': put(memory['features'], features),
-          'fg': put(memory['fg'], to_fg), 'bg': put(memory['bg'], to_bg),
-          'count': memory['count'] + jnp.sum(keep).astype(jnp.int32)}
+  put = lambda old, new: old.at[position].set(
+      new.astype(old.dtype), mode='drop'
+  )
+  return {
+      'features': put(memory['features'], features),
+      'fg': put(memory['fg'], to_fg),
+      'bg': put(memory['bg'], to_bg),
+      'count': memory['count'] + jnp.sum(keep).astype(jnp.int32),
+  }
 
 
 class VideoMatch(nnx.Module):
@@ -292,23 +319,38 @@ class VideoMatch(nnx.Module):
     compute_dtype: dtype of DeepLab; the matching stays float32.
   """
 
-  def __init__(self, backbone: str = 'resnet',
-               resnet_blocks: Tuple[int, ...] = (3, 4, 23, 3),
-               resnet_width: int = 64, aspp_channels: int = 256,
-               decoder_channels: int = 256, backbone_norm: str = 'frozen_bn',
-               gn_groups: int = 32, embedding_dim: int = 256,
-               match_stride: int = 8, top_k: int = 20,
-               softmax_weight: float = 10.0, outlier_distance: float = 100.0,
-               confidence: float = 0.95, background_threshold: float = 0.4,
-               erosion: float = 1.0, update_capacity: int = 16384,
-               outlier_removal: bool = True, online_update: bool = True,
-               global_chunk_mb: float = 256.0, compute_dtype: str = 'float32', *,
-               rngs: nnx.Rngs):
+  def __init__(
+      self,
+      backbone: str = 'resnet',
+      resnet_blocks: Tuple[int, ...] = (3, 4, 23, 3),
+      resnet_width: int = 64,
+      aspp_channels: int = 256,
+      decoder_channels: int = 256,
+      backbone_norm: str = 'frozen_bn',
+      gn_groups: int = 32,
+      embedding_dim: int = 256,
+      match_stride: int = 8,
+      top_k: int = 20,
+      softmax_weight: float = 10.0,
+      outlier_distance: float = 100.0,
+      confidence: float = 0.95,
+      background_threshold: float = 0.4,
+      erosion: float = 1.0,
+      update_capacity: int = 16384,
+      outlier_removal: bool = True,
+      online_update: bool = True,
+      global_chunk_mb: float = 256.0,
+      compute_dtype: str = 'float32',
+      *,
+      rngs: nnx.Rngs,
+  ):
     if match_stride not in (4, 8):
       raise ValueError(f'match_stride must be 4 or 8, got {match_stride}')
     if compute_dtype not in _DTYPES:
-      raise ValueError(f'compute_dtype must be one of {sorted(_DTYPES)}, '
-                       f'got {compute_dtype!r}')
+      raise ValueError(
+          f'compute_dtype must be one of {sorted(_DTYPES)}, '
+          f'got {compute_dtype!r}'
+      )
     self.match_stride = int(match_stride)
     self.top_k = int(top_k)
     self.outlier_distance = float(outlier_distance)
@@ -321,29 +363,44 @@ class VideoMatch(nnx.Module):
     self.global_chunk_mb = float(global_chunk_mb)
     self.compute_dtype = compute_dtype
     self.feature_extracter = backbone_lib.DeepLab(
-        backbone, aspp_channels, decoder_channels, resnet_blocks,
-        resnet_width, backbone_norm, gn_groups, rngs=rngs)
-    self.projection = layers.conv(decoder_channels, embedding_dim, 1,
-                                  use_bias=True, rngs=rngs)
+        backbone,
+        aspp_channels,
+        decoder_channels,
+        resnet_blocks,
+        resnet_width,
+        backbone_norm,
+        gn_groups,
+        rngs=rngs,
+    )
+    self.projection = layers.conv(
+        decoder_channels, embedding_dim, 1, use_bias=True, rngs=rngs
+    )
     self.softmax_weight = nnx.Param(jnp.asarray(softmax_weight, jnp.float32))
 
-  def embed(self, images: jnp.ndarray,
-            dropout_rng: Optional[jax.Array] = None
-            ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
+  def embed(
+      self, images: jnp.ndarray, dropout_rng: Optional[jax.Array] = None
+  ) -> Tuple[FrameEmbedding, Dict[str, jnp.ndarray]]:
     """`[B, H, W, 3]` normalised images -> (matching features at
     `match_stride` in `scales`, DeepLab features)."""
-    feats = layers.call_in_dtype(self.feature_extracter,
-                                 _DTYPES[self.compute_dtype], images,
-                                 dropout_rng)
-    feats = {k: v.astype(jnp.float32) if v is not None else None
-             for k, v in feats.items()}
+    feats = layers.call_in_dtype(
+        self.feature_extracter, _DTYPES[self.compute_dtype], images, dropout_rng
+    )
+    feats = {
+        k: v.astype(jnp.float32) if v is not None else None
+        for k, v in feats.items()
+    }
     x = self.projection(feats['decoder_s4'])
     if self.match_stride == 8:
       x = x[:, ::2, ::2]
     return FrameEmbedding(features_s4=feats['decoder_s4'], scales=(x,)), feats
 
-  def segment(self, state: PropagationState, current: FrameEmbedding,
-              obj_valid: jnp.ndarray, training: bool = False) -> Segmentation:
+  def segment(
+      self,
+      state: PropagationState,
+      current: FrameEmbedding,
+      obj_valid: jnp.ndarray,
+      training: bool = False,
+  ) -> Segmentation:
     """Soft matching to every object's sets, weighted softmax, outlier
     removal (not in training), fusion.
 
@@ -363,17 +420,23 @@ class VideoMatch(nnx.Module):
       (None in training or without the update), and `aux` `{'fg_score',
       'bg_score', 'initial', 'final': [B, K + 1, h, w]}`.
     """
-    ref_scales, ref_labels, ref_valid = (state.ref_scales, state.ref_labels,
-                                         state.ref_valid)
+    ref_scales, ref_labels, ref_valid = (
+        state.ref_scales,
+        state.ref_labels,
+        state.ref_valid,
+    )
     prev_labels, memory = state.prev_labels, state.memory
     num_slots = obj_valid.shape[1]
     cur = current.scales[0]
     batch, grid, channels = cur.shape[0], cur.shape[1:3], cur.shape[-1]
     ref_lab = resize.resize_labels_nearest(ref_labels, grid)
     ref_lab = jnp.where(ref_valid[:, :, None, None], ref_lab, -1)
-    ref_lab = jax.vmap(lambda lab, ov: matching.atrous_reference_labels(
-        lab, ov, atrous=1, min_pixels=0))(ref_lab, obj_valid)
-    ref_lab = ref_lab.reshape(batch, -1)                       # [B, R*h*w]
+    ref_lab = jax.vmap(
+        lambda lab, ov: matching.atrous_reference_labels(
+            lab, ov, atrous=1, min_pixels=0
+        )
+    )(ref_lab, obj_valid)
+    ref_lab = ref_lab.reshape(batch, -1)  # [B, R*h*w]
     slots = jnp.arange(num_slots)
     ref_fg = ref_lab[..., None] == slots
     ref_bg = (ref_lab[..., None] >= 0) & ~ref_fg
@@ -382,15 +445,23 @@ class VideoMatch(nnx.Module):
     if not training and self.online_update:
       # The sets grown by the online update (training pairs have none).
       candidates = jnp.concatenate(
-          [candidates, memory['features'].astype(cur.dtype)], axis=1)
+          [candidates, memory['features'].astype(cur.dtype)], axis=1
+      )
       fg = jnp.concatenate([fg, memory['fg'][..., :num_slots]], axis=1)
       bg = jnp.concatenate([bg, memory['bg'][..., :num_slots]], axis=1)
     with jax.named_scope('global_matching'):
-      s_f, s_b = jax.vmap(lambda q, c, f, b: soft_matching(
-          q, c, f, b, k=self.top_k,
-          max_chunk_bytes=int(self.global_chunk_mb * 2**20)))(cur, candidates, fg, bg)
+      s_f, s_b = jax.vmap(
+          lambda q, c, f, b: soft_matching(
+              q,
+              c,
+              f,
+              b,
+              k=self.top_k,
+              max_chunk_bytes=int(self.global_chunk_mb * 2**20),
+          )
+      )(cur, candidates, fg, bg)
     weight = self.softmax_weight[...]
-    initial = jax.nn.sigmoid(weight * (s_f - s_b))             # [B, S, h, w]
+    initial = jax.nn.sigmoid(weight * (s_f - s_b))  # [B, S, h, w]
     aux = {'fg_score': s_f, 'bg_score': s_b, 'initial': initial}
     final = initial
     if not training and self.outlier_removal:
@@ -405,25 +476,38 @@ class VideoMatch(nnx.Module):
     logits = fused_logits(final, obj_valid, self.background_threshold)
     update = None
     if not training and self.online_update:
-      update = {'initial_fg': initial > 0.5, 'extruded': extruded,
-                'final': final, 'obj_valid': obj_valid}
-    return Segmentation(logits=jnp.moveaxis(logits, 1, -1),
-                        memory_update=update, aux=aux)
+      update = {
+          'initial_fg': initial > 0.5,
+          'extruded': extruded,
+          'final': final,
+          'obj_valid': obj_valid,
+      }
+    return Segmentation(
+        logits=jnp.moveaxis(logits, 1, -1), memory_update=update, aux=aux
+    )
 
-  def start_memory(self, emb: FrameEmbedding, labels: jnp.ndarray,
-                   memory_slots: int) -> Dict[str, jnp.ndarray]:
+  def start_memory(
+      self, emb: FrameEmbedding, labels: jnp.ndarray, memory_slots: int
+  ) -> Dict[str, jnp.ndarray]:
     """An empty update buffer (`update_capacity` pixels)."""
     del labels
     batch, channels = emb.scales[0].shape[0], emb.scales[0].shape[-1]
     capacity = self.update_capacity
-    return {'features': jnp.zeros((batch, capacity, channels), jnp.float32),
-            'fg': jnp.zeros((batch, capacity, memory_slots), bool),
-            'bg': jnp.zeros((batch, capacity, memory_slots), bool),
-            'count': jnp.zeros((batch,), jnp.int32)}
+    return {
+        'features': jnp.zeros((batch, capacity, channels), jnp.float32),
+        'fg': jnp.zeros((batch, capacity, memory_slots), bool),
+        'bg': jnp.zeros((batch, capacity, memory_slots), bool),
+        'count': jnp.zeros((batch,), jnp.int32),
+    }
 
-  def advance_memory(self, state, emb: FrameEmbedding, labels: jnp.ndarray,
-                     update: Any, training: bool = False
-                     ) -> Dict[str, jnp.ndarray]:
+  def advance_memory(
+      self,
+      state,
+      emb: FrameEmbedding,
+      labels: jnp.ndarray,
+      update: Any,
+      training: bool = False,
+  ) -> Dict[str, jnp.ndarray]:
     """The online update of the sets with this frame (`update_sets`,
     `write_sets`); unchanged in training or without an update."""
     if training or update is None:
@@ -432,16 +516,27 @@ class VideoMatch(nnx.Module):
     batch, grid = features.shape[0], features.shape[1:3]
     memory_slots = state.memory['fg'].shape[-1]
     small = resize.resize_labels_nearest(labels, grid)
-    to_fg, to_bg = jax.vmap(lambda i, e, lab, p, ov: update_sets(
-        i, e, lab, p, ov, confidence=self.confidence, erosion=self.erosion))(
-            update['initial_fg'], update['extruded'], small, update['final'],
-            update['obj_valid'])                            # [B, K+1, h, w]
+    to_fg, to_bg = jax.vmap(
+        lambda i, e, lab, p, ov: update_sets(
+            i, e, lab, p, ov, confidence=self.confidence, erosion=self.erosion
+        )
+    )(
+        update['initial_fg'],
+        update['extruded'],
+        small,
+        update['final'],
+        update['obj_valid'],
+    )  # [B, K+1, h, w]
     flat = lambda x: jnp.pad(
         jnp.moveaxis(x, 1, -1).reshape(batch, -1, x.shape[1]),
-        ((0, 0), (0, 0), (0, memory_slots - x.shape[1])))
+        ((0, 0), (0, 0), (0, memory_slots - x.shape[1])),
+    )
     return jax.vmap(write_sets)(
-        state.memory, features.reshape(batch, -1, features.shape[-1]),
-        flat(to_fg), flat(to_bg))
+        state.memory,
+        features.reshape(batch, -1, features.shape[-1]),
+        flat(to_fg),
+        flat(to_bg),
+    )
 
 
 # What each variant changes from the constructor's defaults (the paper's
@@ -453,23 +548,38 @@ VARIANTS = {
     # tiny models (stride 8 leaves 13x13 features of a 97-pixel crop), d_c
     # scaled to 120-pixel frames as 100 is to 480-pixel DAVIS frames.
     'tiny_videomatch': dict(
-        backbone_lib.TINY_DEEPLAB, embedding_dim=16, match_stride=4,
-        outlier_distance=25.0, update_capacity=2048),
+        backbone_lib.TINY_DEEPLAB,
+        embedding_dim=16,
+        match_stride=4,
+        outlier_distance=25.0,
+        update_capacity=2048,
+    ),
 }
 
 # No official VideoMatch weights exist in PyTorch; a DeepLab backbone
 # checkpoint (`convert.py --backbone_only`) loads into `feature_extracter`
 # under the DeepLab's names.
 FAMILY = family_lib.Family(
-    name='videomatch', module=VideoMatch, variants=VARIANTS,
+    name='videomatch',
+    module=VideoMatch,
+    variants=VARIANTS,
     # Fields that change how the model evaluates but not its parameters.
-    eval_fields=('top_k', 'outlier_distance', 'confidence',
-                 'background_threshold', 'erosion', 'update_capacity',
-                 'outlier_removal', 'online_update', 'global_chunk_mb',
-                 'compute_dtype'),
+    eval_fields=(
+        'top_k',
+        'outlier_distance',
+        'confidence',
+        'background_threshold',
+        'erosion',
+        'update_capacity',
+        'outlier_removal',
+        'online_update',
+        'global_chunk_mb',
+        'compute_dtype',
+    ),
     checkpoint_rules=backbone_lib.CHECKPOINT_RULES,
     checkpoint_aliases=backbone_lib.CHECKPOINT_ALIASES,
     # [paper VideoMatch §4.1] frame pairs: the ground truth, never its own
     # predictions.
     own_predictions=False,
-    renamed_fields={'chunk_mb': 'global_chunk_mb'})
+    renamed_fields={'chunk_mb': 'global_chunk_mb'},
+)

@@ -32,7 +32,8 @@ class CfbiDavis(video_records.VideoRecordsBuilder):
     splits = {}
     for split in ('train', 'val'):
       if split != 'train' and not os.path.isfile(
-          os.path.join(root, 'ImageSets', '2017', f'{split}.txt')):
+          os.path.join(root, 'ImageSets', '2017', f'{split}.txt')
+      ):
         continue  # Only the training split is required.
       splits[split] = input_pipeline.davis_train_videos(root, split)
     return splits
