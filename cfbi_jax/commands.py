@@ -127,10 +127,39 @@ def _import_trainer():
   return trainer
 
 
+def _distributed_flags() -> Dict[str, Any]:
+  """`--distributed` and `--heartbeat_timeout_s`, of train and evaluate."""
+  return {
+      'distributed': flags.DEFINE_bool(
+          'distributed',
+          False,
+          "Multi-host run: join JAX's distributed runtime first "
+          '(coordinator and process ids come from the TPU / SLURM / Open '
+          'MPI environment or the JAX_COORDINATOR_ADDRESS, '
+          'JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; see the README).',
+      ),
+      'heartbeat_timeout_s': flags.DEFINE_integer(
+          'heartbeat_timeout_s',
+          100,
+          'With --distributed: seconds after which a process that stopped '
+          'answering counts as dead and the others exit with an error.',
+      ),
+  }
+
+
+def _join(values: Dict[str, Any]) -> None:
+  """Joins the distributed runtime when `--distributed` asks for it."""
+  if values['distributed']:
+    from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
+
+    backend.initialize_distributed(values['heartbeat_timeout_s'])
+
+
 def evaluate() -> None:
   """Evaluates a model (see `configs/eval.py` and `configs/video.py`)."""
 
-  def body(config, _):
+  def body(config, values):
+    _join(values)
     from cfbi_jax import evaluation  # pylint: disable=g-import-not-at-top
 
     evaluation.run(config)
@@ -140,6 +169,7 @@ def evaluate() -> None:
       'configs/eval.py',
       'Evaluation config file.',
       body,
+      _distributed_flags,
       on_interrupt='the sequences finished so far are kept in the output '
       'folder; the same command segments the rest',
   )
@@ -153,27 +183,11 @@ def train() -> None:
         'workdir': flags.DEFINE_string(
             'workdir', None, 'Run directory.', required=True
         ),
-        'distributed': flags.DEFINE_bool(
-            'distributed',
-            False,
-            "Multi-host run: join JAX's distributed runtime first "
-            '(coordinator and process ids come from the TPU / SLURM / Open '
-            'MPI environment or the JAX_COORDINATOR_ADDRESS, '
-            'JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; see the README).',
-        ),
-        'heartbeat_timeout_s': flags.DEFINE_integer(
-            'heartbeat_timeout_s',
-            100,
-            'With --distributed: seconds after which a process that stopped '
-            'answering counts as dead and the others exit with an error.',
-        ),
+        **_distributed_flags(),
     }
 
   def body(config, values):
-    if values['distributed']:
-      from cfbi_jax import backend  # pylint: disable=g-import-not-at-top
-
-      backend.initialize_distributed(values['heartbeat_timeout_s'])
+    _join(values)
     trainer = _import_trainer()
     if not config.data.root and config.data.source != 'tfds':
       raise ValueError('--config.data.root (the dataset folder) is required')

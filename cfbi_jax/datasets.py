@@ -235,6 +235,11 @@ class VideoSequence:
   def __len__(self) -> int:
     return len(self.frame_names)
 
+  def size(self) -> Tuple[int, int]:
+    """`(height, width)` of the frames (of the first, without decoding
+    it; `validate` checks that the others agree)."""
+    return self._size_of(0)
+
   def _size_of(self, i: int) -> Tuple[int, int]:
     """`(height, width)` of frame `i` without decoding it."""
     if self.frame_paths is not None:

@@ -37,8 +37,9 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import jax
 import numpy as np
@@ -53,6 +54,7 @@ from cfbi_jax import models
 from cfbi_jax import output_files
 from cfbi_jax import peak_memory
 from cfbi_jax import synthetic
+from cfbi_jax.inference import lanes as lanes_lib
 from cfbi_jax.inference import videos
 from cfbi_jax.models import family as family_lib
 
@@ -141,7 +143,10 @@ def _label_dir(config, name: str) -> str:
 
 
 def segment_sequence(
-    propagator: videos.VideoPropagator, seq: datasets.VideoSequence, config
+    propagator: videos.VideoPropagator,
+    seq: datasets.VideoSequence,
+    config,
+    bars: bool = True,
 ) -> Dict[str, Any]:
   """Segments one sequence and writes its outputs; returns its timing.
 
@@ -191,7 +196,7 @@ def segment_sequence(
           leave=False,
           position=1,
           dynamic_ncols=True,
-          disable=not _bars(),
+          disable=not (bars and _bars()),
       ) as bar,
   ):
     for t, labels, probs in propagator.run(
@@ -216,6 +221,119 @@ def segment_sequence(
       'seconds': total,
       'fps': propagated / steady if propagated and steady > 0 else 0.0,
   }
+
+
+def eval_devices(config) -> List[jax.Device]:
+  """This process's devices for the run: all local ones, or the first
+  `config.devices` of them (0: all)."""
+  local = jax.local_devices()
+  wanted = int(config.get('devices', 0) or 0)
+  if wanted < 0:
+    raise ValueError(f'--config.devices={wanted}: give 0 (all) or a count')
+  return local[:wanted] if wanted else local
+
+
+def share_of_process(
+    sequences: Sequence[datasets.VideoSequence], index: int, count: int
+) -> List[datasets.VideoSequence]:
+  """Process `index`'s disjoint share of `sequences` (of `count`): every
+  `count`-th of them, longest first, so every process gets long and short
+  ones alike."""
+  order = sorted(sequences, key=lambda seq: (-len(seq), seq.name))
+  return order[index::count]
+
+
+def segment_sequences(
+    runner: Any,
+    sequences: Sequence[datasets.VideoSequence],
+    config,
+    reused: int = 0,
+    total: int = 0,
+) -> List[Dict[str, Any]]:
+  """Segments `sequences`, longest first.
+
+  `runner` is a `videos.VideoPropagator` (one video at a time on one
+  device) or a `lanes.LanePool` (videos of one size side by side in the
+  lanes of one step over every device). Either way a sequence's outputs
+  and then its input fingerprint are written as it finishes
+  (`_segment_and_mark`), so a killed run keeps what it finished. `reused`
+  and `total` number the one line printed per finished sequence when
+  stderr is not a terminal (`reused + i` of `total`).
+
+  Returns:
+    The per-sequence rows (`segment_sequence`), in the order finished.
+  """
+  order = sorted(sequences, key=lambda seq: (-len(seq), seq.name))
+  total = total or len(sequences)
+  rows, lock = [], threading.Lock()
+  if isinstance(runner, videos.VideoPropagator):
+    for seq in tqdm.tqdm(
+        order, desc='sequences', unit='seq', disable=not _bars()
+    ):
+      rows.append(_segment_and_mark(runner, seq, config, bars=True))
+      if not _bars():
+        _report(rows[-1], reused + len(rows), total)
+    return rows
+
+  def consume(stream, seq):
+    row = _segment_and_mark(stream, seq, config, bars=False)
+    with lock:
+      rows.append(row)
+      _report(row, reused + len(rows), total)
+    return row
+
+  runner.run(order, consume, lambda seq: seq.size())
+  return rows
+
+
+def _segment_and_mark(propagator, seq, config, bars: bool) -> Dict[str, Any]:
+  """`segment_sequence`, then the fingerprint that marks it finished."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(_fingerprint_path(config, seq.name))
+  row = segment_sequence(propagator, seq, config, bars=bars)
+  atomic_files.write_json(
+      _fingerprint_path(config, seq.name), input_fingerprint(seq)
+  )
+  return row
+
+
+def _report(row: Dict[str, Any], count: int, total: int) -> None:
+  """One line per finished sequence (a log file gets no bars)."""
+  print(
+      f'{count}/{total} {row["sequence"]}: '
+      f"{row['frames']} frames, {row['fps']:.1f} frames/s",
+      file=sys.stderr,
+      flush=True,
+  )
+
+
+def _sync(name: str) -> None:
+  """Waits for every process (nothing to wait for in a one-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(f'cfbi_evaluation_{name}')
+
+
+def _rows_path(config, index: int) -> str:
+  return os.path.join(config.output_dir, f'.rows_process_{index}.json')
+
+
+def _gather_rows(config, rows):
+  """All processes' rows on process 0 (None elsewhere), once every process
+  has finished its share."""
+  if jax.process_count() == 1:
+    return rows
+  atomic_files.write_json(_rows_path(config, jax.process_index()), rows)
+  _sync('segmented')
+  if jax.process_index() > 0:
+    return None
+  gathered = []
+  for index in range(jax.process_count()):
+    with open(_rows_path(config, index), encoding='utf-8') as f:
+      gathered += json.load(f)
+    os.remove(_rows_path(config, index))
+  return gathered
 
 
 def _bars() -> bool:
@@ -262,66 +380,85 @@ def run(config) -> Dict[str, Any]:
   model, model_config = checkpoint.load_model(
       config.checkpoint, model_overrides(config, stored)
   )
-  propagator = videos.VideoPropagator(
-      model,
+  devices = eval_devices(config)
+  options = dict(
       scales=tuple(config.tta.scales),
       flip=config.tta.flip,
       max_long_edge=config.max_long_edge,
       bgr=family_lib.bgr(model_config),
       max_objects=config.max_objects,
   )
+  video_batch = int(config.get('video_batch', 1) or 1)
+  if video_batch < 1:
+    raise ValueError(f'--config.video_batch={video_batch}: give 1 or more')
+  if len(devices) * video_batch > 1:
+    runner = lanes_lib.LanePool(model, devices, video_batch, **options)
+  else:
+    runner = videos.VideoPropagator(model, device=devices[0], **options)
+  lead = jax.process_index() == 0
   os.makedirs(config.output_dir, exist_ok=True)
-  _claim_output_dir(config, family_lib.bgr(model_config))
+  if lead:
+    _claim_output_dir(config, family_lib.bgr(model_config))
+  _sync('claimed')
+  if not lead:  # Refuses, like process 0 would, a claim of another run.
+    _claim_output_dir(config, family_lib.bgr(model_config))
   complete = [seq for seq in sequences if _outputs_complete(config, seq)]
   done = {seq.name for seq in complete if _inputs_unchanged(config, seq)}
   changed = sorted(seq.name for seq in complete if seq.name not in done)
+  # Every process has read what is done before any writes more.
+  _sync('listed')
   names = lambda found: (
       f" ({', '.join(sorted(found)[:5])}"
       f"{', ...' if len(found) > 5 else ''})"
   )
-  print(
-      f'outputs: {os.path.abspath(config.output_dir)}; '
-      + (
-          f'reusing {len(done)} of {len(sequences)} sequences, finished '
-          f'there from the same inputs{names(done)}'
-          if done
-          else (
-              f'segmenting all {len(sequences)} sequences'
-              if len(sequences) > 1
-              else 'segmenting its one sequence'
-          )
-      )
-      + (
-          f'; segmenting {len(changed)} again, whose inputs changed since '
-          f'their outputs were written{names(changed)}'
-          if changed
-          else ''
-      ),
-      flush=True,
-  )
-  rows, skipped = [], []
-  start = time.perf_counter()
-  for seq in tqdm.tqdm(
-      sequences, desc='sequences', unit='seq', disable=not _bars()
-  ):
-    if seq.name in done:
-      skipped.append(seq.name)
-      continue
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(_fingerprint_path(config, seq.name))
-    rows.append(segment_sequence(propagator, seq, config))
-    atomic_files.write_json(
-        _fingerprint_path(config, seq.name), input_fingerprint(seq)
+  if lead:
+    print(
+        f'outputs: {os.path.abspath(config.output_dir)}; '
+        + (
+            f'reusing {len(done)} of {len(sequences)} sequences, finished '
+            f'there from the same inputs{names(done)}'
+            if done
+            else (
+                f'segmenting all {len(sequences)} sequences'
+                if len(sequences) > 1
+                else 'segmenting its one sequence'
+            )
+        )
+        + (
+            f'; segmenting {len(changed)} again, whose inputs changed since '
+            f'their outputs were written{names(changed)}'
+            if changed
+            else ''
+        )
+        + (
+            f' in {len(devices) * video_batch} lanes on {len(devices)} '
+            'devices'
+            + (
+                f' x {jax.process_count()} processes'
+                if jax.process_count() > 1
+                else ''
+            )
+            if len(devices) * video_batch > 1 or jax.process_count() > 1
+            else ''
+        ),
+        flush=True,
     )
-    if not _bars():  # A log file gets one line per sequence, not bars.
-      print(
-          f'{len(rows) + len(skipped)}/{len(sequences)} {seq.name}: '
-          f"{rows[-1]['frames']} frames, {rows[-1]['fps']:.1f} frames/s",
-          file=sys.stderr,
-          flush=True,
-      )
+  skipped = [seq.name for seq in sequences if seq.name in done]
+  mine = share_of_process(
+      [seq for seq in sequences if seq.name not in done],
+      jax.process_index(),
+      jax.process_count(),
+  )
+  start = time.perf_counter()
+  rows = segment_sequences(runner, mine, config, len(skipped), len(sequences))
+  rows = _gather_rows(config, rows)
+  if rows is None:  # Not process 0: it writes the summary and scores.
+    return {'sequences': [], 'process': jax.process_index()}
   path = os.path.join(config.output_dir, 'summary.json')
   rows = _merge_rows(path, rows)
+  # In the listing's order, whichever device or process finished first.
+  order = {seq.name: i for i, seq in enumerate(sequences)}
+  rows.sort(key=lambda row: order.get(row['sequence'], len(order)))
   summary = {
       'variant': model_config.variant,
       'dataset': config.dataset,
@@ -330,8 +467,10 @@ def run(config) -> Dict[str, Any]:
       'skipped_complete': skipped,
       'total_seconds': time.perf_counter() - start,
       'peak_memory_mb': peak_memory.peak_memory()[0],
-      'compilations': propagator.compilations,
+      'compilations': runner.compilations,
       'device': str(jax.devices()[0].device_kind),
+      'devices': len(devices) * jax.process_count(),
+      'video_batch': video_batch,
   }
   if config.dataset.startswith('youtubevos'):
     summary['submission'] = output_files.write_youtube_vos_zip(

@@ -120,6 +120,14 @@ def get_config(arg=None):
   # saved in its directory); a value here overrides it, with a warning.
   config.bgr = ml_collections.config_dict.placeholder(bool)
   config.max_objects = masks.MAX_OBJECTS
+  # Devices of this process that segment sequences side by side, longest
+  # first (0: all local devices). Several processes (`--distributed`) take
+  # disjoint shares; process 0 writes the summary and scores.
+  config.devices = 0
+  # Videos of one frame size run side by side in one step per device
+  # (`inference/lanes.py`); 1 with one device is the official loop, one
+  # video at a time.
+  config.video_batch = 1
   # JAX's persistent compilation cache: a repeat run of the same model and
   # frame sizes skips compilation ('' turns it off).
   config.compilation_cache_dir = backend.DEFAULT_COMPILATION_CACHE_DIR

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -87,6 +86,8 @@ class Session:
     steps, params: compiled steps (`step.compile_steps`) and the
       model state (`nnx.split(model)[1]`) to share, e.g. across the videos
       of an evaluation; made from `model` if None.
+    device: the device the stream runs on (None: JAX's default); the
+      weights are placed there (shared `params` should already be).
   """
 
   def __init__(
@@ -102,6 +103,7 @@ class Session:
       with_probs: bool = False,
       steps: Optional[step_lib.CompiledSteps] = None,
       params: Any = None,
+      device: Optional[jax.Device] = None,
   ):
     if isinstance(model, str):
       from cfbi_jax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -115,7 +117,9 @@ class Session:
         raise ValueError('Session needs a model, or both steps and params')
       graphdef, params = step_lib.split_for_inference(model)
       steps = steps or step_lib.compile_steps(graphdef)
-    self.steps, self.params = steps, params
+    if device is not None:
+      params = jax.device_put(params, device)
+    self.steps, self.params, self.device = steps, params, device
     self.augs = step_lib.augmentations(scales, flip)
     self.max_long_edge = max_long_edge
     self.bgr = True if bgr is None else bool(bgr)
@@ -123,6 +127,10 @@ class Session:
     self.with_probs = with_probs
     self._ref_slots = bucket(reference_slots)
     self.reset()
+
+  def _put(self, value: np.ndarray) -> jax.Array:
+    """A host array on the stream's device."""
+    return jax.device_put(value, self.device)
 
   def reset(self) -> None:
     """Forgets the stream (the next push starts a new one)."""
@@ -196,11 +204,11 @@ class Session:
       if mask is None:
         raise ValueError('the first frame of a stream needs a mask')
       self._size = frame.shape[:2]
-      self._no_annotation = jnp.zeros(self._size, jnp.uint8)
+      self._no_annotation = self._put(np.zeros(self._size, np.uint8))
       self._states = self.steps.first(
           self.params,
-          jax.device_put(frame),
-          jax.device_put(mask.astype(np.int32)),
+          self._put(frame),
+          self._put(mask.astype(np.int32)),
           spec=self.spec(self._size, self._ref_slots),
       )
       self._known = masks.largest_object_id(mask)
@@ -217,10 +225,10 @@ class Session:
     self._states, outputs = self.steps.next(
         self.params,
         self._states,
-        jax.device_put(frame),
-        jax.device_put(mask) if mask is not None else self._no_annotation,
-        jax.device_put(np.asarray(mask is not None)),
-        jax.device_put(step_lib.object_valid(known, self.max_objects)),
+        self._put(frame),
+        self._put(mask) if mask is not None else self._no_annotation,
+        self._put(np.asarray(mask is not None)),
+        self._put(step_lib.object_valid(known, self.max_objects)),
         spec=self.spec(self._size, self._ref_slots),
     )
     for value in outputs.values():

@@ -22,6 +22,7 @@ frame. Around it, this module keeps the device busy:
 import collections
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -35,7 +36,7 @@ class VideoPropagator:
   """Runs the official evaluation loop over one video at a time.
 
   Keyword arguments are `session.Session`'s (scales, flip, max_long_edge,
-  bgr, max_objects).
+  bgr, max_objects, device).
   """
 
   def __init__(
@@ -47,9 +48,12 @@ class VideoPropagator:
       max_long_edge: Optional[float] = None,
       bgr: bool = True,
       max_objects: int = masks.MAX_OBJECTS,
+      device: Optional[jax.Device] = None,
   ):
-    graphdef, self.params = step_lib.split_for_inference(model)
+    graphdef, params = step_lib.split_for_inference(model)
     self.steps = step_lib.compile_steps(graphdef)
+    self.device = device
+    self.params = params if device is None else jax.device_put(params, device)
     self.options = dict(
         scales=tuple(scales),
         flip=flip,
@@ -73,6 +77,7 @@ class VideoPropagator:
         params=self.params,
         reference_slots=reference_slots,
         with_probs=with_probs,
+        device=self.device,
         **self.options,
     )
 
