@@ -8,6 +8,9 @@
 #   bench/gpu_suite.sh --smoke    # the same code on CPU, tiny models (tests)
 #   bench/gpu_suite.sh --static   # no run: the step's static cost in its
 #                                 # GPU form, any machine (bench/step_cost.py)
+#   bench/gpu_suite.sh --eval     # evaluation throughput: CFBI R101 (random
+#                                 # weights) at 480p, video_batch 1 2 4
+#                                 # (bench/eval_throughput.py)
 #   extra arguments go to bench/gpu_suite.py (--models, --settings, --trace)
 #
 # Carried along in git-ignored folders of the checkout (device tool `carry`):
@@ -39,6 +42,12 @@ if [ "${1:-}" = "--static" ]; then
   exec "$PY" bench/gpu_suite.py --static --out "$OUT" "$@"
 fi
 
+EVAL=""
+if [ "${1:-}" = "--eval" ]; then
+  shift
+  EVAL=1
+fi
+
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --target /tmp/cfbi_site .whl/*.whl >/dev/null 2>&1
@@ -49,6 +58,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
 "$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', \
 flax.__version__, jax.devices())" >> "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" >&2
+
+if [ -n "$EVAL" ]; then
+  el "eval: frames/s and peak memory for video_batch 1 2 4 (one device)"
+  timeout 420 "$PY" bench/eval_throughput.py --random_variant cfbi_resnet101 \
+      --fake_devices 0 --videos 8 --frames 12 --height 480 --width 854 \
+      --devices 1 --video_batch 1 2 4 --out "$OUT/eval_throughput.md" "$@" \
+      2>&1 | tee "$OUT/eval_throughput.log" | grep -v '^I0000' >&2
+  el "eval rc=$?"
+  exit 0
+fi
 
 OFFICIAL=""
 if [ -f .official/official_cfbi_gpu.py ]; then

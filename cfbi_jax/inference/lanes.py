@@ -154,7 +154,6 @@ class LanePool:
             lambda st: tuple(vos.grow_references(s, slots) for s in st)
         )(batched),
         static_argnums=(1,),
-        donate_argnums=(0,),
         out_shardings=self._lanes,
     )
 
@@ -225,9 +224,22 @@ class LanePool:
     return results
 
   def _run_group(self, size, group, start, errors) -> None:
-    """The lanes over the videos of one frame size."""
-    left = list(group)
+    """The lanes over the videos of one frame size; if any video fails,
+    the others end with an error too (none is left waiting)."""
     lanes: List[Optional[_Lane]] = [None] * self.num_lanes
+    try:
+      self._drive(size, list(group), start, errors, lanes)
+    except BaseException as error:  # pylint: disable=broad-except
+      errors.append(error)
+    for lane in lanes:
+      if lane is not None:
+        lane.frames.close()
+        lane.stream.outputs.put(
+            RuntimeError('stopped: another video of the run failed')
+        )
+
+  def _drive(self, size, left, start, errors, lanes) -> None:
+    """`_run_group`'s loop: fill free lanes, step every lane."""
     ref_slots, states, with_probs = 1, None, False
     h, w = size
     while (left or any(lanes)) and not errors:
