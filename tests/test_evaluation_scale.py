@@ -86,8 +86,8 @@ class _Run:
 
 
 def _launch(args, devices, log, env=None, **extra_env):
-  return _Run(args, devices,
-              dict(env or os.environ, PYTHONPATH=REPO, **extra_env), log)
+  env = env or dict(os.environ, PYTHONPATH=REPO)
+  return _Run(args, devices, dict(env, **extra_env), log)
 
 
 def _two_processes(args, log, devices=2, heartbeat_s=100, env=None):
