@@ -10,8 +10,13 @@
 3. says where outputs go and which finished sequences it reuses (a
    sequence is reused only if its outputs are complete and its inputs are
    the ones they were computed from: `input_fingerprint`), then
-   segments each other sequence with `videos.VideoPropagator` (official
-   loop, TTA; a per-frame bar with frames/s and an ETA), and writes palette
+   segments each other sequence, longest first: with one device and
+   `video_batch=1` one at a time with `videos.VideoPropagator` (official
+   loop, TTA; a per-frame bar with frames/s and an ETA), otherwise side by
+   side in the lanes of a `lanes.LanePool` over every local device
+   (`config.devices`, `config.video_batch`); under several processes
+   (`--distributed`) each takes its share (`share_of_process`) and process
+   0 goes on alone with steps 4 and 5 once all are done. It writes palette
    PNGs, optional per-frame probabilities and, for own videos, overlays;
 4. packages the YouTube-VOS submission zip, or scores a DAVIS run with
    `davis_eval` when the split has annotations;

@@ -30,8 +30,16 @@ from configs import eval as eval_config
 from tests import synthetic_layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MEASURED = ('seconds', 'fps', 'total_seconds', 'peak_memory_mb',
-             'compilations', 'device', 'devices', 'video_batch')
+_MEASURED = (
+    'seconds',
+    'fps',
+    'total_seconds',
+    'peak_memory_mb',
+    'compilations',
+    'device',
+    'devices',
+    'video_batch',
+)
 
 
 @pytest.fixture(scope='module')
@@ -73,9 +81,13 @@ class _Run:
     with open(log + '.out', 'w') as out, open(log + '.err', 'w') as err:
       self.process = subprocess.Popen(
           [sys.executable, os.path.join(REPO, 'evaluate.py'), *args],
-          cwd=REPO, env=dict(env, XLA_FLAGS=(
-              f'--xla_force_host_platform_device_count={devices}')),
-          stdout=out, stderr=err,
+          cwd=REPO,
+          env=dict(
+              env,
+              XLA_FLAGS=(f'--xla_force_host_platform_device_count={devices}'),
+          ),
+          stdout=out,
+          stderr=err,
       )
 
   def wait(self):
@@ -97,9 +109,12 @@ def _two_processes(args, log, devices=2, heartbeat_s=100, env=None):
   return [
       _launch(
           ['--distributed', f'--heartbeat_timeout_s={heartbeat_s}', *args],
-          devices, f'{log}_{i}', env,
+          devices,
+          f'{log}_{i}',
+          env,
           JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-          JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
+          JAX_NUM_PROCESSES='2',
+          JAX_PROCESS_ID=str(i),
       )
       for i in range(2)
   ]
@@ -131,10 +146,14 @@ def _summary(out):
 
 def test_devices_processes_and_lanes_write_the_same(davis_root, tmp_path):
   outs = {name: str(tmp_path / name) for name in ('one', 'lanes', 'hosts')}
-  lanes = _launch(_args(davis_root, outs['lanes']) + [
-      '--config.video_batch=2'], 4, str(tmp_path / 'lanes'))
-  hosts = _two_processes(_args(davis_root, outs['hosts']),
-                         str(tmp_path / 'hosts'))
+  lanes = _launch(
+      _args(davis_root, outs['lanes']) + ['--config.video_batch=2'],
+      4,
+      str(tmp_path / 'lanes'),
+  )
+  hosts = _two_processes(
+      _args(davis_root, outs['hosts']), str(tmp_path / 'hosts')
+  )
   config = eval_config.get_config('dataset=davis2017')
   config.checkpoint = 'tiny_cfbi_synthetic'
   config.data.root, config.data.split = davis_root, 'train'
@@ -181,15 +200,19 @@ def test_a_killed_process_leaves_its_finished_videos(davis_root, tmp_path):
   out = str(tmp_path / 'out')
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), REPO]))
   runs = _two_processes(
-      _args(davis_root, out), str(tmp_path / 'killed'), devices=1,
-      heartbeat_s=10, env=env,
+      _args(davis_root, out),
+      str(tmp_path / 'killed'),
+      devices=1,
+      heartbeat_s=10,
+      env=env,
   )
   codes = [run.wait()[0] for run in runs]
   assert codes[1] == -signal.SIGKILL and codes[0] != 0, codes
   finished = sorted(os.listdir(os.path.join(out, '.inputs')))
   assert 1 <= len(finished) < 4, finished
-  runs = _two_processes(_args(davis_root, out), str(tmp_path / 'again'),
-                        devices=1)
+  runs = _two_processes(
+      _args(davis_root, out), str(tmp_path / 'again'), devices=1
+  )
   ended = [run.wait() for run in runs]
   assert [e[0] for e in ended] == [0, 0], ended[0][2][-2000:]
   assert f'reusing {len(finished)} of 4 sequences' in ended[0][1]

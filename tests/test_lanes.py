@@ -51,9 +51,7 @@ def test_lanes_equal_each_video_alone(module):
   clips = _videos()
   loop = videos.VideoPropagator(module)
   alone = {
-      name: list(
-          loop.run(frames, annotations, len(frames), with_probs=True)
-      )
+      name: list(loop.run(frames, annotations, len(frames), with_probs=True))
       for name, (frames, annotations) in clips.items()
   }
   import jax  # pylint: disable=g-import-not-at-top
