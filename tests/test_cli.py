@@ -352,11 +352,11 @@ import os, signal, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from cfbi_jax import evaluation
 _segment = evaluation.segment_sequence
-def segment_sequence(propagator, seq, config):
+def segment_sequence(propagator, seq, config, **kwargs):
   if seq.name == 'video1':
     os.kill(os.getpid(), {int(signum)})
     time.sleep(600)
-  return _segment(propagator, seq, config)
+  return _segment(propagator, seq, config, **kwargs)
 evaluation.segment_sequence = segment_sequence
 """)
   args = [
