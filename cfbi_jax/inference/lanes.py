@@ -335,16 +335,10 @@ class LanePool:
           lanes[i] = None
 
   def _check(self, mask: np.ndarray, size, index: int) -> np.ndarray:
-    """A mask as `Session` takes it (binary masks as object 1)."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(size):
-      raise ValueError(
-          f'mask of frame {index} is {mask.shape}, the frames '
-          f'are {tuple(size)}'
-      )
-    mask = masks.with_binary_object(mask)
-    masks.ids_above(mask, self.max_objects, f'mask of frame {index}')
-    return mask.astype(np.uint8)
+    """A mask as `Session` takes it (`session.check_mask`), as uint8."""
+    return session_lib.check_mask(mask, size, index, self.max_objects).astype(
+        np.uint8
+    )
 
   @staticmethod
   def _finish(lane: _Lane) -> None:

@@ -38,6 +38,23 @@ def bucket(n: int) -> int:
   return 1 << (max(n, 1) - 1).bit_length()
 
 
+def check_mask(
+    mask: np.ndarray, frame_size: Tuple[int, int], index: int, max_objects: int
+) -> np.ndarray:
+  """Frame `index`'s mask as a stream takes it: its size checked, a 0/255
+  binary mask as object 1 (`masks.with_binary_object`), ids up to
+  `max_objects` (`LanePool` checks its masks with this too)."""
+  mask = np.asarray(mask)
+  if mask.shape != tuple(frame_size):
+    raise ValueError(
+        f'mask of frame {index} is {mask.shape}, the frame is '
+        f'{tuple(frame_size)}'
+    )
+  mask = masks.with_binary_object(mask)
+  masks.ids_above(mask, max_objects, f'mask of frame {index}')
+  return mask
+
+
 @dataclasses.dataclass
 class Pending:
   """One dispatched frame; its outputs are fetched on first use.
@@ -174,15 +191,7 @@ class Session:
       )
     if mask is None:
       return None
-    mask = np.asarray(mask)
-    if mask.shape != frame.shape[:2]:
-      raise ValueError(
-          f'mask of frame {self._index} is {mask.shape}, the '
-          f'frame is {frame.shape[:2]}'
-      )
-    mask = masks.with_binary_object(mask)
-    masks.ids_above(mask, self.max_objects, f'mask of frame {self._index}')
-    return mask
+    return check_mask(mask, frame.shape[:2], self._index, self.max_objects)
 
   def push_async(
       self, frame: np.ndarray, mask: Optional[np.ndarray] = None
