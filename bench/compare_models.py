@@ -1,27 +1,39 @@
-"""CFBI, CFBI+, FEELVOS and VideoMatch, trained and scored the same way on
-the synthetic benchmark.
+"""CFBI, CFBI+, FEELVOS and VideoMatch, each trained by its own paper's
+recipe from one shared pretrained DeepLab, scored the same way on the
+synthetic benchmark.
 
-    python bench/compare_models.py                 # 4 models x 3 seeds
+    python bench/compare_models.py                 # budget search, 4 x 3
     python bench/compare_models.py --models cfbi feelvos --seeds 0 1
 
-For every model and seed it trains the model's tiny variant with
-`train.py --config=configs/synthetic.py:model=<model>` on the synthetic
-training set (seed 1), with the same budget (`--steps` at `--crop`, batch
-`--batch_size`, N = `--num_frames`), the same data order (the seed) and
-the same initialisation of the DeepLab feature extractor (that of
-`--backbone_from`, the bundled model, as the papers start from a trained
-DeepLabV3+; everything after it starts from the seed). Each model keeps
-its paper's training rule: CFBI and CFBI+ switch to their own previous
-predictions half-way (sequential training), FEELVOS is fed the
-ground-truth previous mask, VideoMatch matches each frame to the reference
-alone. It then scores every model with `evaluate.py` on the same
-held-out videos (seed `--test_seed`) at one test scale and writes
-`--out` (`docs/models.md`): J&F mean, spread and the paired difference to
-CFBI (same seed), frames per second on this machine and parameters.
+1. The starting point: every run's DeepLab feature extractor is that of
+   `--backbone_from` (default `runs/pretrained_deeplab`, which
+   `bench/pretrain_backbone.py` writes first if it is missing: the tiny
+   DeepLab trained alone on per-frame foreground/background segmentation,
+   our stand-in for the papers' ImageNet/COCO pretraining, which no family
+   trained); everything after it starts from the seed.
+2. The recipe: `configs/synthetic.py:model=<model>,recipe=<--recipe>`:
+   `paper` (default) trains each family by its paper (`Family.recipe`:
+   FEELVOS's SGD at a constant rate on reference + two adjacent frames
+   with the 15% hardest pixels; VideoMatch's Adam on random frame pairs
+   with its per-object loss; CFBI's and CFBI+'s shared recipe), the
+   papers' learning rates scaled alike; `cfbi` trains all four by CFBI's
+   recipe on this benchmark. Each model keeps its paper's training rule
+   (CFBI's own predictions from half-way; FEELVOS and VideoMatch the
+   ground truth). Steps, batch (`--batch_size`) and crop (`--crop`) are
+   the same for all; N current frames is `--num_frames` unless the
+   family's recipe fixes it (FEELVOS: 1).
+3. The budget: the steps are the first of `--budgets` at which CFBI's
+   seeds agree within +-`--agree` J&F ((max - min) / 2): CFBI runs at each
+   budget in turn until one does (or the last is reached), and the search
+   is reported. `--steps` skips the search.
+4. Scoring: `evaluate.py` on the same held-out videos (seed `--test_seed`)
+   at one test scale, written to `--out` (`docs/models.md`): J&F mean,
+   spread and the paired difference to CFBI (same seed), frames per second
+   on this machine and parameters, and the papers' numbers.
 
 Runs go through `bench/synthetic_runs.py` (the two entry points as
 subprocesses; finished runs are reused, so an interrupted comparison
-resumes). The default budget is about an hour on 2 CPU cores.
+resumes, across sessions too).
 """
 
 import argparse
@@ -35,6 +47,9 @@ import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-positi
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The shared starting point (`bench/pretrain_backbone.py`).
+PRETRAINED = 'runs/pretrained_deeplab'
 
 # model -> (paper, what it matches, what the papers report on DAVIS).
 PAPERS = {
@@ -79,18 +94,29 @@ def parameters(model: str) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-def run_one(args, model: str, seed: int) -> dict:
-  """Trains and scores one (model, seed); returns its summary."""
+def fixes_num_frames(model: str) -> bool:
+  """Whether the family's paper recipe sets N (`train.num_frames`)."""
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
+  config = synthetic_config.get_config(f'model={model}')
+  return 'train.num_frames' in models.family_of(config.model).recipe
+
+
+def run_one(args, model: str, seed: int, steps: int) -> dict:
+  """Trains and scores one (model, seed) at `steps`; returns its summary."""
+  paper_frames = args.recipe == 'paper' and fixes_num_frames(model)
   return synthetic_runs.train_and_score(
       synthetic_runs.Run(
-          run_dir=os.path.join(args.workdir, f'{model}-seed{seed}'),
-          config_arg=f'model={model},steps={args.steps}',
+          run_dir=os.path.join(
+              args.workdir, f'{args.recipe}-{steps}', f'{model}-seed{seed}'
+          ),
+          config_arg=f'model={model},steps={steps},recipe={args.recipe}',
           seed=seed,
           backbone_from=args.backbone_from,
           train_data=args.train_data,
           test_data=args.test_data,
           crop=args.crop,
-          num_frames=args.num_frames,
+          num_frames=0 if paper_frames else args.num_frames,
           batch_size=args.batch_size,
           test_seed=args.test_seed,
           test_videos=args.test_videos,
@@ -99,8 +125,31 @@ def run_one(args, model: str, seed: int) -> dict:
   )
 
 
-def report(args, results) -> str:
-  """The Markdown page: one row per model, J&F in percent."""
+def spread(values) -> float:
+  """(max - min) / 2."""
+  return (max(values) - min(values)) / 2
+
+
+def find_budget(args) -> tuple:
+  """`(steps, search)`: the first of `args.budgets` at which CFBI's seeds
+  agree within `args.agree` (else the last), and `[(steps, [J&F per
+  seed], spread)]` for every budget tried."""
+  search = []
+  for steps in args.budgets:
+    jf = []
+    for seed in args.seeds:
+      summary = run_one(args, 'cfbi', seed, steps)
+      jf.append(100 * summary['davis']['J&F-Mean'])
+      print(f'budget {steps}: cfbi seed {seed}: J&F {jf[-1]:.1f}', flush=True)
+    search.append((steps, jf, spread(jf)))
+    if spread(jf) <= args.agree:
+      return steps, search
+  return args.budgets[-1], search
+
+
+def report(args, results, search=()) -> str:
+  """The Markdown page: one row per model, J&F in percent, and the budget
+  search (`find_budget`)."""
   jf_of = {
       m: [100 * r['davis']['J&F-Mean'] for r in runs]
       for m, runs in results.items()
@@ -115,10 +164,12 @@ def report(args, results) -> str:
       '',
       f'Each run trains the tiny variant of a model (`tiny_<model>`, the '
       f'same tiny DeepLab for all) for {args.steps} steps (batch '
-      f'{args.batch_size}, N = {args.num_frames} frames, crop {args.crop}, '
-      'the `scratch` recipe of `configs/synthetic.py`) on the synthetic '
-      'training set (seed 1, 200 videos), and is scored with the DAVIS J&F '
-      f'on {args.test_videos} held-out synthetic videos (seed '
+      f'{args.batch_size}, crop {args.crop}, N = {args.num_frames} current '
+      'frames unless the recipe fixes N) by the '
+      f'`{args.recipe}` recipe of `configs/synthetic.py` (module docstring '
+      'of `bench/compare_models.py`) on the synthetic training set (seed '
+      '1, 200 videos), and is scored with the DAVIS J&F on '
+      f'{args.test_videos} held-out synthetic videos (seed '
       f'{args.test_seed}) at test scale {args.test_scale:g}. '
       + (
           f'The DeepLab feature extractor of every run starts from '
@@ -160,6 +211,21 @@ def report(args, results) -> str:
         + ', '.join(f'{v:.1f}' for v in jf)
         + ' |'
     )
+  if search:
+    lines += [
+        '',
+        f'The budget: the first of {", ".join(map(str, args.budgets))} steps '
+        f"at which CFBI's seeds agree within ±{args.agree:g} J&F "
+        '(spread = (max - min) / 2), searched in that order:',
+        '',
+        '| steps | CFBI J&F per seed | spread |',
+        '|---|---|---|',
+    ]
+    for steps, jf, width in search:
+      lines.append(
+          f'| {steps} | {", ".join(f"{v:.1f}" for v in jf)} | ±{width:.1f} |'
+      )
+    lines.append('')
   first = results[args.models[0]][0]
   if 'copy_first_frame' in first:
     copy = first['copy_first_frame']
@@ -210,7 +276,17 @@ def main():
       choices=list(common.train_models()),
   )
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-  parser.add_argument('--steps', type=int, default=400)
+  parser.add_argument(
+      '--steps',
+      type=int,
+      default=0,
+      help='train every model this long (0: the budget search)',
+  )
+  parser.add_argument(
+      '--budgets', nargs='+', type=int, default=[500, 1000, 2000]
+  )
+  parser.add_argument('--agree', type=float, default=3.0)
+  parser.add_argument('--recipe', default='paper', choices=['paper', 'cfbi'])
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=2)
@@ -222,9 +298,10 @@ def main():
   parser.add_argument('--workdir', default='runs/compare_models')
   parser.add_argument(
       '--backbone_from',
-      default='models/tiny_cfbi_synthetic',
-      help='model directory whose DeepLab initialises every '
-      "run ('' = all from scratch)",
+      default=PRETRAINED,
+      help='model directory whose DeepLab initialises every run '
+      f"('' = all from scratch; {PRETRAINED} is pretrained first if "
+      'missing)',
   )
   parser.add_argument('--train_data', default='runs/synthetic_data')
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
@@ -232,10 +309,18 @@ def main():
   args = parser.parse_args()
   if len(args.seeds) < 2:
     parser.error('give at least two seeds: the table reports a spread')
+  if args.backbone_from == PRETRAINED and not os.path.isdir(PRETRAINED):
+    synthetic_runs.run_command(
+        [sys.executable, 'bench/pretrain_backbone.py', f'--out={PRETRAINED}'],
+        PRETRAINED + '.log',
+    )
+  search = ()
+  if not args.steps:
+    args.steps, search = find_budget(args)
   results = {}
   for seed in args.seeds:  # Seed-major: early rows are paired.
     for model in args.models:
-      summary = run_one(args, model, seed)
+      summary = run_one(args, model, seed, args.steps)
       results.setdefault(model, []).append(summary)
       print(
           f'{model:11s} seed {seed}: J&F '
@@ -243,7 +328,7 @@ def main():
           f'{synthetic_runs.steady_fps(summary):.1f} frames/s',
           flush=True,
       )
-  text = report(args, results)
+  text = report(args, results, search)
   synthetic_runs.write_report(args.out, text)
 
 

@@ -20,7 +20,9 @@ needs no GPU. The StableHLO module is then read, not run:
 * `loop_iters`: sequential loop iterations per frame, the sum over every
   `while` of its trip count times the trips of the loops around it (a
   `lax.map` over 625 offsets is 625 launches of its body on a GPU).
-* `scatters`, `sorts`, `gathers`: those ops, trip-weighted.
+* `scatters`, `sorts`, `gathers`: those ops, trip-weighted; `top_k`: the
+  `lax.top_k` ops (`chlo.top_k`, a partial sort per row), and
+  `top_k_values` the values they rank.
 * `temp_mb`, `args_mb`: `memory_analysis()` of the same traced program
   compiled for this machine's CPU (buffer assignment; the CUDA compiler is
   not available without a GPU). `--no-memory` skips the compile.
@@ -177,7 +179,8 @@ def module_cost(module) -> Dict:
 
   Returns:
     `{'gflop': {stage: GFLOP}, 'gflop_total', 'loop_iters', 'loops': [{
-    'stage', 'trips', 'weight'}], 'scatters', 'sorts', 'gathers',
+    'stage', 'trips', 'weight'}], 'scatters', 'sorts', 'gathers', 'top_k'
+    (`lax.top_k` ops), 'top_k_values' (the values they rank),
     'unknown_loops'}`.
   """
   funcs = {}
@@ -191,6 +194,8 @@ def module_cost(module) -> Dict:
       'scatters': 0,
       'sorts': 0,
       'gathers': 0,
+      'top_k': 0,
+      'top_k_values': 0,
       'unknown_loops': 0,
   }
 
@@ -215,6 +220,9 @@ def module_cost(module) -> Dict:
         continue
       if name in _COUNTED:
         out[_COUNTED[name]] += weight
+      if name == 'chlo.top_k':
+        out['top_k'] += weight
+        out['top_k_values'] += weight * _prod(_shape(op.operands[0]))
       flops = op_flops(op)
       if flops:
         out['flops'][here or 'other'] = (

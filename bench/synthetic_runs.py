@@ -81,7 +81,8 @@ class Run:
     backbone_from: model directory whose DeepLab starts the run ('' = all
       from the seed).
     train_data, test_data: synthetic data folders.
-    crop, num_frames, batch_size: training clip settings.
+    crop, num_frames, batch_size: training clip settings (`num_frames` 0:
+      the config's).
     test_seed, test_videos, test_scale: the held-out set and its scale.
   """
 
@@ -125,9 +126,15 @@ def train_and_score(
           f'--config.seed={run.seed}',
           f'--config.data.root={run.train_data}',
           f'--config.data.crop_size={run.crop}',
-          f'--config.train.num_frames={run.num_frames}',
           f'--config.train.batch_size={run.batch_size}',
           '--config.train.image_every=100000',
+      ]
+      + (
+          [f'--config.train.num_frames={run.num_frames}']
+          if run.num_frames
+          else []
+      )
+      + [
           f'--config.init.backbone_checkpoint='
           f'{init_dir if run.backbone_from else ""}',
       ]

@@ -35,6 +35,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       scale_range: random scale relative to `short_edge` ((1.0, 1.3)).
       short_edge: short edge at scale 1 (480).
       flip_prob: horizontal flip probability (0.5).
+      frame_sampling: 'clip' (a previous frame and N current frames at
+        gaps of 1..`max_gap`) or 'pairs' (each uniform over the video, a
+        random pair with the reference: VideoMatch's training).
       max_gap: largest gap between sampled frames, 1 = consecutive (3).
       reverse_prob: probability of playing a clip backwards (0.5).
       reference_tries, reference_min_pixels: reference candidates and the
@@ -70,6 +73,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.scale_range = (1.0, 1.3)
   c.short_edge = 480
   c.flip_prob = 0.5
+  c.frame_sampling = 'clip'
   c.max_gap = 3
   c.reverse_prob = 0.5
   c.reference_tries = 5

@@ -21,7 +21,8 @@ Clip sampling (notes §19; one clip per element):
 2. Frames, among the video's annotated frames only (YouTube-VOS: the frames
    of `meta.json`'s objects with >= 2 frames, one in five of the video;
    DAVIS: all): `preprocess.sample_frame_indices` picks the previous and
-   current frames (random gaps 1..`max_gap`, reversal with `reverse_prob`)
+   current frames (random gaps 1..`max_gap`, reversal with `reverse_prob`;
+   or, with `frame_sampling='pairs'`, each uniform over the video)
    and `reference_tries` reference candidates; the first candidate whose
    mask has more than `reference_min_pixels` foreground pixels is the
    reference (else the candidate with the most foreground).
@@ -436,6 +437,11 @@ def make_train_dataset(
   if start_index < 0 or batch_size < 1 or num_frames < 1:
     raise ValueError('need start_index >= 0, batch_size >= 1, num_frames >= 1')
   c = data_config
+  if c.get('frame_sampling', 'clip') not in ('clip', 'pairs'):
+    raise ValueError(
+        "config.data.frame_sampling must be 'clip' or 'pairs', got "
+        f'{c.frame_sampling!r}'
+    )
   loader = _make_loader(c)
   lengths = tf.constant(loader.lengths, tf.int32)
   num_videos = len(loader.lengths)
@@ -467,6 +473,7 @@ def make_train_dataset(
         max_gap=c.max_gap,
         reverse_prob=c.reverse_prob,
         reference_tries=c.reference_tries,
+        pairs=c.get('frame_sampling', 'clip') == 'pairs',
     )
     frames, labels = tf.numpy_function(
         loader,

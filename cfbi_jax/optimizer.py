@@ -4,7 +4,10 @@
 weight decay added to the gradient as PyTorch's SGD does. `name='adamw'`
 (ours, for small models trained from scratch, e.g. the synthetic recipe):
 Adam (b1 = `momentum`, b2 = `adam_b2`) with decoupled weight decay
-(`weight_decay` x the learning rate, as `optax.adamw`). Both follow a
+(`weight_decay` x the learning rate, as `optax.adamw`). `name='adam'`
+(VideoMatch's paper recipe): Adam with the weight decay added to the
+gradient before the Adam scaling, an L2 term as TensorFlow's weight
+regulariser gives it. All follow a
 learning rate with linear warm-up then poly decay, floored at `min_lr`:
 
     lr(t) = base * t / warmup                                  t < warmup
@@ -74,8 +77,10 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   """
   c = optim_config
   name = c.get('name', 'sgd')
-  if name not in ('sgd', 'adamw'):
-    raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {name!r}")
+  if name not in ('sgd', 'adamw', 'adam'):
+    raise ValueError(
+        f"optim.name must be 'sgd', 'adamw' or 'adam', got {name!r}"
+    )
   schedule = learning_rate_schedule(
       c.lr, c.total_steps, c.warmup_steps, c.power, c.min_lr
   )
@@ -96,6 +101,12 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   if name == 'sgd':
     # Official PyTorch SGD adds weight decay to the gradient (coupled).
     chain += [decay, optax.trace(decay=c.momentum, nesterov=c.nesterov)]
+  elif name == 'adam':
+    # L2: decay added to the gradient, then scaled by Adam with it.
+    chain += [
+        decay,
+        optax.scale_by_adam(b1=c.momentum, b2=c.get('adam_b2', 0.999)),
+    ]
   else:
     # AdamW: decay added after the Adam scaling, so it is scaled by the
     # learning rate only.

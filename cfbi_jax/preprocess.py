@@ -73,6 +73,7 @@ def sample_frame_indices(
     max_gap: int,
     reverse_prob: float,
     reference_tries: int,
+    pairs: bool = False,
 ) -> Dict[str, tf.Tensor]:
   """Chooses which of a video's (annotated) frames make a training clip.
 
@@ -84,6 +85,11 @@ def sample_frame_indices(
   frame is uniform over all N frames; `reference_tries` candidates are drawn
   so that the loader can skip references with too little foreground.
 
+  With `pairs` (VideoMatch's training pairs, `data.frame_sampling='pairs'`)
+  the previous and current frames are instead each uniform over all N
+  frames, independently of each other and of the reference: every current
+  frame makes a random pair with the reference.
+
   Args:
     seed: `[2]` stateless seed.
     num_available: scalar N >= 1, the number of frames that may be sampled.
@@ -91,6 +97,8 @@ def sample_frame_indices(
     max_gap: largest gap between consecutive sampled frames (1 = consecutive).
     reverse_prob: probability of playing the video backwards.
     reference_tries: number of reference candidates.
+    pairs: independent uniform frames instead of a clip (`max_gap` and
+      `reverse_prob` unused).
 
   Returns:
     `{'reference': [reference_tries] int32, 'sequence': [num_frames + 1]
@@ -106,6 +114,8 @@ def sample_frame_indices(
   sequence = _reflect(prev + offsets, n)
   reverse = _uniform([], reverse_seed) < reverse_prob
   sequence = tf.where(reverse, n - 1 - sequence, sequence)
+  if pairs:
+    sequence = _uniform_int(prev_seed, [num_frames + 1], n)
   reference = _uniform_int(ref_seed, [reference_tries], n)
   return {'reference': reference, 'sequence': sequence}
 

@@ -14,8 +14,9 @@ frames to segment. `clip_loss`:
    and moves it to frame 1 with its ground truth;
 3. unrolls the frames with `jax.lax.scan` over the same
    `vos.frame_logits` / `vos.advance` pieces evaluation
-   uses: logits at the crop size (align-corners bilinear), the
-   bootstrapped cross-entropy with the scheduled k, and the next previous
+   uses: logits at the crop size (align-corners bilinear), the model's
+   loss (`vos.frame_loss`: the bootstrapped cross-entropy, or VideoMatch's
+   per-object one) with the scheduled k, and the next previous
    mask is the hard argmax of the prediction (no gradient) when
    `use_own_predictions`, else the ground truth;
 4. averages the per-sample losses over samples and frames.
@@ -33,7 +34,6 @@ import optax
 from flax import nnx
 
 from cfbi_jax import vos
-from cfbi_jax import losses
 
 
 @flax.struct.dataclass
@@ -178,16 +178,15 @@ def clip_loss(
 
   def body(state, xs):
     emb_t, labels_t = xs
-    logits_of = lambda m, st, e, ov: vos.frame_logits(
+    segment_of = lambda m, st, e, ov: vos.frame_segmentation(
         m, st, e, ov, crop, training=True
     )
     if 'frame' in remat:
-      logits, update = _rematerialised(
-          module, logits_of, state, emb_t, obj_valid
-      )
+      out = _rematerialised(module, segment_of, state, emb_t, obj_valid)
     else:
-      logits, update = logits_of(module, state, emb_t, obj_valid)
-    loss_t = losses.bootstrapped_cross_entropy(logits, labels_t, num_hard)
+      out = segment_of(module, state, emb_t, obj_valid)
+    logits, update = out.logits, out.memory_update
+    loss_t = vos.frame_loss(out, labels_t, obj_valid, num_hard)
     pred = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(jnp.int32)
     fed = jnp.where(use_own_predictions, pred, labels_t)
     state = vos.advance_state(

@@ -18,9 +18,10 @@ these pieces. It imports no I/O, no TensorFlow, no configs and no model
   objects also fill the next reference slot); `grow_references` adds slots.
   `start_state` / `advance_state` do the same and move the model's memory
   with it.
-* `frame_logits(model, state, emb, obj_valid, out_size)`: one frame's
-  logits at a given size (segment, then align-corners bilinear), and what
-  the model needs to move its memory.
+* `frame_segmentation(model, state, emb, obj_valid, out_size)`: one
+  frame's `Segmentation` with its logits at a given size (segment, then
+  align-corners bilinear); `frame_logits` its logits and what the model
+  needs to move its memory; `frame_loss` the training loss of a frame.
 * `merge_annotation`: new objects' annotations pasted over a prediction.
 
 Arrays are NHWC; objects live in `K + 1` slots (slot 0 the background)
@@ -36,6 +37,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cfbi_jax import losses
 from cfbi_jax import masks
 from cfbi_jax import resize
 
@@ -72,11 +74,17 @@ class Segmentation:
       with this frame (None for a model without memory).
     aux: named intermediates for inspection and tests (`global_fg_s4`,
       `attention_s4`, ...); nothing downstream reads them.
+    object_logits: None, or `[B, h, w, K + 1]` per-object logits z_k of a
+      model that scores each object against its own background
+      (VideoMatch: p_k = sigmoid(z_k)); training then takes
+      `losses.object_binary_cross_entropy` of these instead of the
+      cross-entropy of `logits` (`frame_loss`).
   """
 
   logits: jnp.ndarray
   memory_update: Any = None
   aux: Dict[str, Any] = flax.struct.field(default_factory=dict)
+  object_logits: Optional[jnp.ndarray] = None
 
 
 class VOSModel(Protocol):
@@ -323,17 +331,17 @@ def merge_annotation(
   return jnp.where(objects, annotation.astype(labels.dtype), labels)
 
 
-def frame_logits(
+def frame_segmentation(
     model: VOSModel,
     state: PropagationState,
     emb: FrameEmbedding,
     obj_valid: jnp.ndarray,
     out_size: Tuple[int, int],
     training: bool = False,
-) -> Tuple[jnp.ndarray, Any]:
-  """One frame's logits at `out_size`: the core that training (its
-  `lax.scan` body, `train_step.clip_loss`) and inference
-  (`inference.step.next_frame`)
+) -> Segmentation:
+  """One frame's `Segmentation` with its logits (and object logits) at
+  `out_size`: the core that training (its `lax.scan` body,
+  `train_step.clip_loss`) and inference (`inference.step.next_frame`)
   share.
 
   Args:
@@ -346,13 +354,57 @@ def frame_logits(
     training: the model's training path (`model.segment`).
 
   Returns:
-    `(logits, update)`: `[B, H, W, K + 1]` float32 logits (stride-4 logits
-    resized with align-corners bilinear; invalid slots hold
-    `INVALID_LOGIT`), and the model's `memory_update` (None if it has
-    none) for `advance_state`.
+    The model's `Segmentation` with `[B, H, W, K + 1]` float32 `logits`
+    (stride-4 logits resized with align-corners bilinear; invalid slots
+    hold `INVALID_LOGIT`) and `object_logits` (where the model gives them)
+    resized the same way.
   """
   with jax.named_scope('segment'):
     out = model.segment(state, emb, obj_valid, training=training)
   with jax.named_scope('postprocess'):
-    up = resize.resize_bilinear_ac(out.logits.astype(jnp.float32), out_size)
-  return up, out.memory_update
+    up = lambda x: resize.resize_bilinear_ac(x.astype(jnp.float32), out_size)
+    return out.replace(
+        logits=up(out.logits),
+        object_logits=None
+        if out.object_logits is None
+        else up(out.object_logits),
+    )
+
+
+def frame_logits(
+    model: VOSModel,
+    state: PropagationState,
+    emb: FrameEmbedding,
+    obj_valid: jnp.ndarray,
+    out_size: Tuple[int, int],
+    training: bool = False,
+) -> Tuple[jnp.ndarray, Any]:
+  """`(logits, memory_update)` of `frame_segmentation` (the inference
+  step's part of it)."""
+  out = frame_segmentation(model, state, emb, obj_valid, out_size, training)
+  return out.logits, out.memory_update
+
+
+def frame_loss(
+    out: Segmentation,
+    labels: jnp.ndarray,
+    obj_valid: jnp.ndarray,
+    num_hard: jnp.ndarray,
+) -> jnp.ndarray:
+  """One frame's training loss, `[B]`: the mean of the `num_hard` hardest
+  pixels of the model's per-pixel loss, the cross-entropy of the logits
+  (CFBI, CFBI+, FEELVOS) or, where the model gives `object_logits`, their
+  per-object foreground/background cross-entropy (VideoMatch).
+
+  Args:
+    out: `frame_segmentation`'s output at the label size.
+    labels: `[B, H, W]` integer labels.
+    obj_valid: `[B, K + 1]` bool.
+    num_hard: scalar k of the bootstrapping schedule.
+  """
+  if out.object_logits is None:
+    return losses.bootstrapped_cross_entropy(out.logits, labels, num_hard)
+  return losses.bootstrapped_mean(
+      losses.object_binary_cross_entropy(out.object_logits, labels, obj_valid),
+      num_hard,
+  )

@@ -3,8 +3,10 @@
 * `parse_arg('variant=cfbi_resnet101,dataset=davis2017', variant='', ...)`
   parses `--config=file.py:arg`: a ConfigDict of the declared keys with
   their defaults overridden; an undeclared key is an error.
-* `parse_training_arg`, `training_preset`: the `model=` / `backbone=`
-  arguments of the training configs and the variant they build.
+* `parse_training_arg`, `training_preset`: the `model=` / `backbone=` /
+  `recipe=` arguments of the training configs and the variant they build;
+  `apply_recipe`: a family's paper recipe (`Family.recipe`) over the
+  shared one, which every stage file calls last.
 * `training_config(model, runlocal, backbone)`: the training recipe shared by
   `ytvos.py`, `davis.py` and `davis_ytvos.py`, which then set their own
   stage values. Where each value comes from is written next to it:
@@ -65,13 +67,24 @@ def train_models() -> Tuple[str, ...]:
   return models.training_models()
 
 
+RECIPES = ('paper', 'cfbi')
+
+
 def parse_training_arg(arg) -> ml_collections.ConfigDict:
   """The arguments of the training configs: `model=` one of
-  `train_models()`, `backbone=resnet|mobilenet`, `runlocal` (and the older
+  `train_models()`, `backbone=resnet|mobilenet`, `recipe=paper|cfbi`
+  (`apply_recipe`), `runlocal` (and the older
   `variant=cfbi|cfbip|mobilenet`)."""
   args = parse_arg(
-      arg, model='cfbi', backbone='resnet', variant='', runlocal=False
+      arg,
+      model='cfbi',
+      backbone='resnet',
+      variant='',
+      runlocal=False,
+      recipe='paper',
   )
+  if args.recipe not in RECIPES:
+    raise ValueError(f'recipe must be one of {RECIPES}, got {args.recipe!r}')
   if args.variant:
     if args.variant not in _OLD_VARIANTS:
       raise ValueError(
@@ -201,6 +214,8 @@ def training_config(
   # small backbones and the smoke test, where memory is not the limit and
   # the step is faster without the recomputation.
   config.train.remat = default_remat(preset)
+  # 'paper' (the family's own, `apply_recipe`) or 'cfbi' (this one).
+  config.train.recipe = 'cfbi'
   config.train.log_every = 50  # [ours]
   config.train.image_every = 1000  # [ours] overlay images to TensorBoard
   config.train.checkpoint_every = 1000  # [ours]
@@ -233,7 +248,59 @@ def training_config(
 
 
 def set_steps(config: ml_collections.ConfigDict, steps: int) -> None:
-  """Sets the run length and the values tied to it (decay, ramp ends)."""
+  """Sets the run length and the values tied to it (decay, ramp ends; a
+  bootstrapping without a ramp, `hard_mining_step` 0, stays so)."""
   config.train.steps = config.optim.total_steps = steps
-  config.train.hard_mining_step = steps // 2
+  if config.train.hard_mining_step:
+    config.train.hard_mining_step = steps // 2
   config.train.own_predictions_from_step = steps // 2 + 1
+
+
+# The recipe values that set a run's length and batch: the paper's budget,
+# taken only where the config trains at the papers' scale.
+BUDGET_FIELDS = ('train.steps', 'train.batch_size')
+
+
+def apply_recipe(
+    config: ml_collections.ConfigDict,
+    recipe: str,
+    *,
+    budget: bool = True,
+    lr_scale: float = 1.0,
+) -> None:
+  """Puts the model family's paper recipe over the shared one.
+
+  `recipe='paper'` applies `Family.recipe` of `config.model`'s family (the
+  optimiser, learning rate and schedule, sampling, bootstrapping and
+  augmentation of its paper; nothing for CFBI and CFBI+, whose recipe is
+  the shared one); `'cfbi'` keeps the shared recipe for any family. Either
+  way `config.train.recipe` records it. Stage files call this last, so a
+  family's paper values win over CFBI's stage values.
+
+  Args:
+    config: a training config.
+    recipe: one of `RECIPES`.
+    budget: also take the paper's steps and batch size (`BUDGET_FIELDS`);
+      False where the config sets a small world's (`runlocal`, the
+      synthetic benchmark).
+    lr_scale: multiplies the recipe's learning rate (the synthetic
+      benchmark's scaling of the papers' rates).
+  """
+  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
+
+  if recipe not in RECIPES:
+    raise ValueError(f'recipe must be one of {RECIPES}, got {recipe!r}')
+  config.train.recipe = recipe
+  if recipe != 'paper':
+    return
+  changes = dict(models.family_of(config.model).recipe)
+  steps = changes.pop('train.steps', None)
+  if not budget:
+    for key in BUDGET_FIELDS:
+      changes.pop(key, None)
+    steps = None
+  if 'optim.lr' in changes:
+    changes['optim.lr'] *= lr_scale
+  config.update_from_flattened_dict(changes)
+  if steps is not None:
+    set_steps(config, steps)

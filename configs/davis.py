@@ -26,4 +26,5 @@ def get_config(arg=None):
     config.optim.lr = 0.006  # [paper]
     config.train.batch_size = 6  # [paper]
     common.set_steps(config, 50_000)  # [paper]
+  common.apply_recipe(config, args.recipe, budget=not args.runlocal)
   return config

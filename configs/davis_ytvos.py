@@ -32,4 +32,5 @@ def get_config(arg=None):
     common.set_steps(config, 50_000)
   else:
     config.data.davis_repeat = 2
+  common.apply_recipe(config, args.recipe, budget=not args.runlocal)
   return config

@@ -24,4 +24,5 @@ def get_config(arg=None):
   args = common.parse_training_arg(arg)
   config = common.training_config(args.model, args.runlocal, args.backbone)
   config.data.source = 'youtubevos'
+  common.apply_recipe(config, args.recipe, budget=not args.runlocal)
   return config

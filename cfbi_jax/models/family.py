@@ -96,6 +96,13 @@ class Family:
       truth (`config.train.own_predictions`).
     renamed_fields: old field name -> new, for model directories written
       before a rename (`upgrade`).
+    recipe: the family's paper training recipe, as changes to the shared
+      one (CFBI's, `configs/common.py::training_config`): flattened config
+      paths (`'optim.lr'`) -> values. The training configs apply it by
+      default (`recipe=paper`; `recipe=cfbi` keeps the shared recipe);
+      `train.steps` and `train.batch_size` in it are the paper's budget,
+      which the small-world configs (the synthetic benchmark, `runlocal`)
+      leave at their own values.
   """
 
   name: str
@@ -114,6 +121,7 @@ class Family:
   )
   own_predictions: bool = False
   renamed_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def upgrade(
       self, model_config: Mapping[str, Any]

@@ -23,10 +23,17 @@ any other):
   then a 1x1 convolution to one logit (`FeelvosHead`); the
   logits of all objects meet in a softmax.
 
-Training is the paper's: reference, previous and current frames, the
-previous frame's ground truth for local matching and as the previous
-prediction, and the bootstrapped cross-entropy of the hardest 15% pixels
-(the shared `train_step`; the configs set `train.own_predictions=False`).
+Training (`RECIPE`, the default of every training config with
+`model=feelvos`; `recipe=cfbi` trains with CFBI's shared recipe instead) is
+the paper's §4: a reference frame plus two adjacent frames, the previous
+and the current, with the loss on the current frame only; the previous
+frame's ground truth for local matching and as the previous prediction
+(`train.own_predictions=False`); the bootstrapped cross-entropy of the 15%
+hardest pixels from the first step; SGD with momentum 0.9 at lr 0.0007 for
+200k steps of 48 clips (3 per GPU on 16 GPUs); flips, scaling and 465x465
+crops. Where the paper is silent, [ours]: a constant lr, no warm-up, no
+weight decay, no gradient clipping, no clip reversal, and the shared
+recipe's scale range 1.0-1.3 (the paper gives none).
 
 Differences from the paper, all deliberate:
 
@@ -455,6 +462,34 @@ VARIANTS = {
 # There are no official FEELVOS weights in PyTorch to convert; a DeepLab
 # backbone checkpoint (`convert.py --backbone_only`) loads into
 # `feature_extracter` under the DeepLab's names.
+# The paper's training (§4), as changes to the shared recipe (module
+# docstring).
+RECIPE = {
+    # [paper] gradient descent with momentum 0.9, lr 0.0007.
+    'optim.name': 'sgd',
+    'optim.lr': 0.0007,
+    'optim.momentum': 0.9,
+    'optim.nesterov': False,
+    # [ours] the paper names no schedule, warm-up, weight decay or
+    # clipping: a constant lr (poly power 0) and none of the others.
+    'optim.warmup_steps': 0,
+    'optim.power': 0.0,
+    'optim.weight_decay': 0.0,
+    'optim.clip_grad_norm': 0.0,
+    # [paper] a reference frame plus two adjacent frames, the previous and
+    # the current; the loss on the current frame only.
+    'train.num_frames': 1,
+    'data.max_gap': 1,
+    'data.reverse_prob': 0.0,
+    # [paper] bootstrapped cross-entropy of the 15% hardest pixels, from
+    # the first step (no ramp).
+    'train.top_k_percent': 0.15,
+    'train.hard_mining_step': 0,
+    # [paper] 200k steps of 3 videos per GPU on 16 GPUs.
+    'train.steps': 200_000,
+    'train.batch_size': 48,
+}
+
 FAMILY = family_lib.Family(
     name='feelvos',
     module=FEELVOS,
@@ -466,4 +501,5 @@ FAMILY = family_lib.Family(
     training_overrides=lambda model_config: {'global_chunks': 20},  # [ours]
     # [paper FEELVOS §3] the ground-truth previous mask in training.
     own_predictions=False,
+    recipe=RECIPE,
 )
