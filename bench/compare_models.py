@@ -11,21 +11,24 @@ synthetic benchmark.
    DeepLab trained alone on per-frame foreground/background segmentation,
    our stand-in for the papers' ImageNet/COCO pretraining, which no family
    trained); everything after it starts from the seed.
-2. The recipe: `configs/synthetic.py:model=<model>,recipe=<--recipe>`:
-   `paper` (default) trains each family by its paper (`Family.recipe`:
-   FEELVOS's SGD at a constant rate on reference + two adjacent frames
-   with the 15% hardest pixels; VideoMatch's Adam on random frame pairs
-   with its per-object loss; CFBI's and CFBI+'s shared recipe), the
-   papers' learning rates scaled alike; `cfbi` trains all four by CFBI's
-   recipe on this benchmark. Each model keeps its paper's training rule
+2. The recipe (`configs/synthetic.py`): `--recipe own` (default) trains
+   each family by its own default there: FEELVOS and VideoMatch by their
+   papers (`Family.recipe`: FEELVOS's SGD at a constant rate on reference
+   + two adjacent frames with the 15% hardest pixels; VideoMatch's Adam on
+   random frame pairs with its per-object loss; the papers' learning rates
+   x5), CFBI and CFBI+ by CFBI's recipe on this benchmark (`scratch`:
+   AdamW 0.002, the bundled model's). `--recipe paper` gives CFBI and
+   CFBI+ their papers' SGD too (x5: 0.05); `--recipe cfbi` trains all four
+   by `scratch`. Each model keeps its paper's training rule
    (CFBI's own predictions from half-way; FEELVOS and VideoMatch the
    ground truth). Steps, batch (`--batch_size`) and crop (`--crop`) are
    the same for all; N current frames is `--num_frames` unless the
    family's recipe fixes it (FEELVOS: 1).
 3. The budget: the steps are the first of `--budgets` at which CFBI's
    seeds agree within +-`--agree` J&F ((max - min) / 2): CFBI runs at each
-   budget in turn until one does (or the last is reached), and the search
-   is reported. `--steps` skips the search.
+   budget in turn until one does (or the last is reached; a budget whose
+   first seeds already disagree by more is left early), and the search is
+   reported. `--steps` skips the search.
 4. Scoring: `evaluate.py` on the same held-out videos (seed `--test_seed`)
    at one test scale, written to `--out` (`docs/models.md`): J&F mean,
    spread and the paired difference to CFBI (same seed), frames per second
@@ -47,6 +50,13 @@ import synthetic_runs  # pylint: disable=g-import-not-at-top,wrong-import-positi
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# How the table names the recipes of `configs/synthetic.py`.
+RECIPE_NAMES = {
+    'scratch': "CFBI's here (AdamW 0.002)",
+    'sgd': "CFBI's SGD, frozen BN",
+    'paper': "the paper's, lr x5",
+}
 
 # The shared starting point (`bench/pretrain_backbone.py`).
 PRETRAINED = 'runs/pretrained_deeplab'
@@ -102,15 +112,26 @@ def fixes_num_frames(model: str) -> bool:
   return 'train.num_frames' in models.family_of(config.model).recipe
 
 
+def recipe_of(args, model: str) -> str:
+  """The `configs/synthetic.py` recipe a model trains by: its own default
+  (`--recipe own`: `scratch` for CFBI and CFBI+, `paper` for FEELVOS and
+  VideoMatch), or `--recipe` for all (`cfbi` is `scratch`)."""
+  arg = f'model={model}'
+  if args.recipe != 'own':
+    arg += f',recipe={args.recipe}'
+  return synthetic_config.get_config(arg).train.recipe
+
+
 def run_one(args, model: str, seed: int, steps: int) -> dict:
   """Trains and scores one (model, seed) at `steps`; returns its summary."""
-  paper_frames = args.recipe == 'paper' and fixes_num_frames(model)
+  recipe = recipe_of(args, model)
+  paper_frames = recipe == 'paper' and fixes_num_frames(model)
   return synthetic_runs.train_and_score(
       synthetic_runs.Run(
           run_dir=os.path.join(
-              args.workdir, f'{args.recipe}-{steps}', f'{model}-seed{seed}'
+              args.workdir, f'{recipe}-{steps}', f'{model}-seed{seed}'
           ),
-          config_arg=f'model={model},steps={steps},recipe={args.recipe}',
+          config_arg=f'model={model},steps={steps},recipe={recipe}',
           seed=seed,
           backbone_from=args.backbone_from,
           train_data=args.train_data,
@@ -141,6 +162,8 @@ def find_budget(args) -> tuple:
       summary = run_one(args, 'cfbi', seed, steps)
       jf.append(100 * summary['davis']['J&F-Mean'])
       print(f'budget {steps}: cfbi seed {seed}: J&F {jf[-1]:.1f}', flush=True)
+      if spread(jf) > args.agree and steps != args.budgets[-1]:
+        break  # More seeds cannot narrow it: the next budget.
     search.append((steps, jf, spread(jf)))
     if spread(jf) <= args.agree:
       return steps, search
@@ -165,8 +188,13 @@ def report(args, results, search=()) -> str:
       f'Each run trains the tiny variant of a model (`tiny_<model>`, the '
       f'same tiny DeepLab for all) for {args.steps} steps (batch '
       f'{args.batch_size}, crop {args.crop}, N = {args.num_frames} current '
-      'frames unless the recipe fixes N) by the '
-      f'`{args.recipe}` recipe of `configs/synthetic.py` (module docstring '
+      'frames unless the recipe fixes N) by '
+      + (
+          "each model's own default recipe"
+          if args.recipe == 'own'
+          else f'the `{args.recipe}` recipe'
+      )
+      + ' of `configs/synthetic.py` (the recipe column; module docstring '
       'of `bench/compare_models.py`) on the synthetic training set (seed '
       '1, 200 videos), and is scored with the DAVIS J&F on '
       f'{args.test_videos} held-out synthetic videos (seed '
@@ -188,9 +216,9 @@ def report(args, results, search=()) -> str:
       'best of the seeds, as other work on the machine only slows a run. '
       'Parameters: trainable, tiny variant.',
       '',
-      '| model | J&F mean | spread | std | delta to CFBI | per seed | '
-      'J mean | F mean | frames/s | parameters | runs (J&F) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
+      '| model | recipe | J&F mean | spread | std | delta to CFBI | per seed '
+      '| J mean | F mean | frames/s | parameters | runs (J&F) |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for model in args.models:
     runs, jf = results[model], jf_of[model]
@@ -204,7 +232,8 @@ def report(args, results, search=()) -> str:
       per_seed = ', '.join(f'{d:+.1f}' for d in diffs)
     fps = max(synthetic_runs.steady_fps(r) for r in runs)
     lines.append(
-        f'| {PAPERS[model][0]} | {statistics.mean(jf):.1f} | '
+        f'| {PAPERS[model][0]} | {RECIPE_NAMES[recipe_of(args, model)]} | '
+        f'{statistics.mean(jf):.1f} | '
         f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.stdev(jf):.1f} | '
         f'{delta} | {per_seed} | {statistics.mean(j):.1f} | '
         f'{statistics.mean(f):.1f} | {fps:.1f} | {parameters(model):,} | '
@@ -231,7 +260,7 @@ def report(args, results, search=()) -> str:
     copy = first['copy_first_frame']
     lines.append(
         f'| copy the first mask (no model) | '
-        f"{100 * copy['J&F-Mean']:.1f} | | | | | "
+        f"| {100 * copy['J&F-Mean']:.1f} | | | | | "
         f"{100 * copy['J-Mean']:.1f} | {100 * copy['F-Mean']:.1f} "
         '| | | |'
     )
@@ -286,7 +315,9 @@ def main():
       '--budgets', nargs='+', type=int, default=[500, 1000, 2000]
   )
   parser.add_argument('--agree', type=float, default=3.0)
-  parser.add_argument('--recipe', default='paper', choices=['paper', 'cfbi'])
+  parser.add_argument(
+      '--recipe', default='own', choices=['own', 'paper', 'cfbi']
+  )
   parser.add_argument('--crop', type=int, default=65)
   parser.add_argument('--num_frames', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=2)

@@ -182,6 +182,8 @@ def get_config(arg=None):
   # The default: the family's paper recipe where it has one of its own
   # (FEELVOS, VideoMatch), else CFBI's recipe here (`scratch`).
   recipe = args.recipe or ('paper' if _own_recipe(config) else 'scratch')
+  if recipe == 'cfbi':
+    recipe = 'scratch'
   config.train.recipe = recipe
   steps = RECIPES[recipe](config)
   common.set_steps(config, args.steps or steps)

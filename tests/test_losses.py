@@ -87,3 +87,76 @@ def test_padded_slots_do_not_change_the_loss():
       jnp.asarray(padded), jnp.asarray(labels), 10
   )
   np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def np_object_bce(z, labels, obj_valid, ignore=255):
+  """Naive per-pixel mean over valid objects k >= 1 of the binary CE."""
+  b, h, w, s = z.shape
+  out = np.zeros((b, h, w))
+  for n in range(b):
+    objects = [k for k in range(1, s) if obj_valid[n, k]]
+    for i in range(h):
+      for j in range(w):
+        if labels[n, i, j] == ignore or not objects:
+          continue
+        terms = []
+        for k in objects:
+          p = 1.0 / (1.0 + np.exp(-float(z[n, i, j, k])))
+          terms.append(-np.log(p if labels[n, i, j] == k else 1.0 - p))
+        out[n, i, j] = np.mean(terms)
+  return out
+
+
+def test_object_binary_cross_entropy_against_numpy():
+  rng = np.random.default_rng(0)
+  z = rng.normal(scale=3.0, size=(2, 5, 6, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, size=(2, 5, 6))
+  labels[0, 0, :3] = 255
+  obj_valid = np.array([[True, True, True, False], [True, True, True, True]])
+  labels[0][labels[0] == 3] = 0  # An invalid slot holds no pixel.
+  got = losses.object_binary_cross_entropy(
+      jnp.asarray(z), jnp.asarray(labels), jnp.asarray(obj_valid)
+  )
+  np.testing.assert_allclose(
+      got, np_object_bce(z, labels, obj_valid), rtol=1e-5, atol=1e-6
+  )
+  # A sample without a valid object adds nothing.
+  none = losses.object_binary_cross_entropy(
+      jnp.asarray(z[:1]),
+      jnp.asarray(labels[:1]),
+      jnp.asarray([[True] + [False] * 3]),
+  )
+  np.testing.assert_array_equal(none, 0.0)
+
+
+def test_object_loss_has_no_floor_and_no_dead_gradient():
+  """VideoMatch's loss: 0 for perfect scores (z = +-w (1 - (-1)) = +-20 at
+  w = 10, cosines at their ends) and a gradient of about 1 per pixel for
+  scores that are as wrong as they can be, where the fused-logit
+  cross-entropy of inference had a floor of ln 1.4 and no gradient."""
+  labels = np.zeros((1, 4, 4), np.int32)
+  labels[0, :2] = 1
+  obj_valid = jnp.asarray([[True, True]])
+  sign = np.where(labels[..., None] == np.arange(2), 1.0, -1.0)
+  perfect = jnp.asarray(20.0 * sign, jnp.float32)
+
+  def mean_loss(z):
+    return jnp.mean(
+        losses.object_binary_cross_entropy(z, jnp.asarray(labels), obj_valid)
+    )
+
+  assert float(mean_loss(perfect)) < 1e-8
+  grad = np.asarray(jax.grad(mean_loss)(-perfect))[..., 1]
+  assert float(mean_loss(-perfect)) > 19.0
+  # d loss / d z_1 = -+(1 - sigmoid(-+20)) / 16 pixels: about 1/16 each,
+  # pointing every score the right way.
+  np.testing.assert_allclose(np.abs(grad), 1.0 / 16, rtol=1e-6)
+  assert np.all(np.sign(grad) == -sign[..., 1])
+  # The fused logits (log 0.4 vs log max(p, 1e-6)) of the same perfect
+  # scores keep ln 1.4 on every foreground pixel.
+  p = jax.nn.sigmoid(perfect[..., 1])
+  fused = jnp.stack(
+      [jnp.full_like(p, np.log(0.4)), jnp.log(jnp.maximum(p, 1e-6))], -1
+  )
+  fg_ce = np.asarray(losses.pixel_cross_entropy(fused, jnp.asarray(labels)))
+  assert np.all(fg_ce[0, :2] > np.log(1.4) - 1e-6)

@@ -152,6 +152,34 @@ def test_sample_frame_indices_eager_equal_mapped_and_rules():
     assert set(short['reference'].numpy()) <= {0, 1}
 
 
+def test_pair_sampling_draws_every_frame_uniformly():
+  """`pairs` (VideoMatch's training pairs): each sampled frame is uniform
+  over the video, independent of the others: over 200 draws of 4 frames
+  from 10, every frame index appears, gaps are not bounded by `max_gap`,
+  and about 1/10 of the neighbours coincide."""
+  seqs = np.stack(
+      [
+          preprocess.sample_frame_indices(
+              tf.constant(seed_of(k)),
+              tf.constant(10),
+              num_frames=3,
+              max_gap=1,
+              reverse_prob=0.0,
+              reference_tries=2,
+              pairs=True,
+          )['sequence'].numpy()
+          for k in range(200)
+      ]
+  )
+  assert seqs.shape == (200, 4)
+  assert set(seqs.ravel()) == set(range(10))
+  counts = np.bincount(seqs.ravel(), minlength=10)
+  assert counts.min() > 40 and counts.max() < 120  # 80 expected each.
+  steps = np.abs(np.diff(seqs, axis=1))
+  assert steps.max() >= 5
+  assert 0.04 < np.mean(steps == 0) < 0.2
+
+
 def test_random_scale_size_and_alignment():
   # Label stripes that alternate every pixel row would alias; blocks of 6
   # pixels survive nearest resizing, and uniform frames stay exact.

@@ -76,6 +76,7 @@ def test_recipes():
       'optim.total_steps',
       'train.hard_mining_step',
       'train.own_predictions_from_step',
+      'train.recipe',
   }
   assert (scratch.model.backbone_norm, scratch.optim.name) == (
       'group_norm',
@@ -85,6 +86,18 @@ def test_recipes():
   assert scratch.init.zero_attention_gates and not sgd.init.zero_attention_gates
   short = synthetic.get_config('steps=100')
   assert (short.train.steps, short.train.own_predictions_from_step) == (100, 51)
+  # CFBI's paper recipe here is the shared one, SGD at `sgd`'s lr, on a
+  # GroupNorm DeepLab with random gates; `cfbi` is `scratch`.
+  paper = synthetic.get_config('recipe=paper')
+  assert _diff(sgd, paper) == {
+      'model.backbone_norm',
+      'train.steps',
+      'optim.total_steps',
+      'train.hard_mining_step',
+      'train.own_predictions_from_step',
+      'train.recipe',
+  }
+  assert _diff(scratch, synthetic.get_config('recipe=cfbi')) == set()
   with pytest.raises(ValueError, match='recipe'):
     synthetic.get_config('recipe=adam')
   with pytest.raises(ValueError, match='ablation'):
@@ -154,8 +167,9 @@ def test_ablation_table_reports_paired_deltas():
 
 
 def test_model_argument_builds_each_family():
-  """`model=` swaps the model block (its tiny variant) and, for FEELVOS and
-  VideoMatch, turns sequential training off; nothing else changes."""
+  """`model=` swaps the model block (its tiny variant); with `recipe=cfbi`
+  only FEELVOS's and VideoMatch's training rule changes (no sequential
+  training); by default they take their paper recipes, scaled."""
   default = synthetic.get_config()
   assert default.model.variant == 'tiny_cfbi'
   for model, variant in (
@@ -164,7 +178,7 @@ def test_model_argument_builds_each_family():
       ('feelvos', 'tiny_feelvos'),
       ('videomatch', 'tiny_videomatch'),
   ):
-    config = synthetic.get_config(f'model={model}')
+    config = synthetic.get_config(f'model={model},recipe=cfbi')
     assert config.model.variant == variant
     assert config.model.backbone_norm == 'group_norm'  # The recipe's.
     changed = {
@@ -174,6 +188,74 @@ def test_model_argument_builds_each_family():
     assert changed == (set() if sequential else {'train.own_predictions'})
     assert config.train.own_predictions == sequential
     models.build(config.model, rngs=nnx.Rngs(0))
+    own = synthetic.get_config(f'model={model}')
+    assert own.train.recipe == ('scratch' if sequential else 'paper')
+  feelvos = synthetic.get_config('model=feelvos')
+  # The paper's 0.0007 x 5, constant, N = 1 adjacent frame, 15% from the
+  # start; this benchmark's batch and steps.
+  assert (feelvos.optim.name, feelvos.optim.lr, feelvos.optim.power) == (
+      'sgd',
+      pytest.approx(0.0035),
+      0.0,
+  )
+  assert (feelvos.train.num_frames, feelvos.data.max_gap) == (1, 1)
+  assert (feelvos.train.hard_mining_step, feelvos.train.top_k_percent) == (
+      0,
+      0.15,
+  )
+  assert (feelvos.train.batch_size, feelvos.train.steps) == (2, 3700)
+  short = synthetic.get_config('model=feelvos,steps=100')
+  assert short.train.hard_mining_step == 0  # No ramp, at any length.
+  videomatch = synthetic.get_config('model=videomatch')
+  assert (videomatch.optim.name, videomatch.optim.lr) == (
+      'adam',
+      pytest.approx(5e-5),
+  )
+  assert videomatch.data.frame_sampling == 'pairs'
+  assert tuple(videomatch.data.scale_range) == (0.5, 1.5)
+
+
+def test_paper_recipes_in_the_training_configs():
+  """FEELVOS §4 and VideoMatch §4.1 as written in the papers (values typed
+  here from the paper text), applied over every stage's values; `recipe=
+  cfbi` is the shared recipe; CFBI's paper recipe is the shared one."""
+  from configs import davis  # pylint: disable=g-import-not-at-top
+  from configs import davis_ytvos  # pylint: disable=g-import-not-at-top
+  from configs import ytvos  # pylint: disable=g-import-not-at-top
+
+  for stage in (ytvos, davis, davis_ytvos):
+    feelvos = stage.get_config('model=feelvos')
+    assert feelvos.train.recipe == 'paper'
+    assert (feelvos.optim.name, feelvos.optim.lr) == ('sgd', 0.0007)
+    assert (feelvos.optim.momentum, feelvos.optim.nesterov) == (0.9, False)
+    assert (feelvos.train.steps, feelvos.optim.total_steps) == (200_000,) * 2
+    assert feelvos.train.batch_size == 3 * 16
+    assert (feelvos.train.num_frames, feelvos.data.max_gap) == (1, 1)
+    assert feelvos.train.top_k_percent == 0.15
+    assert feelvos.train.hard_mining_step == 0
+    assert not feelvos.train.own_predictions
+    videomatch = stage.get_config('model=videomatch')
+    assert (videomatch.optim.name, videomatch.optim.lr) == ('adam', 1e-5)
+    assert videomatch.optim.weight_decay == 5e-4
+    assert tuple(videomatch.data.scale_range) == (0.5, 1.5)
+    assert videomatch.data.frame_sampling == 'pairs'
+    assert videomatch.train.top_k_percent == 1.0
+    cfbi = stage.get_config('model=cfbi')
+    for model in ('cfbi', 'feelvos', 'videomatch'):
+      shared = stage.get_config(f'model={model},recipe=cfbi')
+      assert shared.train.recipe == 'cfbi'
+      changed = {
+          k
+          for k in _diff_any(cfbi, shared)
+          if not k.startswith('model.') and k != 'train.recipe'
+      }
+      assert changed <= {'train.own_predictions', 'train.remat'}, model
+    assert _diff_any(cfbi, stage.get_config('model=cfbi,recipe=paper')) == set()
+  smoke = ytvos.get_config('model=feelvos,runlocal')
+  assert (smoke.train.steps, smoke.train.batch_size) == (20, 2)
+  assert smoke.optim.lr == 0.0007
+  with pytest.raises(ValueError, match='recipe must be one of'):
+    ytvos.get_config('model=feelvos,recipe=adam')
 
 
 def _diff_any(a, b):
@@ -245,6 +327,9 @@ def test_model_comparison_reports_paired_deltas():
       test_seed=3,
       test_scale=1.5,
       backbone_from='',
+      recipe='own',
+      budgets=[200, 400],
+      agree=3.0,
   )
   results = {
       'cfbi': [summary(50, [(5, 9), (10, 1)]), summary(20, [(5, 9), (10, 1)])],
@@ -253,11 +338,16 @@ def test_model_comparison_reports_paired_deltas():
           summary(26, [(5, 50), (20, 4), (20, 6)]),
       ],
   }
-  report = compare.report(args, results)
+  # The budget search: 200 steps disagreed (+-4.5), 400 agreed (+-1.5).
+  search = [(200, [41.0, 50.0], 4.5), (400, [50.0, 47.0], 1.5)]
+  report = compare.report(args, results, search)
+  assert '| 200 | 41.0, 50.0 | ±4.5 |' in report
+  assert '| 400 | 50.0, 47.0 | ±1.5 |' in report
   row = next(
       line for line in report.splitlines() if line.startswith('| FEELVOS')
   )
   cells = [c.strip() for c in row.split('|')[2:-1]]
+  assert cells.pop(0) == "the paper's, lr x5"  # FEELVOS's own recipe.
   assert cells[:8] == [
       '33.0',
       '±7.0',

@@ -366,3 +366,41 @@ def test_bfloat16_step_sums_no_gradient_in_bfloat16(variant):
       )
   )(jnp.zeros((8,))).jaxpr
   assert max(n for _, n in _reduced_precision_sums(probe, [])) == 64
+
+
+def test_adam_adds_weight_decay_to_the_gradient():
+  """`optim.name='adam'` (VideoMatch's recipe): L2 weight decay, i.e. Adam
+  of g + wd * p, hand-computed for two steps at a constant rate; 'adamw'
+  decays after the Adam scaling instead, so the two differ."""
+  params = {'w': jnp.asarray([1.0, -2.0, 0.5])}
+  grads = [jnp.asarray([0.3, 0.7, -0.2]), jnp.asarray([-0.1, 0.4, 0.2])]
+  lr, wd, b1, b2 = 0.1, 0.05, 0.9, 0.999
+  config = optim_config(
+      name='adam',
+      lr=lr,
+      warmup_steps=0,
+      power=0.0,
+      weight_decay=wd,
+      clip_grad_norm=0.0,
+      momentum=b1,
+      adam_b2=b2,
+  )
+  tx = optimizer.make_optimizer(config, params)
+  state, p = tx.init(params), params
+  w = np.asarray(params['w'], np.float64)
+  m = v = np.zeros(3)
+  for t, g in enumerate(grads, start=1):
+    updates, state = tx.update({'w': g}, state, p)
+    p = {'w': p['w'] + updates['w']}
+    full = np.asarray(g, np.float64) + wd * w
+    m = b1 * m + (1 - b1) * full
+    v = b2 * v + (1 - b2) * full**2
+    w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
+  np.testing.assert_allclose(p['w'], w, rtol=1e-5)
+  config.name = 'adamw'
+  tx = optimizer.make_optimizer(config, params)
+  state, q = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update({'w': g}, state, q)
+    q = {'w': q['w'] + updates['w']}
+  assert not np.allclose(q['w'], w, rtol=1e-3)

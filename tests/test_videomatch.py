@@ -5,6 +5,7 @@ the fusion rule of §3.4, the online-update sets of §3.3 and the
 fixed-capacity buffer they are written to.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -229,3 +230,68 @@ def test_online_update_reaches_the_matching():
   )
   _, trained = segment(moved, training=True)
   np.testing.assert_allclose(trained['bg_score'], before['bg_score'], atol=1e-6)
+
+
+def test_blocked_top_k_is_exact():
+  """`set_top_k_mean` with blocks equals the plain top K of every set, with
+  ties, an empty set, a set smaller than K and rows that do not fill the
+  last block."""
+  rng = np.random.default_rng(1)
+  sim = np.round(rng.uniform(-1, 1, size=(9, 1003)), 1).astype(np.float32)
+  member = rng.random((4, 1003)) < 0.5
+  member[1] = False  # Empty.
+  member[2] = False
+  member[2, [3, 500, 1002]] = True  # Three members, K = 20.
+  member[3] = rng.random(1003) < 0.05
+  want = np.stack(
+      [
+          [np_top_k_mean(sim[q][member[s]], 20) for q in range(9)]
+          for s in range(4)
+      ]
+  )
+  for block in (0, 8, 12):
+    got = videomatch.set_top_k_mean(
+        jnp.asarray(sim), jnp.asarray(member), 20, block
+    )
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_training_scores_each_object_against_its_background():
+  """In training, `segment` gives z_k = w (S_F - S_B) as object logits, and
+  the frame loss is their per-object cross-entropy (not the fused
+  logits'); inference gives none."""
+  from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
+
+  model = models.build(models.model_config('tiny_videomatch'), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(5)
+  images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
+  emb, _ = model.embed(images)
+  labels = np.zeros((1, 33, 41), np.int32)
+  labels[0, 8:16, 10:18] = 1
+  labels[0, 20:30, 25:35] = 2
+  state = vos.start_state(model, emb, jnp.asarray(labels), 1, 3)
+  obj_valid = jnp.asarray([[True, True, True]])
+  out = model.segment(state, emb, obj_valid, training=True)
+  w = float(model.softmax_weight[...])
+  want = w * (np.asarray(out.aux['fg_score']) - np.asarray(out.aux['bg_score']))
+  np.testing.assert_allclose(
+      out.object_logits, np.moveaxis(want, 1, -1), rtol=1e-5, atol=1e-5
+  )
+  assert model.segment(state, emb, obj_valid).object_logits is None
+  up = vos.frame_segmentation(
+      model, state, emb, obj_valid, (33, 41), training=True
+  )
+  loss = vos.frame_loss(up, jnp.asarray(labels), obj_valid, 33 * 41)
+  np.testing.assert_allclose(
+      loss,
+      np.mean(
+          losses.object_binary_cross_entropy(
+              up.object_logits, jnp.asarray(labels), obj_valid
+          ),
+          axis=(1, 2),
+      ),
+      rtol=1e-6,
+  )
+  assert not np.allclose(
+      loss, losses.bootstrapped_cross_entropy(up.logits, labels, 33 * 41)
+  )
