@@ -196,7 +196,9 @@ def training_config(
   config.data = data_config.default_data_config()  # provenance there
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100_000  # [paper] CFBI+ §4 (YouTube-VOS)
-  config.train.batch_size = 8  # [paper] CFBI+ §4; ECCV CFBI: 4
+  # [paper] 8 clips in all: CFBI §4.1 4 per GPU on 2 GPUs, CFBI+ §4 8 on
+  # 4 GPUs (2 per GPU); global here, split over the devices.
+  config.train.batch_size = 8
   config.train.num_frames = 3  # [paper] N current frames per clip
   config.train.top_k_percent = 0.15  # [paper] bootstrapped CE
   config.train.hard_mining_step = 50_000  # [official] steps / 2

@@ -5,11 +5,13 @@ r"""Training on DAVIS 2017 train only (CFBI, CFBI+, FEELVOS or VideoMatch).
 
 `--config.data.root` is the folder holding `ImageSets/2017/train.txt`.
 Arguments: `model=cfbi|cfbip|feelvos|videomatch`,
-`backbone=resnet|mobilenet`, `runlocal`.
+`backbone=resnet|mobilenet`, `recipe=paper|cfbi`, `runlocal`.
 
 Stage values: lr 0.006, 50k steps, global batch 6, N = 3: the DAVIS-only
-setting of CFBI+ §4 [paper] (the ECCV CFBI paper used batch 3 with the same
-lr and steps; `--config.train.batch_size=3` for that). Everything else is
+setting of both papers [paper] (CFBI §4.1: 3 clips per GPU on 2 GPUs; CFBI+
+§4: 6 clips on 2 GPUs, the same 3 per GPU). FEELVOS and VideoMatch take
+their papers' recipes over these values (`recipe=cfbi` keeps them;
+`configs/common.py::apply_recipe`). Everything else is
 the shared recipe of `configs/common.py::training_config` (provenance
 noted there), with the ramps (hard mining, own predictions) ending at half
 the steps as in the main stage.

@@ -8,7 +8,8 @@ r"""Fine-tuning on DAVIS 2017 and YouTube-VOS mixed 1:2, N = 5 frames.
 The stage that gives the papers' DAVIS numbers: start from the YouTube-VOS
 model (`init.cfbi_checkpoint`, or resume a workdir) and train on both
 datasets. Arguments: `model=cfbi|cfbip|feelvos|videomatch`,
-`backbone=resnet|mobilenet`, `runlocal`.
+`backbone=resnet|mobilenet`, `recipe=paper|cfbi` (FEELVOS and VideoMatch
+take their papers' recipes over the stage values by default), `runlocal`.
 
 Stage values (beyond `configs/common.py::training_config`):
 * the 'mixed' source: YouTube-VOS at `data.root` plus DAVIS at

@@ -5,7 +5,10 @@ or VideoMatch.
         --config.data.root=youtube-vos --workdir=runs/cfbi_ytvos
 
 Arguments after the colon: `model=cfbi|cfbip|feelvos|videomatch`,
-`backbone=resnet|mobilenet` and `runlocal`
+`backbone=resnet|mobilenet`, `recipe=paper|cfbi` (default `paper`: each
+family trains by its paper, `Family.recipe`, FEELVOS's and VideoMatch's
+over the values below; `cfbi`: CFBI's shared recipe for any family) and
+`runlocal`
 (a tiny model, crop 65, batch 2, 20 steps: a smoke run on any machine);
 the older `variant=cfbi|cfbip|mobilenet` still works.
 `--config.data.root` is the folder holding `train/meta.json`.
