@@ -36,13 +36,15 @@ synthetic benchmark.
 
 Runs go through `bench/synthetic_runs.py` (the two entry points as
 subprocesses; finished runs are reused, so an interrupted comparison
-resumes, across sessions too).
+resumes, across sessions too). `--report_only` writes the page from the
+runs finished so far (unfinished ones marked) and trains nothing.
 """
 
 import argparse
 import os
 import statistics
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,15 +124,22 @@ def recipe_of(args, model: str) -> str:
   return synthetic_config.get_config(arg).train.recipe
 
 
-def run_one(args, model: str, seed: int, steps: int) -> dict:
-  """Trains and scores one (model, seed) at `steps`; returns its summary."""
+def run_one(args, model: str, seed: int, steps: int) -> Optional[dict]:
+  """Trains and scores one (model, seed) at `steps`; returns its summary
+  (with `--report_only`, None for a run not finished yet)."""
   recipe = recipe_of(args, model)
   paper_frames = recipe == 'paper' and fixes_num_frames(model)
+  run_dir = os.path.join(
+      args.workdir, f'{recipe}-{steps}', f'{model}-seed{seed}'
+  )
+  summary_path = os.path.join(
+      run_dir, f'eval-scale{args.test_scale:g}', 'summary.json'
+  )
+  if args.report_only and not os.path.exists(summary_path):
+    return None
   return synthetic_runs.train_and_score(
       synthetic_runs.Run(
-          run_dir=os.path.join(
-              args.workdir, f'{recipe}-{steps}', f'{model}-seed{seed}'
-          ),
+          run_dir=run_dir,
           config_arg=f'model={model},steps={steps},recipe={recipe}',
           seed=seed,
           backbone_from=args.backbone_from,
@@ -160,6 +169,9 @@ def find_budget(args) -> tuple:
     jf = []
     for seed in args.seeds:
       summary = run_one(args, 'cfbi', seed, steps)
+      if summary is None:  # --report_only: the search stops here.
+        search.append((steps, jf, spread(jf) if jf else 0.0))
+        return None, search
       jf.append(100 * summary['davis']['J&F-Mean'])
       print(f'budget {steps}: cfbi seed {seed}: J&F {jf[-1]:.1f}', flush=True)
       if spread(jf) > args.agree and steps != args.budgets[-1]:
@@ -173,8 +185,9 @@ def find_budget(args) -> tuple:
 def report(args, results, search=()) -> str:
   """The Markdown page: one row per model, J&F in percent, and the budget
   search (`find_budget`)."""
+  # Runs are per seed, None where not finished (`--report_only`).
   jf_of = {
-      m: [100 * r['davis']['J&F-Mean'] for r in runs]
+      m: [None if r is None else 100 * r['davis']['J&F-Mean'] for r in runs]
       for m, runs in results.items()
   }
   base = jf_of.get('cfbi')
@@ -186,7 +199,9 @@ def report(args, results, search=()) -> str:
       + '`.',
       '',
       f'Each run trains the tiny variant of a model (`tiny_<model>`, the '
-      f'same tiny DeepLab for all) for {args.steps} steps (batch '
+      'same tiny DeepLab for all) for '
+      + (f'{args.steps} steps' if args.steps else 'the budget below')
+      + f' (batch '
       f'{args.batch_size}, crop {args.crop}, N = {args.num_frames} current '
       'frames unless the recipe fixes N) by '
       + (
@@ -221,23 +236,37 @@ def report(args, results, search=()) -> str:
       '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for model in args.models:
-    runs, jf = results[model], jf_of[model]
+    recipe = RECIPE_NAMES[recipe_of(args, model)]
+    runs = [r for r in results.get(model, []) if r is not None]
+    jf = [v for v in jf_of.get(model, []) if v is not None]
+    if not runs:
+      lines.append(
+          f'| {PAPERS[model][0]} | {recipe} | not run yet |' + ' |' * 9
+      )
+      continue
     j = [100 * r['davis']['J-Mean'] for r in runs]
     f = [100 * r['davis']['F-Mean'] for r in runs]
-    if base is None or model == 'cfbi':
+    diffs = [
+        a - b
+        for a, b in zip(jf_of[model], base or [])
+        if a is not None and b is not None
+    ]
+    if model == 'cfbi' or not diffs:
       delta, per_seed = '', ''
     else:
-      diffs = [a - b for a, b in zip(jf, base)]
       delta = f'{statistics.mean(diffs):+.1f}'
       per_seed = ', '.join(f'{d:+.1f}' for d in diffs)
     fps = max(synthetic_runs.steady_fps(r) for r in runs)
+    several = len(jf) > 1
     lines.append(
-        f'| {PAPERS[model][0]} | {RECIPE_NAMES[recipe_of(args, model)]} | '
+        f'| {PAPERS[model][0]} | {recipe} | '
         f'{statistics.mean(jf):.1f} | '
-        f'±{(max(jf) - min(jf)) / 2:.1f} | {statistics.stdev(jf):.1f} | '
-        f'{delta} | {per_seed} | {statistics.mean(j):.1f} | '
+        + (f'±{spread(jf):.1f}' if several else '')
+        + ' | '
+        + (f'{statistics.stdev(jf):.1f}' if several else '')
+        + f' | {delta} | {per_seed} | {statistics.mean(j):.1f} | '
         f'{statistics.mean(f):.1f} | {fps:.1f} | {parameters(model):,} | '
-        + ', '.join(f'{v:.1f}' for v in jf)
+        + ', '.join('–' if v is None else f'{v:.1f}' for v in jf_of[model])
         + ' |'
     )
   if search:
@@ -245,17 +274,23 @@ def report(args, results, search=()) -> str:
         '',
         f'The budget: the first of {", ".join(map(str, args.budgets))} steps '
         f"at which CFBI's seeds agree within ±{args.agree:g} J&F "
-        '(spread = (max - min) / 2), searched in that order:',
+        '(spread = (max - min) / 2), searched in that order; a budget '
+        'whose first seeds already disagree by more is left without its '
+        'other seeds:',
         '',
         '| steps | CFBI J&F per seed | spread |',
         '|---|---|---|',
     ]
     for steps, jf, width in search:
       lines.append(
-          f'| {steps} | {", ".join(f"{v:.1f}" for v in jf)} | ±{width:.1f} |'
+          f'| {steps} | {", ".join(f"{v:.1f}" for v in jf) or "running"} | '
+          + (f'±{width:.1f}' if len(jf) > 1 else '')
+          + ' |'
       )
     lines.append('')
-  first = results[args.models[0]][0]
+  first = next(
+      (r for runs in results.values() for r in runs if r is not None), {}
+  )
   if 'copy_first_frame' in first:
     copy = first['copy_first_frame']
     lines.append(
@@ -266,7 +301,10 @@ def report(args, results, search=()) -> str:
     )
   minutes = (
       sum(
-          r.get('train_seconds', 0.0) for runs in results.values() for r in runs
+          r.get('train_seconds', 0.0)
+          for runs in results.values()
+          for r in runs
+          if r is not None
       )
       / 60
   )
@@ -337,10 +375,19 @@ def main():
   parser.add_argument('--train_data', default='runs/synthetic_data')
   parser.add_argument('--test_data', default='runs/synthetic_ablation_test')
   parser.add_argument('--out', default='docs/models.md')
+  parser.add_argument(
+      '--report_only',
+      action='store_true',
+      help='write the report of the runs finished so far; train nothing',
+  )
   args = parser.parse_args()
   if len(args.seeds) < 2:
     parser.error('give at least two seeds: the table reports a spread')
-  if args.backbone_from == PRETRAINED and not os.path.isdir(PRETRAINED):
+  if (
+      args.backbone_from == PRETRAINED
+      and not os.path.isdir(PRETRAINED)
+      and not args.report_only
+  ):
     synthetic_runs.run_command(
         [sys.executable, 'bench/pretrain_backbone.py', f'--out={PRETRAINED}'],
         PRETRAINED + '.log',
@@ -348,11 +395,16 @@ def main():
   search = ()
   if not args.steps:
     args.steps, search = find_budget(args)
+  if args.steps is None:  # --report_only before the search ended.
+    synthetic_runs.write_report(args.out, report(args, {}, search))
+    return
   results = {}
   for seed in args.seeds:  # Seed-major: early rows are paired.
     for model in args.models:
       summary = run_one(args, model, seed, args.steps)
       results.setdefault(model, []).append(summary)
+      if summary is None:
+        continue
       print(
           f'{model:11s} seed {seed}: J&F '
           f"{100 * summary['davis']['J&F-Mean']:.1f}, "
