@@ -41,6 +41,7 @@ runs finished so far (unfinished ones marked) and trains nothing.
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -269,6 +270,21 @@ def report(args, results, search=()) -> str:
         + ', '.join('–' if v is None else f'{v:.1f}' for v in jf_of[model])
         + ' |'
     )
+  pretrain = os.path.join(args.backbone_from or '', 'pretrain.json')
+  if args.backbone_from and os.path.exists(pretrain):
+    with open(pretrain) as f:
+      record = json.load(f)
+    iou = record['held_out_foreground_iou']
+    lines += [
+        '',
+        f'The shared DeepLab (`{args.backbone_from}`, '
+        '`bench/pretrain_backbone.py`): the tiny GroupNorm DeepLab trained '
+        f"alone for {record['settings']['steps']} steps on per-frame "
+        'foreground/background segmentation of synthetic training frames; '
+        f"held-out foreground IoU {iou['before']:.3f} before, "
+        f"{iou['after']:.3f} after ({record['held_out_frames']} frames of "
+        'videos it did not train on).',
+    ]
   if search:
     lines += [
         '',

@@ -11,6 +11,10 @@
 #   bench/gpu_suite.sh --eval     # evaluation throughput: CFBI R101 (random
 #                                 # weights) at 480p, video_batch 1 2 4
 #                                 # (bench/eval_throughput.py)
+#   bench/gpu_suite.sh --families # per-frame time of FEELVOS and VideoMatch
+#                                 # R101 at 480p, VideoMatch's blocked top K
+#                                 # against the plain one
+#                                 # (bench/family_speed.py)
 #   extra arguments go to bench/gpu_suite.py (--models, --settings, --trace)
 #
 # Carried along in git-ignored folders of the checkout (device tool `carry`):
@@ -47,6 +51,11 @@ if [ "${1:-}" = "--eval" ]; then
   shift
   EVAL=1
 fi
+FAMILIES=""
+if [ "${1:-}" = "--families" ]; then
+  shift
+  FAMILIES=1
+fi
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -66,6 +75,16 @@ if [ -n "$EVAL" ]; then
       --devices 1 --video_batch 1 2 4 --out "$OUT/eval_throughput.md" "$@" \
       2>&1 | tee "$OUT/eval_throughput.log" | grep -v '^I0000' >&2
   el "eval rc=$?"
+  exit 0
+fi
+
+if [ -n "$FAMILIES" ]; then
+  el "families: FEELVOS and VideoMatch R101 per frame at 480p"
+  timeout 420 "$PY" bench/family_speed.py --models feelvos_resnet101 \
+      videomatch_resnet101 --size 480 854 --objects 2 --frames 12 \
+      --override videomatch_resnet101:top_k_block=0 "$@" \
+      2>&1 | tee "$OUT/family_speed.log" | grep -v '^I0000' >&2
+  el "families rc=$?"
   exit 0
 fi
 

@@ -46,7 +46,8 @@ def test_loops_and_flops_of_a_hand_made_function():
         def inner(row):
           with jax.named_scope('local_matching'):
             y = conv(x + row.sum(), w)  # 2 * 64 * 6 * 36
-            return jnp.sort(y.ravel())[0] + jnp.zeros(3).at[1].set(1.0)[1]
+            top = jax.lax.top_k(y.reshape(8, 48), 5)[0].sum()  # 384 values
+            return jnp.sort(y.ravel())[0] + jnp.zeros(3).at[1].set(1.0)[1] + top
 
         return carry, jax.lax.map(inner, carry[:3])
 
@@ -61,6 +62,7 @@ def test_loops_and_flops_of_a_hand_made_function():
   ]
   assert cost['unknown_loops'] == 0
   assert cost['sorts'] == 21 and cost['scatters'] == 21
+  assert cost['top_k'] == 21 and cost['top_k_values'] == 21 * 8 * 48
   gflop = cost['gflop']
   assert gflop['embed'] * 1e9 == pytest.approx(2 * 5 * 4 * 6)
   assert gflop['global_matching'] * 1e9 == pytest.approx(
