@@ -270,6 +270,17 @@ def report(args, results, search=()) -> str:
         + ', '.join('–' if v is None else f'{v:.1f}' for v in jf_of[model])
         + ' |'
     )
+  first = next(
+      (r for runs in results.values() for r in runs if r is not None), {}
+  )
+  if 'copy_first_frame' in first:
+    copy = first['copy_first_frame']
+    lines.append(
+        f'| copy the first mask (no model) | '
+        f"| {100 * copy['J&F-Mean']:.1f} | | | | | "
+        f"{100 * copy['J-Mean']:.1f} | {100 * copy['F-Mean']:.1f} "
+        '| | | |'
+    )
   pretrain = os.path.join(args.backbone_from or '', 'pretrain.json')
   if args.backbone_from and os.path.exists(pretrain):
     with open(pretrain) as f:
@@ -303,18 +314,6 @@ def report(args, results, search=()) -> str:
           + (f'±{width:.1f}' if len(jf) > 1 else '')
           + ' |'
       )
-    lines.append('')
-  first = next(
-      (r for runs in results.values() for r in runs if r is not None), {}
-  )
-  if 'copy_first_frame' in first:
-    copy = first['copy_first_frame']
-    lines.append(
-        f'| copy the first mask (no model) | '
-        f"| {100 * copy['J&F-Mean']:.1f} | | | | | "
-        f"{100 * copy['J-Mean']:.1f} | {100 * copy['F-Mean']:.1f} "
-        '| | | |'
-    )
   minutes = (
       sum(
           r.get('train_seconds', 0.0)
@@ -343,7 +342,7 @@ def report(args, results, search=()) -> str:
       '81.7, 80.9). Their numbers come from ResNet-101 / Xception-65 '
       'DeepLabs pretrained on ImageNet and COCO and trained for thousands '
       'to 200k steps on DAVIS and YouTube-VOS; this table is a tiny model, '
-      'a few hundred steps and synthetic videos, so only the ordering, not '
+      f'{args.steps} steps and synthetic videos, so only the ordering, not '
       'the scale, can be set beside theirs.',
       '',
   ]
