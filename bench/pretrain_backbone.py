@@ -110,9 +110,11 @@ def pretrain(args) -> dict:
   import optax
   from flax import nnx
 
+  from cfbi_jax import atomic_files
   from cfbi_jax import backend
   from cfbi_jax import checkpoint
   from cfbi_jax import layers
+  from cfbi_jax import models
   from cfbi_jax import optimizer
   from cfbi_jax import synthetic
   from cfbi_jax import vos
@@ -165,7 +167,7 @@ def pretrain(args) -> dict:
         )
       return out  # one [B, H, W] logit map per head
 
-  model = models_build(model_config, args.seed)
+  model = models.build(model_config, rngs=nnx.Rngs(args.seed))
   net = Pretraining(model.feature_extracter, nnx.Rngs(args.seed + 1))
   optim = common.optim_config(args.steps)
   optim.name = 'adamw'
@@ -246,8 +248,6 @@ def pretrain(args) -> dict:
   }
   arrays = checkpoint.flat_state(model)
   checkpoint.save_model(args.out, model_config, arrays)
-  from cfbi_jax import atomic_files  # pylint: disable=g-import-not-at-top
-
   atomic_files.write_json(
       os.path.join(args.out, 'pretrain.json'), record, indent=2
   )
@@ -257,14 +257,6 @@ def pretrain(args) -> dict:
       f'wrote {args.out}'
   )
   return record
-
-
-def models_build(model_config, seed):
-  """The tiny model whose DeepLab is pretrained (seeded)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from cfbi_jax import models  # pylint: disable=g-import-not-at-top
-
-  return models.build(model_config, rngs=nnx.Rngs(seed))
 
 
 if __name__ == '__main__':

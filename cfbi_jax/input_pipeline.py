@@ -437,10 +437,11 @@ def make_train_dataset(
   if start_index < 0 or batch_size < 1 or num_frames < 1:
     raise ValueError('need start_index >= 0, batch_size >= 1, num_frames >= 1')
   c = data_config
-  if c.get('frame_sampling', 'clip') not in ('clip', 'pairs'):
+  frame_sampling = c.get('frame_sampling', 'clip')
+  if frame_sampling not in ('clip', 'pairs'):
     raise ValueError(
         "config.data.frame_sampling must be 'clip' or 'pairs', got "
-        f'{c.frame_sampling!r}'
+        f'{frame_sampling!r}'
     )
   loader = _make_loader(c)
   lengths = tf.constant(loader.lengths, tf.int32)
@@ -473,7 +474,7 @@ def make_train_dataset(
         max_gap=c.max_gap,
         reverse_prob=c.reverse_prob,
         reference_tries=c.reference_tries,
-        pairs=c.get('frame_sampling', 'clip') == 'pairs',
+        pairs=frame_sampling == 'pairs',
     )
     frames, labels = tf.numpy_function(
         loader,

@@ -108,14 +108,15 @@ def sample_frame_indices(
     raise ValueError(f'max_gap must be >= 1, got {max_gap}')
   n = tf.cast(num_available, tf.int32)
   gap_seed, prev_seed, reverse_seed, ref_seed = tf.unstack(_split(seed, 4))
-  gaps = 1 + _uniform_int(gap_seed, [num_frames], max_gap)
-  prev = _uniform_int(prev_seed, [], tf.maximum(n - tf.reduce_sum(gaps), 1))
-  offsets = tf.concat([[0], tf.cumsum(gaps)], axis=0)
-  sequence = _reflect(prev + offsets, n)
-  reverse = _uniform([], reverse_seed) < reverse_prob
-  sequence = tf.where(reverse, n - 1 - sequence, sequence)
   if pairs:
     sequence = _uniform_int(prev_seed, [num_frames + 1], n)
+  else:
+    gaps = 1 + _uniform_int(gap_seed, [num_frames], max_gap)
+    prev = _uniform_int(prev_seed, [], tf.maximum(n - tf.reduce_sum(gaps), 1))
+    offsets = tf.concat([[0], tf.cumsum(gaps)], axis=0)
+    sequence = _reflect(prev + offsets, n)
+    reverse = _uniform([], reverse_seed) < reverse_prob
+    sequence = tf.where(reverse, n - 1 - sequence, sequence)
   reference = _uniform_int(ref_seed, [reference_tries], n)
   return {'reference': reference, 'sequence': sequence}
 

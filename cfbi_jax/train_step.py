@@ -13,7 +13,7 @@ frames to segment. `clip_loss`:
 2. starts the `vos.PropagationState` carry from the reference
    and moves it to frame 1 with its ground truth;
 3. unrolls the frames with `jax.lax.scan` over the same
-   `vos.frame_logits` / `vos.advance` pieces evaluation
+   `vos.frame_segmentation` / `vos.advance` pieces evaluation
    uses: logits at the crop size (align-corners bilinear), the model's
    loss (`vos.frame_loss`: the bootstrapped cross-entropy, or VideoMatch's
    per-object one) with the scheduled k, and the next previous

@@ -20,8 +20,8 @@ these pieces. It imports no I/O, no TensorFlow, no configs and no model
   with it.
 * `frame_segmentation(model, state, emb, obj_valid, out_size)`: one
   frame's `Segmentation` with its logits at a given size (segment, then
-  align-corners bilinear); `frame_logits` its logits and what the model
-  needs to move its memory; `frame_loss` the training loss of a frame.
+  align-corners bilinear) and what the model needs to move its memory;
+  `frame_loss` the training loss of a frame.
 * `merge_annotation`: new objects' annotations pasted over a prediction.
 
 Arrays are NHWC; objects live in `K + 1` slots (slot 0 the background)
@@ -285,8 +285,9 @@ def advance_state(
     update: Any,
     training: bool = False,
 ) -> PropagationState:
-  """`advance` with the model's memory moved too (`update` as returned by
-  `frame_logits`, None for a frame that was not segmented)."""
+  """`advance` with the model's memory moved too (`update`: the
+  `memory_update` of `frame_segmentation`, None for a frame that was not
+  segmented)."""
   labels = labels.astype(jnp.int32)
   memory = model.advance_memory(state, emb, labels, update, training)
   return advance(state, emb, labels, add_reference, memory)
@@ -369,20 +370,6 @@ def frame_segmentation(
         if out.object_logits is None
         else up(out.object_logits),
     )
-
-
-def frame_logits(
-    model: VOSModel,
-    state: PropagationState,
-    emb: FrameEmbedding,
-    obj_valid: jnp.ndarray,
-    out_size: Tuple[int, int],
-    training: bool = False,
-) -> Tuple[jnp.ndarray, Any]:
-  """`(logits, memory_update)` of `frame_segmentation` (the inference
-  step's part of it)."""
-  out = frame_segmentation(model, state, emb, obj_valid, out_size, training)
-  return out.logits, out.memory_update
 
 
 def frame_loss(

@@ -83,8 +83,6 @@ def parse_training_arg(arg) -> ml_collections.ConfigDict:
       runlocal=False,
       recipe='paper',
   )
-  if args.recipe not in RECIPES:
-    raise ValueError(f'recipe must be one of {RECIPES}, got {args.recipe!r}')
   if args.variant:
     if args.variant not in _OLD_VARIANTS:
       raise ValueError(

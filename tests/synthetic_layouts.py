@@ -87,3 +87,16 @@ def write_youtube_vos(root, num_videos=3, num_frames=26, size=(72, 96), seed=0):
   with open(os.path.join(root, 'train', 'meta.json'), 'w') as f:
     json.dump(meta, f)
   return root
+
+
+def evaluate_args(root, out):
+  """`evaluate.py` arguments that segment the train split of a DAVIS layout
+  at `root` with the bundled model into `out`, without scoring."""
+  return [
+      '--config=configs/eval.py:dataset=davis2017',
+      '--config.checkpoint=tiny_cfbi_synthetic',
+      f'--config.data.root={root}',
+      '--config.data.split=train',
+      f'--config.output_dir={out}',
+      '--config.score=False',
+  ]

@@ -362,13 +362,7 @@ evaluation.segment_sequence = segment_sequence
   args = [
       sys.executable,
       os.path.join(REPO, 'evaluate.py'),
-      '--config=configs/eval.py:dataset=davis2017',
-      '--config.checkpoint=tiny_cfbi_synthetic',
-      f'--config.data.root={root}',
-      '--config.data.split=train',
-      f'--config.output_dir={out}',
-      '--config.score=False',
-  ]
+  ] + synthetic_layouts.evaluate_args(root, out)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), REPO]))
   first = subprocess.run(
       args,

@@ -61,13 +61,7 @@ def davis_root(tmp_path_factory):
 
 
 def _args(root, out):
-  return [
-      '--config=configs/eval.py:dataset=davis2017',
-      '--config.checkpoint=tiny_cfbi_synthetic',
-      f'--config.data.root={root}',
-      '--config.data.split=train',
-      f'--config.output_dir={out}',
-      '--config.score=False',
+  return synthetic_layouts.evaluate_args(root, out) + [
       '--config.compilation_cache_dir=',
   ]
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cfbi_jax import losses
 from cfbi_jax import models
 from cfbi_jax import resize
 from cfbi_jax import vos
@@ -177,18 +178,27 @@ def test_write_sets_is_a_ring_buffer():
     np.testing.assert_array_equal(memory['bg'][position], newest[2])
 
 
+def _first_frame(seed, boxes):
+  """`tiny_videomatch` (weights of seed 0) started on a random 33x41 frame
+  (`seed`) whose objects 1, 2, ... are `boxes` `(y0, y1, x0, x1)`:
+  `(model, emb, labels [1, 33, 41], state, obj_valid [1, K + 1])`."""
+  model = models.build(models.model_config('tiny_videomatch'), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
+  emb, _ = model.embed(images)
+  labels = np.zeros((1, 33, 41), np.int32)
+  for k, (y0, y1, x0, x1) in enumerate(boxes, start=1):
+    labels[0, y0:y1, x0:x1] = k
+  slots = len(boxes) + 1
+  state = vos.start_state(model, emb, jnp.asarray(labels), 1, slots)
+  return model, emb, labels, state, jnp.ones((1, slots), bool)
+
+
 def test_online_update_reaches_the_matching():
   """A pixel added to an object's background set by the update changes
   that object's background score in the next frame, and only at inference
   (the training pairs do not use the buffer)."""
-  model = models.build(models.model_config('tiny_videomatch'), rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(4)
-  images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
-  emb, _ = model.embed(images)
-  labels = np.zeros((1, 33, 41), np.int32)
-  labels[0, 8:16, 10:18] = 1
-  state = vos.start_state(model, emb, jnp.asarray(labels), 1, 2)
-  obj_valid = jnp.asarray([[True, True]])
+  model, emb, labels, state, obj_valid = _first_frame(4, [(8, 16, 10, 18)])
 
   def segment(st, training=False):
     out = model.segment(st, emb, obj_valid, training=training)
@@ -260,17 +270,9 @@ def test_training_scores_each_object_against_its_background():
   """In training, `segment` gives z_k = w (S_F - S_B) as object logits, and
   the frame loss is their per-object cross-entropy (not the fused
   logits'); inference gives none."""
-  from cfbi_jax import losses  # pylint: disable=g-import-not-at-top
-
-  model = models.build(models.model_config('tiny_videomatch'), rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(5)
-  images = jnp.asarray(rng.normal(size=(1, 33, 41, 3)), jnp.float32)
-  emb, _ = model.embed(images)
-  labels = np.zeros((1, 33, 41), np.int32)
-  labels[0, 8:16, 10:18] = 1
-  labels[0, 20:30, 25:35] = 2
-  state = vos.start_state(model, emb, jnp.asarray(labels), 1, 3)
-  obj_valid = jnp.asarray([[True, True, True]])
+  model, emb, labels, state, obj_valid = _first_frame(
+      5, [(8, 16, 10, 18), (20, 30, 25, 35)]
+  )
   out = model.segment(state, emb, obj_valid, training=True)
   w = float(model.softmax_weight[...])
   want = w * (np.asarray(out.aux['fg_score']) - np.asarray(out.aux['bg_score']))

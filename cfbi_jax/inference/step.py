@@ -15,7 +15,7 @@
   evaluation loop (notes §17) for every test-time augmentation at once:
   uint8 RGB frame at its original size in; on-device resize (OpenCV cubic
   rule, `resize.resize_cubic_cv2`), flip, BGR and normalisation;
-  embedding; the model's segmentation (`vos.frame_logits`); logits
+  embedding; the model's segmentation (`vos.frame_segmentation`); logits
   upsampled to the original size, softmax, the average over
   augmentations, argmax, new-object annotations pasted over the
   prediction; every augmentation's state advanced with the merged labels.
@@ -290,8 +290,9 @@ def next_frame(
       image = network_input(frame, size, flip, spec.bgr)
     with jax.named_scope('embed'):
       emb, _ = model.embed(image)
-    up, update = vos.frame_logits(model, state, emb, valid, out_size)
-    updates.append(update)
+    out = vos.frame_segmentation(model, state, emb, valid, out_size)
+    up = out.logits
+    updates.append(out.memory_update)
     with jax.named_scope('postprocess'):
       up = jnp.where(valid[:, None, None, :], up, -jnp.inf)
       p = jax.nn.softmax(up, axis=-1)

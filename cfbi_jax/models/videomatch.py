@@ -161,10 +161,9 @@ def set_top_k_mean(
   num_queries, n = similarity.shape
   num_sets = member.shape[0]
   k = min(k, n)
-  bias = _set_bias(member)
   if block <= 0 or n < 4 * k * block:
-    best, _ = jax.lax.top_k(similarity[None] + bias[:, None], k)
-    return _mean_of_finite(best)
+    return top_k_mean(similarity[None], member[:, None], k)
+  bias = _set_bias(member)
   blocks = -(-n // block)
   pad = ((0, 0), (0, blocks * block - n))
   sim_b = jnp.pad(similarity, pad).reshape(num_queries, blocks, block)
